@@ -1,0 +1,22 @@
+"""hygge's Prefect Blocks: Homes (sources), Stores (destinations) and the watermark ledger.
+
+`prefect block register -m blocks` registers every class listed in `__all__`.
+"""
+
+from blocks.base import HomeBlock, StoreBlock
+from blocks.homes import CsvHome, ParquetHome, SqliteHome
+from blocks.ledger import WatermarkLedger
+from blocks.stores import ParquetStore
+
+__all__ = [
+    "CsvHome",
+    "HomeBlock",
+    "ParquetHome",
+    "ParquetStore",
+    "SqliteHome",
+    "StoreBlock",
+    "WatermarkLedger",
+]
+
+HOMES: dict[str, type[HomeBlock]] = {c.spec_type: c for c in (CsvHome, ParquetHome, SqliteHome)}
+STORES: dict[str, type[StoreBlock]] = {c.spec_type: c for c in (ParquetStore,)}

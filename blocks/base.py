@@ -1,0 +1,126 @@
+"""The two interfaces everything else is built on: a Home reads, a Store stages and publishes.
+
+A Home never knows a Store and a Store never knows a Home; the entity task
+(`hygge_tasks.move`) knows both through these classes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+from prefect.blocks.core import Block
+
+from hygge_tasks.publish import Manifest
+
+WriteMode = Literal["append", "replace"]
+
+
+@dataclass(frozen=True)
+class Since:
+    """A lower bound for an incremental read: `column >= value OR column IS NULL`.
+
+    Homes push it down where they can and may return more rows than it admits (never fewer):
+    the engine applies the exact, boundary-aware filter itself (`hygge_tasks.watermark`).
+    NULL rows are included so the engine can count and report them.
+    """
+
+    column: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What the engine asks a Home for: one entity's rows, in batches."""
+
+    entity: str
+    table: str | None = None
+    query: str | None = None
+    path: str | None = None
+    columns: list[str] | None = None
+    where: str | None = None
+    batch_size: int = 100_000
+    since: Since | None = None
+
+
+class HomeBlock(Block, ABC):
+    """Where data lives. Subclasses read one entity as a stream of Arrow record batches."""
+
+    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
+    #: the `type:` a spec uses for an inline Home of this class
+    spec_type: ClassVar[str]
+
+    @abstractmethod
+    def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
+        """Yield the entity's rows as record batches of about `request.batch_size` rows.
+
+        Every batch of one read carries the same schema. Memory stays bounded by the batch
+        size, not the table size. Raises `HomeError` (or `TransientHomeError`) naming the
+        entity and the cause.
+        """
+
+    @abstractmethod
+    def describe(self, request: ReadRequest) -> str:
+        """A short human description of the source, for dry runs and logs (no secrets)."""
+
+
+class EntityWriter(ABC):
+    """Stages one entity's batches for one run, then publishes them in one step."""
+
+    @abstractmethod
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Stage a batch; nothing is visible to readers yet."""
+
+    @abstractmethod
+    def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
+        """Prepare the manifest (with the ledger entry it covers), then publish.
+
+        Returns the manifest in state `published`. After this returns, the data is visible;
+        the parent flow saves the ledger and then calls `StoreBlock.mark_committed`.
+        """
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove everything this attempt staged; published data is left untouched."""
+
+
+class StoreBlock(Block, ABC):
+    """Where data rests. Subclasses stage and publish as `docs/crash-safety.md` describes."""
+
+    _logo_url = HomeBlock._logo_url
+    spec_type: ClassVar[str]
+
+    @abstractmethod
+    def open_writer(
+        self, entity: str, run_id: str, mode: WriteMode, compression: str | None = None
+    ) -> EntityWriter:
+        """Start staging one entity for one run. `replace` swaps the whole table on publish."""
+
+    @abstractmethod
+    def recover(self, entity: str) -> list[Manifest]:
+        """Finish or undo interrupted runs of `entity`.
+
+        Rolls `prepared` runs forward when all their staged files are present (else back),
+        removes staging debris, and returns the manifests that are `published` but not yet
+        `committed`, oldest first, so the caller can carry their watermarks into the ledger.
+        """
+
+    @abstractmethod
+    def mark_committed(self, entity: str, run_id: str) -> None:
+        """Record that the ledger now covers the run's data."""
+
+    @abstractmethod
+    def has_data(self, entity: str) -> bool:
+        """Whether the entity has a published table (possibly with zero rows)."""
+
+    @abstractmethod
+    def describe(self, entity: str) -> str:
+        """Where the entity lands, for dry runs and logs (no secrets)."""
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,7 @@
+"""One Home per module; each reads one kind of source."""
+
+from blocks.homes.csv import CsvHome
+from blocks.homes.parquet import ParquetHome
+from blocks.homes.sqlite import SqliteHome
+
+__all__ = ["CsvHome", "ParquetHome", "SqliteHome"]

@@ -1,0 +1,91 @@
+"""What the file Homes share: resolving paths and globs, and streaming a Polars scan as batches."""
+
+from __future__ import annotations
+
+import glob as globlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from blocks.base import ReadRequest
+from hygge_tasks.errors import HomeError, first_line
+
+
+def resolve_files(
+    base: str | None, pattern: str | None, suffixes: tuple[str, ...], entity: str
+) -> list[Path]:
+    """The files an entity reads: one file, every matching file in a directory, or a glob.
+
+    Names starting with `.` or `_` are skipped in directories and globs (staging debris,
+    `_SUCCESS` markers, hidden files), as Spark and Arrow datasets do.
+    """
+    if not pattern and not base:
+        msg = "no `path` given: set it on the entity or on the Home"
+        raise HomeError(msg, entity=entity)
+    target = Path(pattern or "")
+    if base and not target.is_absolute():
+        target = Path(base) / target
+    text = str(target)
+    if any(ch in text for ch in "*?["):
+        found = [Path(p) for p in globlib.glob(text, recursive=True)]
+        files = sorted(p for p in found if p.is_file() and not _hidden(p))
+        if not files:
+            msg = f"no file matches {text!r} (looked from {Path.cwd()})"
+            raise HomeError(msg, entity=entity)
+        return files
+    if target.is_dir():
+        files = sorted(
+            p
+            for p in target.rglob("*")
+            if p.is_file() and p.suffix.lower() in suffixes and not _hidden(p.relative_to(target))
+        )
+        if not files:
+            msg = f"directory {text!r} holds no {'/'.join(suffixes)} files"
+            raise HomeError(msg, entity=entity)
+        return files
+    if not target.exists():
+        msg = f"file {text!r} does not exist (looked from {Path.cwd()}); check the entity's `path`"
+        raise HomeError(msg, entity=entity)
+    return [target]
+
+
+def _hidden(path: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in path.parts if part not in (".", ".."))
+
+
+def since_filter(lf: pl.LazyFrame, request: ReadRequest) -> pl.LazyFrame:
+    """Push the incremental lower bound into the scan (NULLs kept: the engine counts them)."""
+    if request.since is None:
+        return lf
+    col = pl.col(request.since.column)
+    dtype = lf.collect_schema().get(request.since.column)
+    if dtype is None:
+        return lf  # the engine reports the missing column with the column list
+    return lf.filter((col >= pl.lit(request.since.value).cast(dtype)) | col.is_null())
+
+
+def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterator[pa.RecordBatch]:
+    """Run a lazy scan on Polars' streaming engine and yield Arrow batches of one schema."""
+    try:
+        if request.columns:
+            lf = lf.select(request.columns)
+        if request.where:
+            lf = lf.filter(pl.sql_expr(request.where))
+        lf = since_filter(lf, request)
+        schema: pa.Schema | None = None
+        for frame in lf.collect_batches(chunk_size=request.batch_size):
+            table = frame.to_arrow()
+            if schema is None:
+                schema = table.schema
+            yield from table.cast(schema).to_batches(max_chunksize=request.batch_size)
+        if schema is None:
+            # no rows: still hand over the schema, so an empty table can be published
+            schema = lf.head(0).collect().to_arrow().schema
+            yield pa.RecordBatch.from_pylist([], schema=schema)
+    except HomeError:
+        raise
+    except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as exc:
+        msg = f"could not read {what}: {first_line(exc)}"
+        raise HomeError(msg, entity=request.entity) from exc

@@ -1,0 +1,58 @@
+"""The watermark ledger: one JSON block per flow spec, written only by the parent flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from hygge_tasks.errors import LedgerError
+
+
+class WatermarkLedger(Block):
+    """How far each entity of one flow spec has been loaded.
+
+    `value` maps entity name to its entry: the watermark (column, value, and the identities of
+    the rows loaded at exactly that value), the run that committed it, and its row count. Only
+    the parent flow writes it, once per committed entity: many writers of one block lose
+    updates.
+
+    Example:
+        ```python
+        from blocks import WatermarkLedger
+        ledger = WatermarkLedger.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "hygge Watermark Ledger"
+    _block_type_slug = "hygge-watermark-ledger"
+    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
+    _description = "Per-entity watermarks of one hygge flow spec (written by the flow)."
+
+    value: dict[str, Any] = Field(
+        default_factory=dict, description="Entity name to its watermark entry (JSON)."
+    )
+
+    @classmethod
+    def load_or_new(cls, name: str) -> WatermarkLedger:
+        """The saved ledger, or an empty one when this spec has never run."""
+        try:
+            return cls.load(name)
+        except ValueError as exc:
+            if "Unable to find" in str(exc) or "not found" in str(exc).lower():
+                return cls()
+            msg = f"cannot read the watermark ledger {name!r}: {exc}"
+            raise LedgerError(msg) from exc
+
+    def commit(self, name: str, entity: str, entry: dict[str, Any] | None) -> None:
+        """Set one entity's entry and save the ledger (the only write path)."""
+        if entry is None:
+            self.value.pop(entity, None)
+        else:
+            self.value[entity] = entry
+        try:
+            self.save(name, overwrite=True)
+        except Exception as exc:
+            msg = f"cannot save the watermark ledger {name!r}: {exc}"
+            raise LedgerError(msg, entity=entity) from exc

@@ -1,0 +1,376 @@
+"""ParquetStore: a local (or mounted) directory of Parquet tables, one folder per entity.
+
+Layout under `path`:
+
+    <entity>/part-<run_id>-00000.parquet   published data; `scan_parquet("<entity>/*.parquet")`
+    _staging/<entity>/<run_id>/            files being written (readers ignore `_` names)
+    _manifests/<entity>/<run_id>.json      the run record of `hygge_tasks.publish`
+
+Appends publish each file by `rename` into the entity folder. A replace (full_drop) stages the
+complete new table and exchanges it with the old folder in one `renameat2(RENAME_EXCHANGE)`
+call, so readers see the old table or the new one; where the kernel or filesystem lacks it,
+two renames are used and recovery finishes a swap interrupted between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
+from hygge_tasks import faults
+from hygge_tasks.errors import StoreError, first_line
+from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_atomic
+
+_KEEP_COMMITTED = 10
+
+
+class ParquetStore(StoreBlock):
+    """Writes entities as Parquet tables into a local or mounted directory.
+
+    Each entity lands in `<path>/<entity>/`, readable as one dataset with
+    `polars.scan_parquet("<path>/<entity>/*.parquet")`. Writes are staged and published
+    atomically; an interrupted run is finished or undone by the next one.
+
+    Example:
+        ```python
+        from blocks import ParquetStore
+        store = ParquetStore.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "Parquet Store"
+    _block_type_slug = "parquet-store"
+    _description = "A local directory of Parquet tables as a hygge Store."
+    spec_type = "parquet"
+
+    path: str = Field(description="Directory that holds one folder per entity.")
+    compression: str = Field(
+        default="zstd", description="Parquet compression: zstd, snappy, gzip, lz4 or none."
+    )
+    compression_level: int | None = Field(
+        default=None, description="Codec level (zstd 1-22); empty for the codec's default."
+    )
+    max_rows_per_file: int = Field(
+        default=10_000_000,
+        description="Start a new file after this many rows (appends publish file by file).",
+    )
+
+    def open_writer(
+        self, entity: str, run_id: str, mode: WriteMode, compression: str | None = None
+    ) -> ParquetWriter:
+        return ParquetWriter(self, entity, run_id, mode)
+
+    def recover(self, entity: str) -> list[Manifest]:
+        pending: list[Manifest] = []
+        folder = self._manifests(entity)
+        names = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        committed = []
+        for path in names:
+            manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
+            if manifest.state == "prepared":
+                manifest = self._finish_or_undo(manifest)
+            if manifest is None:
+                continue
+            if manifest.state == "published":
+                pending.append(manifest)
+            else:
+                committed.append(path)
+        live = {m.run_id for m in pending}
+        staging = self._root / "_staging" / entity
+        if staging.is_dir():
+            for leftover in staging.iterdir():
+                if leftover.name not in live:
+                    shutil.rmtree(leftover, ignore_errors=True)
+        for path in committed[:-_KEEP_COMMITTED]:
+            path.unlink(missing_ok=True)
+        return pending
+
+    def mark_committed(self, entity: str, run_id: str) -> None:
+        path = self._manifests(entity) / f"{run_id}.json"
+        manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
+        manifest.state = "committed"
+        write_json_atomic(path, manifest.to_json())
+
+    def has_data(self, entity: str) -> bool:
+        return self.table_dir(entity).is_dir()
+
+    def describe(self, entity: str) -> str:
+        return f"parquet {self.table_dir(entity)}/"
+
+    # -- layout -------------------------------------------------------------------------------
+
+    @property
+    def _root(self) -> Path:
+        return Path(self.path)
+
+    def table_dir(self, entity: str) -> Path:
+        return self._root / entity
+
+    def staging_dir(self, entity: str, run_id: str) -> Path:
+        return self._root / "_staging" / entity / run_id
+
+    def _manifests(self, entity: str) -> Path:
+        return self._root / "_manifests" / entity
+
+    def manifest_path(self, entity: str, run_id: str) -> Path:
+        return self._manifests(entity) / f"{run_id}.json"
+
+    # -- publish and recovery -----------------------------------------------------------------
+
+    def publish(self, manifest: Manifest) -> None:
+        """Move a prepared run's staged files to their final place; safe to repeat."""
+        staged = self.staging_dir(manifest.entity, manifest.run_id)
+        final = self.table_dir(manifest.entity)
+        if manifest.mode == "replace":
+            if not _has_all(final, manifest.files):
+                _swap_in(staged, final)
+        else:
+            final.mkdir(parents=True, exist_ok=True)
+            for i, name in enumerate(manifest.files):
+                if (staged / name).exists():
+                    if i:
+                        faults.point("publish.between_files")
+                    os.replace(staged / name, final / name)
+            fsync_dir(final)
+        faults.point("publish.before_mark")
+        manifest.state = "published"
+        write_json_atomic(self.manifest_path(manifest.entity, manifest.run_id), manifest.to_json())
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(staged.with_name(staged.name + ".old"), ignore_errors=True)
+
+    def roll_back(self, manifest: Manifest) -> None:
+        """Undo a run that never fully published: nothing of it stays visible."""
+        final = self.table_dir(manifest.entity)
+        if manifest.mode == "append":
+            for name in manifest.files:
+                (final / name).unlink(missing_ok=True)
+        _remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
+        self.manifest_path(manifest.entity, manifest.run_id).unlink(missing_ok=True)
+
+    def _finish_or_undo(self, manifest: Manifest) -> Manifest | None:
+        staged = self.staging_dir(manifest.entity, manifest.run_id)
+        final = self.table_dir(manifest.entity)
+        present = [(staged / n).exists() or (final / n).exists() for n in manifest.files]
+        swapped = manifest.mode == "replace" and _has_all(final, manifest.files)
+        if swapped or (
+            all(present) and (manifest.mode == "append" or _has_all(staged, manifest.files))
+        ):
+            self.publish(manifest)
+            return manifest
+        self.roll_back(manifest)
+        return None
+
+
+class ParquetWriter(EntityWriter):
+    """Stages one entity's batches as Parquet files for one run."""
+
+    def __init__(self, store: ParquetStore, entity: str, run_id: str, mode: WriteMode) -> None:
+        self.store = store
+        self.entity = entity
+        self.run_id = run_id
+        self.mode = mode
+        self.staged = store.staging_dir(entity, run_id)
+        self.files: list[str] = []
+        self.bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._rows_in_file = 0
+        self._schema: pa.Schema | None = None
+        self._prepared = False
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        try:
+            if self._schema is None:
+                self._schema = self._check_schema(batch.schema)
+                shutil.rmtree(self.staged, ignore_errors=True)  # debris of an earlier attempt
+                self.staged.mkdir(parents=True, exist_ok=True)
+            if batch.schema != self._schema:
+                batch = self._conform(batch)
+            if self._writer is None or self._rows_in_file >= self.store.max_rows_per_file:
+                self._roll()
+            assert self._writer is not None
+            if batch.num_rows:
+                self._writer.write_batch(batch)
+                self._rows_in_file += batch.num_rows
+            faults.point("stage.after_batch")
+        except OSError as exc:
+            raise _os_error(exc, self.entity, self.staged) from exc
+
+    def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
+        try:
+            self._close()
+            for name in self.files:
+                _fsync(self.staged / name)
+                self.bytes += (self.staged / name).stat().st_size
+            fsync_dir(self.staged)
+            manifest = Manifest(
+                entity=self.entity,
+                run_id=self.run_id,
+                mode=self.mode,
+                files=list(self.files),
+                rows=rows,
+                bytes=self.bytes,
+                ledger_entry=ledger_entry,
+                created_at=utc_now().isoformat(),
+            )
+            path = self.store.manifest_path(self.entity, self.run_id)
+            write_json_atomic(path, manifest.to_json())
+            self._prepared = True
+            faults.point("publish.after_prepare")
+            self.store.publish(manifest)
+            return manifest
+        except OSError as exc:
+            raise _os_error(exc, self.entity, self.store.table_dir(self.entity)) from exc
+
+    def abort(self) -> None:
+        self._close(quiet=True)
+        path = self.store.manifest_path(self.entity, self.run_id)
+        if self._prepared and path.exists():
+            manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
+            if manifest.state == "prepared":
+                if manifest.mode == "replace" and _has_all(
+                    self.store.table_dir(self.entity), manifest.files
+                ):
+                    return  # the swap happened: recovery marks it published, nothing to undo
+                self.store.roll_back(manifest)
+            return
+        _remove_staging(self.staged)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _roll(self) -> None:
+        self._close()
+        name = run_file_name(self.run_id, len(self.files))
+        assert self._schema is not None
+        self._writer = pq.ParquetWriter(
+            self.staged / name,
+            self._schema,
+            compression=self.store.compression,
+            compression_level=self.store.compression_level,
+        )
+        self.files.append(name)
+        self._rows_in_file = 0
+
+    def _close(self, quiet: bool = False) -> None:
+        if self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        try:
+            writer.close()
+        except Exception:
+            if not quiet:
+                raise
+
+    def _check_schema(self, schema: pa.Schema) -> pa.Schema:
+        """On append, the new files must read as one dataset with the published ones."""
+        if self.mode != "append":
+            return schema
+        published = sorted(self.store.table_dir(self.entity).glob("*.parquet"))
+        if not published:
+            return schema
+        existing = pq.read_schema(published[-1])
+        if existing.remove_metadata().equals(schema.remove_metadata()):
+            return schema
+        before = {f.name: str(f.type) for f in existing}
+        after = {f.name: str(f.type) for f in schema}
+        changes = [f"+{n} {t}" for n, t in after.items() if n not in before]
+        changes += [f"-{n} {t}" for n, t in before.items() if n not in after]
+        changes += [
+            f"{n}: {before[n]} -> {t}" for n, t in after.items() if n in before and before[n] != t
+        ]
+        if not changes:
+            return existing  # same columns, other order or metadata: keep the table's order
+        msg = (
+            f"the source schema no longer matches the published table ({'; '.join(changes)}); "
+            "run this entity with --full-drop to rebuild the table with the new schema"
+        )
+        raise StoreError(msg, entity=self.entity)
+
+    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        assert self._schema is not None
+        try:
+            return pa.RecordBatch.from_arrays(
+                [batch.column(f.name).cast(f.type) for f in self._schema], schema=self._schema
+            )
+        except (KeyError, pa.ArrowException) as exc:
+            msg = f"a batch does not match the schema of the run: {first_line(exc)}"
+            raise StoreError(msg, entity=self.entity) from exc
+
+
+def _remove_staging(staged: Path) -> None:
+    shutil.rmtree(staged, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staged.parent.rmdir()  # only when no other run stages this entity
+        staged.parent.parent.rmdir()
+
+
+def _has_all(folder: Path, names: list[str]) -> bool:
+    return bool(names) and all((folder / n).exists() for n in names)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(staged: Path, final: Path) -> None:
+    """Put the staged folder in place of the final one, in one step where the OS allows."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        os.rename(staged, final)
+    elif _exchange(staged, final):
+        pass  # `staged` now holds the old table; publish() removes it
+    else:
+        old = staged.with_name(staged.name + ".old")
+        os.rename(final, old)
+        faults.point("publish.between_swap_renames")
+        os.rename(staged, final)
+    fsync_dir(final.parent)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2); False where unsupported."""
+    if os.environ.get("HYGGE_NO_RENAME_EXCHANGE"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    res = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _os_error(exc: OSError, entity: str, where: Path) -> StoreError:
+    reasons = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "the filesystem is read-only",
+    }
+    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    path = exc.filename or where
+    msg = f"cannot write {str(path)!r}: {reason}; the published table and the ledger are unchanged"
+    return StoreError(msg, entity=entity)

@@ -1,0 +1,150 @@
+"""The bundled example's source: a deterministic sample shop database in SQLite.
+
+Four tables with the shapes real sources have: timestamps with many ties (second
+granularity), decimals, NULLs, unicode text. `orders` has 1,000,000 rows. Values are
+derived arithmetically from the row number, so every machine builds the same database.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import polars as pl
+
+ORDERS = 1_000_000
+CUSTOMERS = 50_000
+PRODUCTS = 500
+LINES = 300_000
+
+_DDL = """
+CREATE TABLE customers (
+    customer_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    email TEXT,
+    country TEXT,
+    created_at DATETIME NOT NULL
+);
+CREATE TABLE products (
+    product_id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    price DECIMAL(10,2) NOT NULL,
+    active BOOLEAN NOT NULL
+);
+CREATE TABLE orders (
+    order_id INTEGER PRIMARY KEY,
+    customer_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    amount DECIMAL(12,2) NOT NULL,
+    discount REAL,
+    note TEXT,
+    order_date DATE NOT NULL,
+    updated_at DATETIME NOT NULL
+);
+CREATE TABLE order_lines (
+    order_id INTEGER NOT NULL,
+    line_no INTEGER NOT NULL,
+    product_id INTEGER NOT NULL,
+    quantity INTEGER NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (order_id, line_no)
+);
+CREATE INDEX orders_updated_at ON orders(updated_at);
+CREATE INDEX order_lines_updated_at ON order_lines(updated_at);
+"""
+
+_NAMES = ["Søren", "Åsa", "Zoë", "José", "Łukasz", "Nguyễn", "山田", "Мария", "Ana", "Björk"]
+_COUNTRIES = ["DK", "SE", "NO", "DE", "PL", "VN", "JP", "UA", "PT", "IS"]
+_STATUS = ["new", "paid", "shipped", "delivered", "returned"]
+_NOTES = ["gift wrap ✨", "leave at door", "fragile — handle with care", "ring twice", "café order"]
+
+
+def example_dir() -> Path:
+    return Path(os.environ.get("HYGGE_EXAMPLE_DIR", "example_data"))
+
+
+def ensure_example_data(path: Path | None = None, orders: int = ORDERS) -> Path:
+    """Create the sample database unless it exists; return its path."""
+    db = path or example_dir() / "shop.sqlite"
+    if db.exists():
+        return db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    print(f"hygge: creating the example database {db} ({orders:,} orders) ...")
+    write_example(tmp, orders)
+    tmp.replace(db)
+    return db
+
+
+def _pick(values: list[str], index: pl.Expr) -> pl.Expr:
+    return pl.lit(pl.Series(values)).gather(index % len(values))
+
+
+def _ts(seconds: pl.Expr) -> pl.Expr:
+    # second granularity and few distinct values: real sources have many ties
+    base = pl.datetime(2024, 1, 1)
+    return (base + pl.duration(seconds=seconds)).dt.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def example_frames(orders: int = ORDERS) -> dict[str, pl.DataFrame]:
+    """The example tables as frames (text timestamps, as SQLite stores them)."""
+    customers = pl.DataFrame({"n": range(CUSTOMERS)}).select(
+        customer_id=pl.col("n") + 1,
+        name=_pick(_NAMES, pl.col("n")) + pl.lit(" #") + pl.col("n").cast(pl.String),
+        email=pl.when(pl.col("n") % 7 == 0)
+        .then(None)
+        .otherwise(pl.lit("c") + pl.col("n").cast(pl.String) + pl.lit("@example.com")),
+        country=_pick(_COUNTRIES, pl.col("n") * 7),
+        created_at=_ts(pl.col("n") * 300),
+    )
+    products = pl.DataFrame({"n": range(PRODUCTS)}).select(
+        product_id=pl.col("n") + 1,
+        title=pl.lit("Product ")
+        + pl.col("n").cast(pl.String)
+        + pl.lit(" - ")
+        + _pick(_NAMES, pl.col("n")),
+        price=((pl.col("n") * 7919) % 100_000 + 99).cast(pl.Float64) / 100,
+        active=(pl.col("n") % 5 != 0).cast(pl.Int64),
+    )
+    order_frame = pl.DataFrame({"n": range(orders)}).select(
+        order_id=pl.col("n") + 1,
+        customer_id=(pl.col("n") * 48271) % CUSTOMERS + 1,
+        status=_pick(_STATUS, pl.col("n") * 31),
+        amount=((pl.col("n") * 104729) % 1_000_000 + 1).cast(pl.Float64) / 100,
+        discount=pl.when(pl.col("n") % 4 == 0).then(None).otherwise((pl.col("n") % 30) / 100),
+        note=pl.when(pl.col("n") % 3 == 0).then(_pick(_NOTES, pl.col("n"))).otherwise(None),
+        order_date=(pl.date(2024, 1, 1) + pl.duration(days=pl.col("n") // 3000)).dt.strftime(
+            "%Y-%m-%d"
+        ),
+        # ten orders share each second: the watermark boundary is full of ties
+        updated_at=_ts(pl.col("n") // 10),
+    )
+    lines = pl.DataFrame({"n": range(LINES)}).select(
+        order_id=pl.col("n") // 3 + 1,
+        line_no=pl.col("n") % 3 + 1,
+        product_id=(pl.col("n") * 7) % PRODUCTS + 1,
+        quantity=pl.col("n") % 9 + 1,
+        updated_at=_ts(pl.col("n") // 30),
+    )
+    return {
+        "customers": customers,
+        "products": products,
+        "orders": order_frame,
+        "order_lines": lines,
+    }
+
+
+def write_example(path: Path, orders: int = ORDERS) -> None:
+    """Write the example database to `path` (which must not exist)."""
+    import adbc_driver_sqlite.dbapi as adbc
+
+    with sqlite3.connect(path) as con:
+        con.executescript(_DDL)
+    frames = example_frames(orders)
+    with adbc.connect(str(path)) as conn:
+        cur = conn.cursor()
+        for table, frame in frames.items():
+            cur.adbc_ingest(table, frame.to_arrow(), mode="append")
+        conn.commit()

@@ -1,0 +1,236 @@
+"""The hygge parent flow and its command line (`python -m flows.run`).
+
+The flow loads the spec, resolves the blocks, reads the ledger, recovers interrupted runs,
+maps `move_entity` over the entities (at most `concurrency` at once) and, as each entity
+finishes, commits its ledger entry: the parent is the ledger's only writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks import HOMES, STORES, HomeBlock, StoreBlock, WatermarkLedger
+from flows.plan import EntityJob, build_jobs, resolve_block
+from flows.spec import FlowSpec, RunType, load_spec, parse_spec
+from flows.summary import SummaryRow, render
+from hygge_tasks.errors import FlowError, HyggeError
+from hygge_tasks.move import EntityResult, move_entity
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
+
+
+def _load(spec: str | dict[str, Any]) -> FlowSpec:
+    return parse_spec(spec, "spec parameter") if isinstance(spec, dict) else load_spec(spec)
+
+
+def _run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        suffix = str(flow_run.id or "")[:8]
+    except Exception:
+        suffix = ""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{suffix or uuid.uuid4().hex[:8]}"
+
+
+def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, ledger_name: str, logger: Any) -> None:
+    """Finish or undo what an interrupted run left, before anything new starts."""
+    for job in jobs:
+        for manifest in job.store.recover(job.plan.name):
+            logger.warning(
+                "%s: run %s published data but did not commit its watermark; committing it now",
+                job.plan.name,
+                manifest.run_id,
+            )
+            ledger.commit(ledger_name, job.plan.name, manifest.ledger_entry)
+            job.store.mark_committed(job.plan.name, manifest.run_id)
+
+
+@flow(name="hygge", log_prints=False)
+def hygge(
+    spec: str | dict[str, Any] = str(EXAMPLE_SPEC),
+    entities: list[str] | None = None,
+    run_type: RunType | None = None,
+    concurrency: int | None = None,
+) -> list[dict[str, Any]]:
+    """Move the entities of a flow spec from its Home to its Store.
+
+    Args:
+        spec: Path of a YAML flow spec, or the spec itself as a mapping.
+        entities: Only these entities (default: all).
+        run_type: Override the spec's run type: `incremental` or `full_drop`.
+        concurrency: Override how many entities move at once.
+    """
+    logger = get_run_logger()
+    plan = _load(spec)
+    home = resolve_block(plan.home, HOMES, "home")
+    store = resolve_block(plan.store, STORES, "store")
+    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    ledger = WatermarkLedger.load_or_new(plan.ledger_name)
+    jobs = build_jobs(plan, home, store, ledger, entities, run_type)
+    _recover(jobs, ledger, plan.ledger_name, logger)
+    # recovery may have moved watermarks: plan again from the updated ledger
+    jobs = build_jobs(plan, home, store, ledger, entities, run_type)
+    run_id = _run_id()
+    workers = concurrency or plan.concurrency
+    logger.info("run %s: %d entities, %d at once", run_id, len(jobs), workers)
+    for job in jobs:
+        logger.info("%s: %s (%s)", job.plan.name, job.plan.mode, job.plan.reason)
+
+    mover = move_entity.with_options(
+        retries=plan.retries, retry_delay_seconds=plan.retry_delay_seconds
+    )
+    rows: dict[str, SummaryRow] = {}
+    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+        futures = {
+            runner.submit(
+                mover,
+                {"plan": job.plan, "home": job.home, "store": job.store, "run_id": run_id},
+            ): job
+            for job in jobs
+        }
+        for future in as_completed(list(futures)):
+            job = futures[future]
+            name = job.plan.name
+            try:
+                result: EntityResult = future.result()
+                if result.changed:
+                    ledger.commit(plan.ledger_name, name, result.ledger_entry)
+                    job.store.mark_committed(name, result.run_id)
+                rows[name] = SummaryRow.ok(result)
+            except Exception as exc:
+                logger.error("%s: failed: %s", name, exc)
+                rows[name] = SummaryRow.failed(name, job.plan.mode, exc)
+
+    ordered = [rows[j.plan.name] for j in jobs]
+    _publish_summary(ordered)
+    failed = [r for r in ordered if r.status != "ok"]
+    summary = [r.as_dict() for r in ordered]
+    logger.info("summary\n%s", render(ordered))
+    if failed:
+        names = ", ".join(f"{r.entity} ({r.detail})" for r in failed)
+        msg = f"{len(failed)} of {len(ordered)} entities failed: {names}"
+        error = FlowError(msg)
+        error.summary = summary
+        raise error
+    return summary
+
+
+def _publish_summary(rows: list[SummaryRow]) -> None:
+    # the summary is also logged; an artifact hiccup must not fail the run
+    with contextlib.suppress(Exception):
+        create_table_artifact(
+            key="hygge-summary", table=[r.as_dict() for r in rows], description="hygge run summary"
+        )
+
+
+def dry_run(
+    spec: str, entities: list[str] | None, run_type: RunType | None, concurrency: int | None
+) -> str:
+    """What a run would do, without moving anything."""
+    plan = _load(spec)
+    home = resolve_block(plan.home, HOMES, "home")
+    store = resolve_block(plan.store, STORES, "store")
+    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    ledger = WatermarkLedger.load_or_new(plan.ledger_name)
+    jobs = build_jobs(plan, home, store, ledger, entities, run_type)
+    lines = [
+        f"spec {plan.name!r}: {len(jobs)} entities, {concurrency or plan.concurrency} at once, "
+        f"ledger block {plan.ledger_name!r}",
+        "",
+    ]
+    for job in jobs:
+        wm = (ledger.value.get(job.plan.name) or {}).get("watermark") or {}
+        current = f"{wm.get('column')} = {wm.get('value')}" if wm else "none"
+        lines.append(f"{job.plan.name}")
+        lines.append(f"  from  {job.home.describe(job.plan.request)}")
+        lines.append(f"  to    {job.store.describe(job.plan.name)}")
+        lines.append(f"  mode  {job.plan.mode} ({job.plan.reason})")
+        lines.append(f"  watermark now: {current}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.run",
+        description="Run a hygge flow spec. With no --spec, runs the bundled example "
+        "(creates a sample SQLite database on first use and moves it to lake/).",
+    )
+    parser.add_argument("--spec", help="YAML flow spec (default: the bundled example)")
+    parser.add_argument(
+        "--entity",
+        action="append",
+        dest="entities",
+        metavar="NAME",
+        help="only this entity (repeatable)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--full-drop",
+        dest="run_type",
+        action="store_const",
+        const="full_drop",
+        help="replace every selected entity and reset its watermark",
+    )
+    mode.add_argument(
+        "--incremental",
+        dest="run_type",
+        action="store_const",
+        const="incremental",
+        help="load only new rows where a watermark is configured",
+    )
+    parser.add_argument("--concurrency", type=int, metavar="N", help="entities moving at once")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would run (entities, home -> store, mode, watermark)",
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+    spec = args.spec
+    if spec is None:
+        from flows.example import ensure_example_data
+
+        ensure_example_data()
+        spec = str(EXAMPLE_SPEC)
+    try:
+        _load(spec)  # fail fast on a bad spec, before Prefect starts
+        if args.dry_run:
+            print(dry_run(spec, args.entities, args.run_type, args.concurrency))
+            return 0
+        state = hygge(spec, args.entities, args.run_type, args.concurrency, return_state=True)
+    except HyggeError as exc:
+        print(f"hygge: {exc}", file=sys.stderr)
+        return 2
+    if state.is_completed():
+        print(render([SummaryRow(**r) for r in state.result()]))
+        return 0
+    try:
+        state.result()
+        message = state.message or ""
+    except Exception as exc:
+        message = str(exc)
+        summary = getattr(exc, "summary", None)
+        if summary:
+            print(render([SummaryRow(**r) for r in summary]))
+    print(f"hygge: run {state.name}: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

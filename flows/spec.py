@@ -1,0 +1,198 @@
+"""The flow spec: a YAML file (or a dict of Prefect parameters) describing one hygge job.
+
+Loading validates everything up front and turns every mistake into a `ConfigError` that names
+the file, the entity and the field. `${VAR}` and `${VAR:-default}` are expanded from the
+environment. Precedence for an entity's settings: the entity's own fields, then `defaults`,
+then the Home's and Store's own settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hygge_tasks.errors import ConfigError
+
+RunType = Literal["incremental", "full_drop"]
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENTITY_NAME = re.compile(r"^[^/\\\x00]+$")
+
+
+class WatermarkSpec(BaseModel):
+    """Which column moves forward, and which columns identify a row at the boundary."""
+
+    model_config = ConfigDict(extra="forbid")
+    column: str
+    keys: list[str] = Field(
+        default_factory=list,
+        description="Columns that identify a row; empty uses a hash of the whole row.",
+    )
+
+
+class EntitySpec(BaseModel):
+    """One table or file set. Fields not listed here override the Home's or Store's settings."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    table: str | None = None
+    query: str | None = None
+    path: str | None = None
+    columns: list[str] | None = None
+    where: str | None = None
+    watermark: WatermarkSpec | None = None
+    batch_size: int = Field(default=100_000, ge=1, le=10_000_000)
+    run_type: RunType | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _ENTITY_NAME.match(v) or v.startswith((".", "_")) or v in ("..",):
+            msg = "must not contain '/' or '\\' nor start with '.' or '_' (it names a folder)"
+            raise ValueError(msg)
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EntitySpec:
+        if self.table and self.query:
+            msg = "give `table` or `query`, not both"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Fields meant for the Home or Store (everything not an entity field)."""
+        return dict(self.model_extra or {})
+
+
+class FlowSpec(BaseModel):
+    """A whole job: one Home, one Store, the entities that move between them."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Lowercase; names the ledger.")
+    home: str | dict[str, Any]
+    store: str | dict[str, Any]
+    run_type: RunType = "incremental"
+    concurrency: int = Field(default=4, ge=1, le=64)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    ledger: str | None = Field(default=None, description="Ledger block name; default from `name`.")
+    retries: int = Field(default=3, ge=0, le=10)
+    retry_delay_seconds: float = Field(default=5.0, ge=0)
+    entities: list[EntitySpec] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("entities"), list):
+            defaults = data.get("defaults") or {}
+            if not isinstance(defaults, dict):
+                return data
+            data = dict(data)
+            data["entities"] = [
+                {**defaults, **e} if isinstance(e, dict) else e for e in data["entities"]
+            ]
+        return data
+
+    @model_validator(mode="after")
+    def _unique(self) -> FlowSpec:
+        names = [e.name for e in self.entities]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            msg = f"entity names must be unique; repeated: {', '.join(dupes)}"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def ledger_name(self) -> str:
+        return self.ledger or "hygge-ledger-" + self.name.replace("_", "-")
+
+    def entity(self, name: str) -> EntitySpec:
+        for e in self.entities:
+            if e.name == name:
+                return e
+        known = ", ".join(e.name for e in self.entities)
+        msg = f"no entity named {name!r} in spec {self.name!r} (entities: {known})"
+        raise ConfigError(msg)
+
+
+def expand_env(value: Any, where: str = "spec") -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a parsed spec."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            msg = (
+                f"{where}: environment variable {name!r} is not set "
+                f"and has no default (write ${{{name}:-default}})"
+            )
+            raise ConfigError(msg)
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, where) for v in value]
+    return value
+
+
+def parse_spec(data: Any, source: str = "spec") -> FlowSpec:
+    """Validate a spec given as a mapping; `source` names it in errors."""
+    if not isinstance(data, dict):
+        msg = f"{source}: a flow spec must be a mapping with `name`, `home`, `store`, `entities`"
+        raise ConfigError(msg)
+    data = expand_env(data, source)
+    try:
+        return FlowSpec.model_validate(data)
+    except ValidationError as exc:
+        msg = f"{source}: invalid flow spec:\n{_describe(exc, data)}"
+        raise ConfigError(msg) from exc
+
+
+def load_spec(path: str | Path) -> FlowSpec:
+    """Read and validate a YAML spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        msg = f"spec file {str(p)!r} does not exist (looked from {Path.cwd()})"
+        raise ConfigError(msg) from exc
+    except OSError as exc:
+        msg = f"cannot read spec file {str(p)!r}: {exc.strerror}"
+        raise ConfigError(msg) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        msg = f"{p}: not valid YAML: {exc}"
+        raise ConfigError(msg) from exc
+    return parse_spec(data, str(p))
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+    lines = []
+    entities = data.get("entities") if isinstance(data.get("entities"), list) else []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = []
+        if len(loc) >= 2 and loc[0] == "entities" and isinstance(loc[1], int):
+            idx = loc[1]
+            name = (
+                entities[idx].get("name")
+                if idx < len(entities) and isinstance(entities[idx], dict)
+                else None
+            )
+            where.append(f"entity {name!r}" if name else f"entities[{idx}]")
+            loc = loc[2:]
+        # pydantic reports union branches as `str`/`dict[str,any]`; they add nothing for a reader
+        loc = [p for p in loc if p not in ("str", "dict[str,any]")]
+        if loc:
+            where.append("field " + ".".join(str(p) for p in loc))
+        lines.append(f"  - {', '.join(where) or 'spec'}: {err['msg']}")
+    return "\n".join(dict.fromkeys(lines))

@@ -1,0 +1,82 @@
+"""The end-of-run summary: one row per entity, printed and published as a table artifact."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hygge_tasks.move import EntityResult
+
+
+@dataclass
+class SummaryRow:
+    entity: str
+    status: str
+    mode: str
+    rows: int
+    seconds: float
+    rows_per_second: float
+    watermark: str
+    detail: str
+
+    @classmethod
+    def ok(cls, result: EntityResult) -> SummaryRow:
+        wm = result.watermark or {}
+        detail = "no new rows" if not result.changed else f"{len(result.files)} file(s)"
+        if result.null_watermark_rows:
+            detail += f"; {result.null_watermark_rows} NULL-watermark rows skipped"
+        if result.changed and result.rows == 0:
+            detail = "source is empty: published an empty table"
+        return cls(
+            entity=result.entity,
+            status="ok",
+            mode=result.mode,
+            rows=result.rows,
+            seconds=round(result.seconds, 3),
+            rows_per_second=round(result.rows_per_second),
+            watermark=str(wm.get("value", "")) if wm else "",
+            detail=detail,
+        )
+
+    @classmethod
+    def failed(cls, entity: str, mode: str, error: BaseException) -> SummaryRow:
+        return cls(entity, "FAILED", mode, 0, 0.0, 0.0, "", _short(error))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text if len(text) < 400 else text[:397] + "..."
+
+
+def render(rows: list[SummaryRow]) -> str:
+    """A fixed-width table for the terminal."""
+    headers = ["entity", "status", "mode", "rows", "seconds", "rows/s", "watermark"]
+    body = [
+        [
+            r.entity,
+            r.status,
+            r.mode,
+            f"{r.rows:,}",
+            f"{r.seconds:.2f}",
+            f"{r.rows_per_second:,.0f}",
+            r.watermark,
+        ]
+        for r in rows
+    ]
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)
+    ]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    notes = [
+        f"  {r.entity}: {r.detail}"
+        for r in rows
+        if r.status != "ok" or "NULL" in r.detail or "empty" in r.detail
+    ]
+    if notes:
+        out += ["", *notes]
+    return "\n".join(out)

@@ -1,0 +1,59 @@
+"""Named fault points, so tests can crash or fail a run at an exact step.
+
+Off unless `HYGGE_FAULT` is set, e.g. `HYGGE_FAULT=publish.between_files:kill` (SIGKILL the
+process there), `stage.after_batch@3:raise` (raise on the third pass) or
+`stage.after_batch:enospc` (raise a disk-full OSError). `HYGGE_FAULT_ENTITY` limits it to one
+entity's thread when set by the engine (see `hygge_tasks.move`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from collections import Counter
+
+_hits: Counter[str] = Counter()
+_lock = threading.Lock()
+_local = threading.local()
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a fault point configured with `raise`."""
+
+
+def set_entity(entity: str | None) -> None:
+    """Tell the fault points which entity the current thread is moving."""
+    _local.entity = entity
+
+
+def point(name: str) -> None:
+    spec = os.environ.get("HYGGE_FAULT")
+    if not spec:
+        return
+    wanted_entity = os.environ.get("HYGGE_FAULT_ENTITY")
+    if wanted_entity and getattr(_local, "entity", None) != wanted_entity:
+        return
+    where, _, action = spec.partition(":")
+    target, _, nth = where.partition("@")
+    if target != name:
+        return
+    with _lock:
+        _hits[name] += 1
+        count = _hits[name]
+    if nth and count != int(nth):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "transient":
+        raise ConnectionResetError(errno.ECONNRESET, f"injected transient fault at {name}")
+    msg = f"injected fault at {name}"
+    raise InjectedFault(msg)
+
+
+def reset() -> None:
+    with _lock:
+        _hits.clear()

@@ -1,0 +1,171 @@
+"""move_entity: the mapped Prefect task that moves one entity from its Home to its Store.
+
+It streams batches from the Home through the boundary filter into the Store's writer,
+publishes, and returns a small `EntityResult`, never data. The ledger is not touched here:
+the parent flow commits the returned entry, so a task retry can never advance a watermark.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.base import HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
+from hygge_tasks import faults
+from hygge_tasks.errors import is_transient
+from hygge_tasks.progress import EntityProgress
+from hygge_tasks.watermark import BoundaryFilter, Watermark
+
+
+@dataclass(frozen=True)
+class EntityPlan:
+    """Everything one entity's move needs, decided by the parent flow before it starts."""
+
+    name: str
+    request: ReadRequest
+    mode: WriteMode
+    watermark_column: str | None = None
+    watermark_keys: list[str] = field(default_factory=list)
+    previous: dict[str, Any] | None = None
+    reason: str = ""
+
+    @property
+    def previous_watermark(self) -> Watermark | None:
+        return Watermark.from_json(self.previous) if self.previous else None
+
+
+@dataclass
+class EntityResult:
+    """What a move reports back: counts and the ledger entry to commit. No data."""
+
+    entity: str
+    run_id: str
+    mode: WriteMode
+    rows: int
+    bytes: int
+    seconds: float
+    files: list[str]
+    null_watermark_rows: int = 0
+    ledger_entry: dict[str, Any] | None = None
+    changed: bool = True
+    #: the watermark after this run (unchanged when nothing new arrived), for reports
+    watermark: dict[str, Any] | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def move(
+    plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str, logger: Any
+) -> EntityResult:
+    """Move one entity; the engine behind the task, callable without Prefect."""
+    start = time.perf_counter()
+    faults.set_entity(plan.name)
+    previous = plan.previous_watermark if plan.mode == "append" else None
+    request = plan.request
+    if previous is not None:
+        request = _with_since(request, Since(previous.column, previous.value))
+    boundary = (
+        BoundaryFilter(plan.name, plan.watermark_column, plan.watermark_keys, previous)
+        if plan.watermark_column
+        else None
+    )
+    progress = EntityProgress(plan.name, logger)
+    writer = store.open_writer(plan.name, run_id, plan.mode)
+    rows = 0
+    try:
+        for batch in home.read(request):
+            if boundary is not None:
+                batch = boundary.admit(batch)
+            writer.write(batch)
+            rows += batch.num_rows
+            progress.update(rows)
+        faults.point("move.after_read")
+        if boundary is not None and boundary.null_rows:
+            logger.warning(
+                "%s: skipped %d rows whose watermark column %r is NULL: an incremental load "
+                "cannot place them; give them a value or load the entity without a watermark",
+                plan.name,
+                boundary.null_rows,
+                plan.watermark_column,
+            )
+        watermark = boundary.result() if boundary is not None else None
+        if plan.mode == "append" and rows == 0:
+            writer.abort()
+            return EntityResult(
+                entity=plan.name,
+                run_id=run_id,
+                mode=plan.mode,
+                rows=0,
+                bytes=0,
+                seconds=time.perf_counter() - start,
+                files=[],
+                null_watermark_rows=boundary.null_rows if boundary else 0,
+                changed=False,
+                watermark=plan.previous,
+            )
+        entry = _entry(watermark.to_json() if watermark else None, run_id, rows, plan.mode)
+        manifest = writer.commit_files(entry, rows)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        faults.set_entity(None)
+    seconds = time.perf_counter() - start
+    progress.done(rows, seconds)
+    return EntityResult(
+        entity=plan.name,
+        run_id=run_id,
+        mode=plan.mode,
+        rows=rows,
+        bytes=manifest.bytes,
+        seconds=seconds,
+        files=manifest.files,
+        null_watermark_rows=boundary.null_rows if boundary else 0,
+        ledger_entry=entry,
+        watermark=entry["watermark"],
+    )
+
+
+def _entry(watermark: dict[str, Any] | None, run_id: str, rows: int, mode: str) -> dict[str, Any]:
+    return {
+        "watermark": watermark,
+        "run_id": run_id,
+        "rows": rows,
+        "mode": mode,
+        "committed_at": utc_now().isoformat(),
+    }
+
+
+def _with_since(request: ReadRequest, since: Since) -> ReadRequest:
+    return replace(request, since=since)
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry dropped connections and timeouts; never bad data or bad configuration."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+@task(
+    name="move_entity",
+    task_run_name="move {plan.name}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=_retry_if_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def move_entity(plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str) -> EntityResult:
+    """Move one entity from its Home to its Store and return what happened (never data)."""
+    from prefect import get_run_logger
+
+    return move(plan, home, store, run_id, get_run_logger())

@@ -1,0 +1,60 @@
+"""Progress of one entity: periodic log lines and a Prefect progress artifact."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+_LOG_EVERY_SECONDS = 5.0
+
+
+class EntityProgress:
+    """Reports rows and rows/s while an entity moves; quiet for fast entities."""
+
+    def __init__(self, entity: str, logger: Any, expected_rows: int | None = None) -> None:
+        self.entity = entity
+        self.logger = logger
+        self.expected = expected_rows
+        self.start = time.perf_counter()
+        self._last = self.start
+        self._artifact: Any = None
+
+    def update(self, rows: int) -> None:
+        now = time.perf_counter()
+        if now - self._last < _LOG_EVERY_SECONDS:
+            return
+        self._last = now
+        rate = rows / (now - self.start)
+        self.logger.info("%s: %s rows so far (%s rows/s)", self.entity, f"{rows:,}", f"{rate:,.0f}")
+        self._report(rows)
+
+    def done(self, rows: int, seconds: float) -> None:
+        rate = rows / seconds if seconds > 0 else 0.0
+        self.logger.info(
+            "%s: %s rows in %.2f s (%s rows/s)", self.entity, f"{rows:,}", seconds, f"{rate:,.0f}"
+        )
+        if self._artifact is not None:
+            self._update(100.0)
+
+    def _report(self, rows: int) -> None:
+        # without a row estimate, show progress as an asymptote rather than a fake percentage
+        pct = min(99.0, 100.0 * rows / self.expected) if self.expected else min(99.0, rows / 1e5)
+        if self._artifact is None:
+            try:
+                self._artifact = create_progress_artifact(
+                    progress=pct, description=f"{self.entity}: rows moved"
+                )
+            except Exception:  # outside a Prefect run there is nowhere to show it
+                self._artifact = False
+            return
+        self._update(pct)
+
+    def _update(self, pct: float) -> None:
+        if not self._artifact:
+            return
+        try:
+            update_progress_artifact(artifact_id=self._artifact, progress=pct)
+        except Exception:
+            self._artifact = False
