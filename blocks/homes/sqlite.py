@@ -164,6 +164,9 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBat
     for f in schema:
         col = batch.column(f.name)
         try:
+            if pa.types.is_decimal(f.type) and pa.types.is_integer(col.type):
+                # SQLite keeps `1.00` as INTEGER 1; Arrow casts int64 only to wide decimals
+                col = col.cast(pa.decimal128(38, f.type.scale))
             cols.append(col.cast(f.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             msg = (

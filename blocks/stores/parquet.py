@@ -28,7 +28,7 @@ from pydantic import Field
 
 from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
 from hygge_tasks import faults
-from hygge_tasks.errors import StoreError, first_line
+from hygge_tasks.errors import StoreError, TransientStoreError, first_line, is_transient
 from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_atomic
 
 _KEEP_COMMITTED = 10
@@ -145,8 +145,8 @@ class ParquetStore(StoreBlock):
         faults.point("publish.before_mark")
         manifest.state = "published"
         write_json_atomic(self.manifest_path(manifest.entity, manifest.run_id), manifest.to_json())
-        shutil.rmtree(staged, ignore_errors=True)
         shutil.rmtree(staged.with_name(staged.name + ".old"), ignore_errors=True)
+        _remove_staging(staged)
 
     def roll_back(self, manifest: Manifest) -> None:
         """Undo a run that never fully published: nothing of it stays visible."""
@@ -373,4 +373,6 @@ def _os_error(exc: OSError, entity: str, where: Path) -> StoreError:
     reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     path = exc.filename or where
     msg = f"cannot write {str(path)!r}: {reason}; the published table and the ledger are unchanged"
-    return StoreError(msg, entity=entity)
+    # a dropped network mount is worth a retry; a full disk or a permission is not
+    kind = TransientStoreError if is_transient(exc) else StoreError
+    return kind(msg, entity=entity)

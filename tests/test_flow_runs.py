@@ -1,0 +1,275 @@
+"""The parent flow end to end on real SQLite sources and a real Parquet lake."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import blocks
+from blocks.base import ReadRequest
+from blocks.homes.sqlite import SqliteHome
+from hygge_tasks import faults
+from tests.conftest import ledger_of, make_events_db, read_lake, run_flow, source_events
+
+T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
+
+
+def ts(seconds: int) -> str:
+    return str(T0 + dt.timedelta(seconds=seconds))
+
+
+def events_rows(start: int, count: int, per_second: int = 5) -> list[tuple[Any, ...]]:
+    # `per_second` rows share each timestamp: the boundary is full of ties
+    return [
+        (i, ts(i // per_second), f"{i}.{i % 100:02d}", f"évènement {i} ✓")
+        for i in range(start, start + count)
+    ]
+
+
+def spec_for(name: str, db: Path, lake: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "home": {"type": "sqlite", "path": str(db)},
+        "store": {"type": "parquet", "path": str(lake)},
+        "retry_delay_seconds": 0,
+        "defaults": {"batch_size": 97},
+        "entities": [
+            {"name": "events", "table": "events", "watermark": {"column": "ts", "keys": ["id"]}}
+        ],
+        **extra,
+    }
+
+
+def assert_lake_equals_source(lake: Path, db: Path) -> None:
+    got = read_lake(lake, "events").sort("id")
+    want = source_events(db).sort("id")
+    assert got["id"].to_list() == want["id"].to_list()
+    assert got["ts"].dt.strftime("%Y-%m-%d %H:%M:%S").to_list() == want["ts"].to_list()
+    assert got["amount"].cast(pl.String).to_list() == [
+        str(Decimal(v).quantize(Decimal("0.01"))) for v in want["amount"].cast(pl.String)
+    ]
+    assert got["label"].to_list() == want["label"].to_list()
+
+
+def summary_row(state: Any, entity: str) -> dict[str, Any]:
+    return next(r for r in state.result() if r["entity"] == entity)
+
+
+def test_full_then_incremental_loads_exactly_the_source(tmp_path: Path, spec_name: str) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 1000))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+
+    first = run_flow(spec)
+    assert first.is_completed()
+    assert summary_row(first, "events")["rows"] == 1000
+    assert_lake_equals_source(lake, db)
+    schema = pl.read_parquet_schema(next((lake / "events").glob("*.parquet")))
+    assert schema["ts"] == pl.Datetime("us")
+    assert schema["amount"] == pl.Decimal(10, 2)
+
+    make_events_db(db, events_rows(1000, 250))
+    second = run_flow(spec)
+    assert summary_row(second, "events")["rows"] == 250
+    assert summary_row(second, "events")["mode"] == "append"
+    assert_lake_equals_source(lake, db)
+    entry = ledger_of(spec)["events"]["watermark"]
+    assert entry["column"] == "ts"
+    assert entry["value"] == (T0 + dt.timedelta(seconds=1249 // 5)).isoformat()
+    assert entry["boundary"] == sorted(str(i) for i in range(1245, 1250))
+
+
+def test_rows_sharing_the_last_watermark_arrive_once(tmp_path: Path, spec_name: str) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", [(1, ts(0), "1", "a"), (2, ts(0), "2", "b")])
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    run_flow(spec)
+    # a late row with the same second as the stored watermark, and one after it
+    make_events_db(db, [(3, ts(0), "3", "c"), (4, ts(1), "4", "d")])
+    state = run_flow(spec)
+    assert summary_row(state, "events")["rows"] == 2
+    assert read_lake(lake, "events").sort("id")["id"].to_list() == [1, 2, 3, 4]
+    # and again at the new boundary
+    make_events_db(db, [(5, ts(1), "5", "e")])
+    state = run_flow(spec)
+    assert summary_row(state, "events")["rows"] == 1
+    assert_lake_equals_source(lake, db)
+    assert ledger_of(spec)["events"]["watermark"]["boundary"] == ["4", "5"]
+
+
+def test_boundary_without_keys_uses_row_hashes(tmp_path: Path, spec_name: str) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", [(1, ts(0), "1", "a"), (2, ts(0), "2", "b")])
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    spec["entities"][0]["watermark"] = {"column": "ts"}
+    run_flow(spec)
+    make_events_db(db, [(3, ts(0), "3", "c")])
+    state = run_flow(spec)
+    assert summary_row(state, "events")["rows"] == 1
+    assert_lake_equals_source(lake, db)
+
+
+def test_second_run_without_new_rows_changes_nothing(tmp_path: Path, spec_name: str) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 300))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    run_flow(spec)
+    files_before = sorted(p.name for p in (lake / "events").iterdir())
+    ledger_before = ledger_of(spec)["events"]
+
+    state = run_flow(spec)
+    row = summary_row(state, "events")
+    assert state.is_completed()
+    assert row["rows"] == 0
+    assert row["watermark"] == ledger_before["watermark"]["value"]
+    assert ledger_of(spec)["events"] == ledger_before
+    assert sorted(p.name for p in (lake / "events").iterdir()) == files_before
+    assert not (lake / "_staging").exists()
+
+
+def test_full_drop_replaces_table_and_resets_watermark(tmp_path: Path, spec_name: str) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 500))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    run_flow(spec)
+    make_events_db(db, events_rows(500, 100))
+    run_flow(spec)
+    assert len(list((lake / "events").glob("*.parquet"))) == 2
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM events WHERE id >= 400")  # the source shrank: only a full drop sees it
+    con.commit()
+    con.close()
+
+    state = run_flow(spec, run_type="full_drop")
+    assert summary_row(state, "events")["rows"] == 400
+    assert summary_row(state, "events")["mode"] == "replace"
+    assert len(list((lake / "events").glob("*.parquet"))) == 1
+    assert_lake_equals_source(lake, db)
+    assert (
+        ledger_of(spec)["events"]["watermark"]["value"]
+        == (T0 + dt.timedelta(seconds=79)).isoformat()
+    )
+
+
+def test_null_watermarks_are_counted_and_not_loaded(tmp_path: Path, spec_name: str) -> None:
+    db = make_events_db(
+        tmp_path / "src.sqlite", [(1, ts(0), "1", "a"), (2, None, "2", "b"), (3, None, "3", "c")]
+    )
+    lake = tmp_path / "lake"
+    state = run_flow(spec_for(spec_name, db, lake))
+    row = summary_row(state, "events")
+    assert row["rows"] == 1
+    assert "2 NULL-watermark rows skipped" in row["detail"]
+    assert read_lake(lake, "events")["id"].to_list() == [1]
+
+
+class SlowHome(SqliteHome):
+    """A real SQLite Home that holds each read open a moment and records overlap."""
+
+    _block_type_slug = "test-slow-sqlite-home"
+    spec_type = "slow-sqlite"
+    active: ClassVar[int] = 0
+    peak: ClassVar[int] = 0
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
+        with SlowHome.lock:
+            SlowHome.active += 1
+            SlowHome.peak = max(SlowHome.peak, SlowHome.active)
+        try:
+            time.sleep(0.4)
+            yield from super().read(request)
+        finally:
+            with SlowHome.lock:
+                SlowHome.active -= 1
+
+
+def test_entities_run_concurrently_within_the_bound(
+    tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(blocks.HOMES, "slow-sqlite", SlowHome)
+    SlowHome.peak = 0
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 50))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake, concurrency=2)
+    spec["home"]["type"] = "slow-sqlite"
+    spec["entities"] = [{"name": f"e{i}", "table": "events"} for i in range(6)]
+
+    state = run_flow(spec)
+    assert state.is_completed()
+    assert SlowHome.peak == 2
+    for i in range(6):
+        assert read_lake(lake, f"e{i}").height == 50
+
+    SlowHome.peak = 0
+    run_flow(spec, concurrency=3)
+    assert SlowHome.peak == 3
+
+
+def test_one_failing_entity_does_not_stop_the_others(tmp_path: Path, spec_name: str) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 120))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    spec["entities"].append({"name": "ghost", "table": "no_such_table"})
+    spec["entities"].append({"name": "copy", "table": "events"})
+
+    state = run_flow(spec)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"1 of 3 entities failed: ghost") as info:
+        state.result()
+    assert "'no_such_table' does not exist" in str(info.value)
+    summary = {r["entity"]: r for r in info.value.summary}
+    assert summary["ghost"]["status"] == "FAILED"
+    assert summary["events"]["rows"] == 120 and summary["copy"]["rows"] == 120
+    assert set(ledger_of(spec)) == {"events", "copy"}
+    assert not (lake / "ghost").exists()
+
+
+def test_transient_failure_is_retried_without_duplicates(
+    tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 1000))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    # the first attempt drops its "connection" after staging three batches
+    monkeypatch.setenv("HYGGE_FAULT", "stage.after_batch@3:transient")
+    state = run_flow(spec)
+    assert state.is_completed()
+    assert_lake_equals_source(lake, db)
+    assert len(list((lake / "events").glob("*.parquet"))) == 1
+    assert not (lake / "_staging").exists()
+
+    # an append of two files (291 + 209 rows) whose first attempt fails after publishing one
+    make_events_db(db, events_rows(1000, 500))
+    faults.reset()
+    spec["entities"][0]["max_rows_per_file"] = 200
+    monkeypatch.setenv("HYGGE_FAULT", "publish.between_files@1:transient")
+    state = run_flow(spec)
+    assert faults._hits["publish.between_files"] == 2  # failed once, then a clean retry
+    assert summary_row(state, "events")["rows"] == 500
+    assert_lake_equals_source(lake, db)
+    assert len(list((lake / "events").glob("*.parquet"))) == 1 + 2
+
+
+def test_bad_data_is_not_retried(
+    tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 100))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake, retries=3)
+    monkeypatch.setenv("HYGGE_FAULT", "move.after_read:raise")
+    state = run_flow(spec)
+    assert state.is_failed()
+    assert faults._hits["move.after_read"] == 1  # one attempt: an injected bug is not transient
+    assert not (lake / "events").exists()
+    assert ledger_of(spec) == {}
