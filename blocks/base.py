@@ -67,6 +67,10 @@ class HomeBlock(Block, ABC):
     def describe(self, request: ReadRequest) -> str:
         """A short human description of the source, for dry runs and logs (no secrets)."""
 
+    def estimate_rows(self, request: ReadRequest) -> int | None:
+        """A cheap row count for progress reporting, or None when it would cost a scan."""
+        return None
+
 
 class EntityWriter(ABC):
     """Stages one entity's batches for one run, then publishes them in one step."""

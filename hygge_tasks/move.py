@@ -75,7 +75,7 @@ def move(
         if plan.watermark_column
         else None
     )
-    progress = EntityProgress(plan.name, logger)
+    progress = EntityProgress(plan.name, logger, home.estimate_rows(request))
     writer = store.open_writer(plan.name, run_id, plan.mode)
     rows = 0
     try:

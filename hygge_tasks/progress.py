@@ -39,8 +39,9 @@ class EntityProgress:
             self._update(100.0)
 
     def _report(self, rows: int) -> None:
-        # without a row estimate, show progress as an asymptote rather than a fake percentage
-        pct = min(99.0, 100.0 * rows / self.expected) if self.expected else min(99.0, rows / 1e5)
+        if not self.expected:
+            return  # no honest percentage to show; the log lines carry the counts
+        pct = min(99.0, 100.0 * rows / self.expected)
         if self._artifact is None:
             try:
                 self._artifact = create_progress_artifact(

@@ -38,6 +38,10 @@ def source_table(db: Path, table: str) -> pl.DataFrame:
         return pl.from_arrow(cur.fetch_arrow_table())  # type: ignore[return-value]
 
 
+def lake_rows(lake: Path, table: str) -> int:
+    return int(pl.scan_parquet(lake / table / "*.parquet").select(pl.len()).collect().item())
+
+
 def test_example_runs_twice_and_the_lake_holds_exactly_the_source(
     tmp_path: Path, prefect_server: str
 ) -> None:
@@ -75,13 +79,13 @@ def test_example_runs_twice_and_the_lake_holds_exactly_the_source(
                 g = g.cast(pl.String)
                 expected = [f"{v:.2f}" for v in expected]
             assert g.to_list() == expected, f"{table}.{col}"
-    assert pl.scan_parquet(lake / "orders" / "*.parquet").select(pl.len()).collect().item() == 1_000_000
+    assert lake_rows(lake, "orders") == 1_000_000
 
     second = run_cli([], tmp_path, prefect_server)
     assert second.returncode == 0, second.stderr
     orders_line = next(line for line in second.stdout.splitlines() if line.startswith("orders "))
     assert orders_line.split()[2:4] == ["append", "0"]
-    assert pl.scan_parquet(lake / "orders" / "*.parquet").select(pl.len()).collect().item() == 1_000_000
+    assert lake_rows(lake, "orders") == 1_000_000
 
     dry_again = run_cli(["--dry-run", "--entity", "orders"], tmp_path, prefect_server)
     assert "mode  append (incremental)" in dry_again.stdout
@@ -91,7 +95,8 @@ def test_example_runs_twice_and_the_lake_holds_exactly_the_source(
 def test_cli_help_and_bad_spec(tmp_path: Path, prefect_server: str) -> None:
     helped = run_cli(["--help"], tmp_path, prefect_server)
     assert helped.returncode == 0
-    for option in ("--spec", "--entity", "--full-drop", "--incremental", "--concurrency", "--dry-run"):
+    options = ("--spec", "--entity", "--full-drop", "--incremental", "--concurrency", "--dry-run")
+    for option in options:
         assert option in helped.stdout
     missing = run_cli(["--spec", "nope.yaml"], tmp_path, prefect_server)
     assert missing.returncode == 2

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
@@ -41,6 +42,14 @@ class ParquetHome(HomeBlock):
         what = _describe_files(files)
         lf = pl.scan_parquet(files)
         yield from stream_batches(lf, request, what)
+
+    def estimate_rows(self, request: ReadRequest) -> int | None:
+        # footers only: no data pages are read
+        try:
+            files = resolve_files(self.path, request.path, (".parquet", ".parq"), request.entity)
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        except Exception:
+            return None
 
     def describe(self, request: ReadRequest) -> str:
         return f"parquet {request.path or ''} under {self.path or '.'}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,17 @@ class SqliteHome(HomeBlock):
             raise HomeError(msg, entity=request.entity) from exc
         finally:
             conn.close()
+
+    def estimate_rows(self, request: ReadRequest) -> int | None:
+        if not request.table or not Path(self.path).is_file():
+            return None
+        try:
+            uri = f"file:{Path(self.path).resolve()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as con:
+                row = con.execute(f"SELECT COUNT(*) FROM {quote_ident(request.table)}").fetchone()
+            return int(row[0])
+        except sqlite3.Error:
+            return None
 
     def describe(self, request: ReadRequest) -> str:
         what = f"table {request.table}" if request.table else "query"
