@@ -14,10 +14,15 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from prefect.blocks.core import Block
+from pydantic import HttpUrl
 
 from hygge_tasks.publish import Manifest
 
 WriteMode = Literal["append", "replace"]
+LOGO = HttpUrl(
+    "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/"
+    "prefect-logo-mark-solid-white-500.png"
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class ReadRequest:
 class HomeBlock(Block, ABC):
     """Where data lives. Subclasses read one entity as a stream of Arrow record batches."""
 
-    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
+    _logo_url = LOGO
     #: the `type:` a spec uses for an inline Home of this class
     spec_type: ClassVar[str]
 
@@ -95,7 +100,7 @@ class EntityWriter(ABC):
 class StoreBlock(Block, ABC):
     """Where data rests. Subclasses stage and publish as `docs/crash-safety.md` describes."""
 
-    _logo_url = HomeBlock._logo_url
+    _logo_url = LOGO
     spec_type: ClassVar[str]
 
     @abstractmethod

@@ -7,6 +7,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.base import LOGO
 from hygge_tasks.errors import LedgerError
 
 
@@ -27,7 +28,7 @@ class WatermarkLedger(Block):
 
     _block_type_name = "hygge Watermark Ledger"
     _block_type_slug = "hygge-watermark-ledger"
-    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark-solid-white-500.png"
+    _logo_url = LOGO
     _description = "Per-entity watermarks of one hygge flow spec (written by the flow)."
 
     value: dict[str, Any] = Field(
@@ -38,12 +39,14 @@ class WatermarkLedger(Block):
     def load_or_new(cls, name: str) -> WatermarkLedger:
         """The saved ledger, or an empty one when this spec has never run."""
         try:
-            return cls.load(name)
+            ledger = cls.load(name)
         except ValueError as exc:
             if "Unable to find" in str(exc) or "not found" in str(exc).lower():
                 return cls()
             msg = f"cannot read the watermark ledger {name!r}: {exc}"
             raise LedgerError(msg) from exc
+        assert isinstance(ledger, WatermarkLedger)  # load() is sync outside an event loop
+        return ledger
 
     def commit(self, name: str, entity: str, entry: dict[str, Any] | None) -> None:
         """Set one entity's entry and save the ledger (the only write path)."""

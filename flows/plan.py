@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ from prefect.blocks.core import Block
 from pydantic import ValidationError
 
 from blocks import HomeBlock, StoreBlock, WatermarkLedger
-from blocks.base import ReadRequest
+from blocks.base import ReadRequest, WriteMode
 from flows.spec import EntitySpec, FlowSpec, RunType
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.move import EntityPlan
@@ -24,7 +25,7 @@ class EntityJob:
     store: StoreBlock
 
 
-def resolve_block(ref: str | dict[str, Any], kinds: dict[str, type[Block]], role: str) -> Block:
+def resolve_block(ref: str | dict[str, Any], kinds: Mapping[str, type[Block]], role: str) -> Block:
     """A saved block (`"sqlite-home/shop"`) or an inline one (`{type: sqlite, path: ...}`)."""
     if isinstance(ref, dict):
         spec = dict(ref)
@@ -123,16 +124,22 @@ def _plan(
     wm = entity.watermark
     entry = ledger.value.get(entity.name) or {}
     previous = entry.get("watermark")
-    common = {
-        "name": entity.name,
-        "request": request,
-        "watermark_column": wm.column if wm else None,
-        "watermark_keys": list(wm.keys) if wm else [],
-    }
+
+    def plan(mode: WriteMode, reason: str, previous: dict[str, Any] | None = None) -> EntityPlan:
+        return EntityPlan(
+            name=entity.name,
+            request=request,
+            mode=mode,
+            watermark_column=wm.column if wm else None,
+            watermark_keys=list(wm.keys) if wm else [],
+            previous=previous,
+            reason=reason,
+        )
+
     if run_type == "full_drop":
-        return EntityPlan(**common, mode="replace", reason="full_drop: replace the table")
+        return plan("replace", "full_drop: replace the table")
     if wm is None:
-        return EntityPlan(**common, mode="replace", reason="no watermark: full reload")
+        return plan("replace", "no watermark: full reload")
     if previous and previous.get("column") != wm.column:
         msg = (
             f"the ledger's watermark is on column {previous.get('column')!r} but the spec now says "
@@ -140,9 +147,7 @@ def _plan(
         )
         raise ConfigError(msg, entity=entity.name)
     if not previous:
-        return EntityPlan(**common, mode="replace", reason="first load: no watermark yet")
+        return plan("replace", "first load: no watermark yet")
     if not store.has_data(entity.name):
-        return EntityPlan(
-            **common, mode="replace", reason="destination is empty: reloading from the start"
-        )
-    return EntityPlan(**common, mode="append", previous=previous, reason="incremental")
+        return plan("replace", "destination is empty: reloading from the start")
+    return plan("append", "incremental", previous)

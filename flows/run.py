@@ -94,10 +94,11 @@ def hygge(
         retries=plan.retries, retry_delay_seconds=plan.retry_delay_seconds
     )
     rows: dict[str, SummaryRow] = {}
+    runner: ThreadPoolTaskRunner[Any]
     with ThreadPoolTaskRunner(max_workers=workers) as runner:
-        futures = {
+        futures: dict[Any, EntityJob] = {
             runner.submit(
-                mover,
+                mover,  # type: ignore[arg-type]  # mypy picks submit's async overload
                 {"plan": job.plan, "home": job.home, "store": job.store, "run_id": run_id},
             ): job
             for job in jobs
