@@ -25,6 +25,7 @@ from blocks import HOMES, STORES, HomeBlock, StoreBlock, WatermarkLedger
 from flows.plan import EntityJob, build_jobs, resolve_block
 from flows.spec import FlowSpec, RunType, load_spec, parse_spec
 from flows.summary import SummaryRow, render
+from hygge_tasks import faults
 from hygge_tasks.errors import FlowError, HyggeError
 from hygge_tasks.move import EntityResult, move_entity
 
@@ -109,7 +110,9 @@ def hygge(
             try:
                 result: EntityResult = future.result()
                 if result.changed:
+                    faults.point("flow.before_ledger")
                     ledger.commit(plan.ledger_name, name, result.ledger_entry)
+                    faults.point("flow.before_mark_committed")
                     job.store.mark_committed(name, result.run_id)
                 rows[name] = SummaryRow.ok(result)
             except Exception as exc:

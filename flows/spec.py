@@ -119,28 +119,41 @@ class FlowSpec(BaseModel):
         raise ConfigError(msg)
 
 
-def expand_env(value: Any, where: str = "spec") -> Any:
-    """Expand `${VAR}` and `${VAR:-default}` in every string of a parsed spec."""
+def expand_env(value: Any, where: str = "spec", field: str = "") -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a parsed spec.
+
+    As in the shell, `${VAR:-default}` uses the default when VAR is unset or empty.
+    """
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
+            current = os.environ.get(name)
             if default is not None:
-                return default
+                return current or default
+            if current is not None:
+                return current
+            at = f", field {field}" if field else ""
             msg = (
-                f"{where}: environment variable {name!r} is not set "
+                f"{where}{at}: environment variable {name!r} is not set "
                 f"and has no default (write ${{{name}:-default}})"
             )
             raise ConfigError(msg)
 
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, where) for k, v in value.items()}
+        return {k: expand_env(v, where, _join(field, k, value)) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, where) for v in value]
+        return [expand_env(v, where, _join(field, i, v)) for i, v in enumerate(value)]
     return value
+
+
+def _join(field: str, key: Any, value: Any) -> str:
+    """Extend a field path for messages: `home.path`, `entities['orders'].path` (by name)."""
+    if isinstance(key, int):
+        name = value.get("name") if isinstance(value, dict) else None
+        return f"{field}[{name!r}]" if isinstance(name, str) else f"{field}[{key}]"
+    return f"{field}.{key}" if field else str(key)
 
 
 def parse_spec(data: Any, source: str = "spec") -> FlowSpec:
@@ -161,6 +174,9 @@ def load_spec(path: str | Path) -> FlowSpec:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"spec file {str(p)!r} is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise ConfigError(msg) from exc
     except FileNotFoundError as exc:
         msg = f"spec file {str(p)!r} does not exist (looked from {Path.cwd()})"
         raise ConfigError(msg) from exc

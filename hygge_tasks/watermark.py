@@ -182,7 +182,13 @@ class BoundaryFilter:
             return self._prev_scalar
         assert self.previous is not None
         try:
-            self._prev_scalar = pa.scalar(self.previous.value, type=typ)
+            scalar = pa.scalar(self.previous.value, type=typ)
+            # Arrow converts some values lossily (1.5 -> int64 1, a datetime -> date32): a
+            # truncated bound would load rows twice, so the value must survive the trip
+            if scalar.as_py() != self.previous.value:
+                msg = f"{self.previous.value!r} becomes {scalar.as_py()!r} as {typ}"
+                raise ValueError(msg)
+            self._prev_scalar = scalar
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
             msg = (
                 f"the stored watermark {self.previous.value!r} does not fit column "

@@ -151,10 +151,17 @@ class ParquetStore(StoreBlock):
     def roll_back(self, manifest: Manifest) -> None:
         """Undo a run that never fully published: nothing of it stays visible."""
         final = self.table_dir(manifest.entity)
+        staged = self.staging_dir(manifest.entity, manifest.run_id)
         if manifest.mode == "append":
             for name in manifest.files:
                 (final / name).unlink(missing_ok=True)
-        _remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
+        else:
+            old = staged.with_name(staged.name + ".old")
+            if old.is_dir() and not final.exists():
+                # a fallback swap stopped between its two renames: put the old table back
+                os.rename(old, final)
+                fsync_dir(final.parent)
+        _remove_staging(staged)
         self.manifest_path(manifest.entity, manifest.run_id).unlink(missing_ok=True)
 
     def _finish_or_undo(self, manifest: Manifest) -> Manifest | None:

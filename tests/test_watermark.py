@@ -1,0 +1,378 @@
+"""BoundaryFilter and Watermark on real Arrow batches: every expected value is a fixed literal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from hygge_tasks.errors import ConfigError
+from hygge_tasks.watermark import BoundaryFilter, Watermark
+
+UTC = dt.UTC
+
+
+@pytest.fixture(autouse=True, scope="module")
+def prefect_server() -> Iterator[None]:
+    """Pure Arrow logic: don't start the session's Prefect test server for this module."""
+    yield
+
+
+def rows(col_type: pa.DataType, ids: list[Any], values: list[Any], **extra: Any) -> pa.RecordBatch:
+    """A batch with `id` (int64), `wm` of `col_type`, and any extra columns."""
+    cols = {"id": pa.array(ids, pa.int64()), "wm": pa.array(values, col_type)}
+    cols.update({k: pa.array(v) for k, v in extra.items()})
+    return pa.record_batch(cols)
+
+
+def run(f: BoundaryFilter, *batches: pa.RecordBatch) -> list[Any]:
+    """Admit every batch; the ids that got through, in order."""
+    out: list[Any] = []
+    for b in batches:
+        out += f.admit(b).column("id").to_pylist()
+    return out
+
+
+# -- first runs and ties ------------------------------------------------------------------------
+
+
+def test_boundary_first_run_admits_all_and_keeps_ties_across_batches() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], None)
+    admitted = run(
+        f,
+        rows(pa.int64(), [1, 2, 3], [10, 30, 20]),
+        rows(pa.int64(), [4, 5], [30, 5]),
+        rows(pa.int64(), [6, 7], [30, 29]),
+    )
+    assert admitted == [1, 2, 3, 4, 5, 6, 7]
+    assert f.result() == Watermark("wm", 30, frozenset({"2", "4", "6"}))
+
+
+def test_boundary_larger_value_in_later_batch_resets_the_tie_set() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], None)
+    run(
+        f,
+        rows(pa.int64(), [1, 2], [30, 30]),
+        rows(pa.int64(), [3, 4], [31, 31]),
+        rows(pa.int64(), [5], [30]),
+    )
+    assert f.result() == Watermark("wm", 31, frozenset({"3", "4"}))
+
+
+def test_boundary_next_run_drops_loaded_ties_and_admits_late_ties() -> None:
+    previous = Watermark("wm", 30, frozenset({"2", "4", "6"}))
+    f = BoundaryFilter("e", "wm", ["id"], previous)
+    admitted = run(
+        f,
+        rows(pa.int64(), [1, 2, 3], [10, 30, 29]),  # below or already loaded
+        rows(pa.int64(), [4, 8], [30, 30]),  # 8 arrived late with the boundary value
+        rows(pa.int64(), [6, 9], [30, 30]),
+    )
+    assert admitted == [8, 9]
+    # the watermark did not move: the boundary grows with the late ties
+    assert f.result() == Watermark("wm", 30, frozenset({"2", "4", "6", "8", "9"}))
+
+
+def test_boundary_next_run_moves_forward_and_starts_a_new_tie_set() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], Watermark("wm", 30, frozenset({"2"})))
+    admitted = run(
+        f,
+        rows(pa.int64(), [2, 10, 11], [30, 40, 31]),
+        rows(pa.int64(), [12, 13], [40, 12]),
+    )
+    assert admitted == [10, 11, 12]
+    assert f.result() == Watermark("wm", 40, frozenset({"10", "12"}))
+
+
+def test_boundary_nothing_new_returns_previous_watermark() -> None:
+    previous = Watermark("wm", 30, frozenset({"1", "2"}))
+    f = BoundaryFilter("e", "wm", ["id"], previous)
+    assert run(f, rows(pa.int64(), [1, 2, 3], [30, 30, 29]), rows(pa.int64(), [], [])) == []
+    assert f.result() is previous
+
+
+def test_boundary_empty_first_run_has_no_watermark() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], None)
+    assert run(f, rows(pa.int64(), [], [])) == []
+    assert f.result() is None
+
+
+# -- column types -------------------------------------------------------------------------------
+
+
+def test_boundary_date_column() -> None:
+    d = dt.date
+    f = BoundaryFilter("e", "wm", ["id"], Watermark("wm", d(2024, 3, 1), frozenset({"1"})))
+    admitted = run(
+        f,
+        rows(pa.date32(), [1, 2, 3], [d(2024, 3, 1), d(2024, 3, 1), d(2024, 2, 29)]),
+        rows(pa.date32(), [4, 5], [d(2024, 3, 2), d(2024, 3, 2)]),
+    )
+    assert admitted == [2, 4, 5]
+    assert f.result() == Watermark("wm", d(2024, 3, 2), frozenset({"4", "5"}))
+
+
+def test_boundary_naive_datetime_column() -> None:
+    t = dt.datetime
+    previous = Watermark("wm", t(2024, 5, 1, 12, 0, 0), frozenset({"1"}))
+    f = BoundaryFilter("e", "wm", ["id"], previous)
+    admitted = run(
+        f,
+        rows(pa.timestamp("us"), [1, 2], [t(2024, 5, 1, 12), t(2024, 5, 1, 12)]),
+        rows(pa.timestamp("us"), [3, 4], [t(2024, 5, 1, 11, 59, 59), t(2024, 5, 1, 12, 0, 0, 1)]),
+    )
+    assert admitted == [2, 4]
+    result = f.result()
+    assert result == Watermark("wm", t(2024, 5, 1, 12, 0, 0, 1), frozenset({"4"}))
+    assert result is not None and result.value.tzinfo is None
+
+
+def test_boundary_utc_datetime_column_and_offset_in_stored_value() -> None:
+    t = dt.datetime
+    typ = pa.timestamp("us", tz="UTC")
+    # stored as 14:00+02:00, the same instant as 12:00 UTC
+    stored = t(2024, 5, 1, 14, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    f = BoundaryFilter("e", "wm", ["id"], Watermark("wm", stored, frozenset({"1"})))
+    admitted = run(
+        f,
+        rows(typ, [1, 2, 3], [t(2024, 5, 1, 12, tzinfo=UTC)] * 2 + [t(2024, 5, 1, 11, tzinfo=UTC)]),
+        rows(typ, [4], [t(2024, 5, 1, 13, tzinfo=UTC)]),
+    )
+    assert admitted == [2, 4]
+    result = f.result()
+    assert result is not None
+    assert result.value == t(2024, 5, 1, 13, tzinfo=UTC)
+    assert result.value.utcoffset() == dt.timedelta(0)
+    assert result.to_json()["value"] == "2024-05-01T13:00:00+00:00"
+
+
+def test_boundary_string_column() -> None:
+    previous = Watermark("wm", "2024-05-01", frozenset({"1"}))
+    f = BoundaryFilter("e", "wm", ["id"], previous)
+    admitted = run(
+        f,
+        rows(pa.large_string(), [1, 2, 3], ["2024-05-01", "2024-05-01", "2024-04-30"]),
+        rows(pa.large_string(), [4, 5], ["2024-05-02", "2024-05-10"]),
+    )
+    assert admitted == [2, 4, 5]
+    assert f.result() == Watermark("wm", "2024-05-10", frozenset({"5"}))
+
+
+def test_boundary_decimal_column() -> None:
+    typ = pa.decimal128(10, 2)
+    previous = Watermark("wm", Decimal("1.50"), frozenset({"1"}))
+    f = BoundaryFilter("e", "wm", ["id"], previous)
+    admitted = run(
+        f,
+        rows(typ, [1, 2, 3], [Decimal("1.50"), Decimal("1.50"), Decimal("1.49")]),
+        rows(typ, [4, 5], [Decimal("2.25"), Decimal("2.25")]),
+    )
+    assert admitted == [2, 4, 5]
+    result = f.result()
+    assert result == Watermark("wm", Decimal("2.25"), frozenset({"4", "5"}))
+    assert result is not None and result.to_json()["value"] == "2.25"
+
+
+# -- identity -----------------------------------------------------------------------------------
+
+
+def test_boundary_composite_keys_identify_rows() -> None:
+    f = BoundaryFilter("e", "wm", ["region", "id"], None)
+    b = rows(pa.int64(), [1, 1, 2, 3], [7, 7, 7, 6], region=["eu", "us", None, "eu"])
+    run(f, b)
+    assert f.result() == Watermark("wm", 7, frozenset({"eu\x1f1", "us\x1f1", "\\N\x1f2"}))
+
+    # same id in another region is a different row; a NULL key matches its stored form
+    previous = f.result()
+    g = BoundaryFilter("e", "wm", ["region", "id"], previous)
+    later = rows(pa.int64(), [1, 1, 2, 2], [7, 7, 7, 7], region=["eu", "asia", None, "eu"])
+    out = g.admit(later)
+    assert out.column("id").to_pylist() == [1, 2]
+    assert out.column("region").to_pylist() == ["asia", "eu"]
+    assert g.result() == Watermark(
+        "wm", 7, frozenset({"eu\x1f1", "us\x1f1", "\\N\x1f2", "asia\x1f1", "eu\x1f2"})
+    )
+
+
+def test_boundary_without_keys_uses_row_hashes() -> None:
+    f = BoundaryFilter("e", "wm", [], None)
+    b = rows(pa.int64(), [1, 2, None], [10, 10, 10], label=["a", "b", "é"])
+    assert f.identities(b) == [
+        # sha256 of the row as sorted-key JSON, first 32 hex digits: stored in ledgers, so fixed
+        "bdd0d43c0e7a68ea4ce1267e171a91de",
+        "326b9a6cfe6fda41ee41c62767027ab0",
+        "d80af718d75c9963bd10c1a871b6a3a9",
+    ]
+    run(f, b.slice(0, 2))
+    previous = f.result()
+    assert previous == Watermark(
+        "wm",
+        10,
+        frozenset({"bdd0d43c0e7a68ea4ce1267e171a91de", "326b9a6cfe6fda41ee41c62767027ab0"}),
+    )
+
+    g = BoundaryFilter("e", "wm", [], previous)
+    # the same two rows come back, plus a third at the boundary that differs in one column
+    again = rows(pa.int64(), [1, 2, 2], [10, 10, 10], label=["a", "b", "c"])
+    assert g.admit(again).column("label").to_pylist() == ["c"]
+
+
+def test_boundary_single_key_of_other_types_is_text() -> None:
+    f = BoundaryFilter("e", "wm", ["code"], None)
+    b = pa.record_batch(
+        {
+            "code": pa.array([Decimal("1.50"), None], pa.decimal128(5, 2)),
+            "wm": pa.array([3, 3], pa.int64()),
+        }
+    )
+    assert f.admit(b).num_rows == 2
+    assert f.result() == Watermark("wm", 3, frozenset({"1.50", "\\N"}))
+
+
+# -- NULL watermarks ----------------------------------------------------------------------------
+
+
+def test_boundary_null_watermarks_are_counted_never_admitted() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], None)
+    admitted = run(
+        f,
+        rows(pa.int64(), [1, 2, 3], [None, 5, None]),
+        rows(pa.int64(), [4], [None]),
+        rows(pa.int64(), [5], [4]),
+    )
+    assert admitted == [2, 5]
+    assert f.null_rows == 3
+    assert f.result() == Watermark("wm", 5, frozenset({"2"}))
+
+
+def test_boundary_nulls_before_ties_do_not_shift_the_tie_check() -> None:
+    # NULLs in the same batch as boundary ties: each tie must be matched to its own row
+    f = BoundaryFilter("e", "wm", ["id"], Watermark("wm", 5, frozenset({"2", "4"})))
+    admitted = run(f, rows(pa.int64(), [1, 2, 3, 4, 6, 7], [None, 5, None, 5, 5, 6]))
+    assert admitted == [6, 7]
+    assert f.null_rows == 2
+    assert f.result() == Watermark("wm", 6, frozenset({"7"}))
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_boundary_missing_watermark_column_is_a_config_error() -> None:
+    f = BoundaryFilter("orders", "updated_at", ["id"], None)
+    with pytest.raises(ConfigError, match=r"entity 'orders': watermark column 'updated_at' is not"):
+        f.admit(rows(pa.int64(), [1], [1]))
+
+
+def test_boundary_missing_key_column_is_a_config_error() -> None:
+    f = BoundaryFilter("orders", "wm", ["id", "line_no"], None)
+    with pytest.raises(ConfigError, match=r"entity 'orders': watermark key column 'line_no'"):
+        f.admit(rows(pa.int64(), [1], [1]))
+
+
+@pytest.mark.parametrize(
+    ("stored", "col_type", "values"),
+    [
+        ("2024-05-01", pa.int64(), [1]),  # was text, now a number
+        (5, pa.string(), ["5"]),  # was a number, now text
+        (dt.date(2024, 5, 1), pa.timestamp("us"), [dt.datetime(2024, 5, 1)]),
+        (Decimal("1.234"), pa.decimal128(10, 2), [Decimal("1.23")]),  # scale shrank
+        # lossy conversions Arrow would accept silently: truncating the bound repeats rows
+        (1.5, pa.int64(), [1]),
+        (dt.datetime(2024, 5, 1, 12), pa.date32(), [dt.date(2024, 5, 1)]),
+        (dt.datetime(2024, 5, 1, 12, 0, 0, 5), pa.timestamp("ms"), [dt.datetime(2024, 5, 1)]),
+    ],
+)
+def test_boundary_stored_value_that_no_longer_fits_the_column(
+    stored: Any, col_type: pa.DataType, values: list[Any]
+) -> None:
+    f = BoundaryFilter("orders", "wm", ["id"], Watermark("wm", stored, frozenset({"1"})))
+    with pytest.raises(ConfigError, match=r"^entity 'orders': the stored watermark") as e:
+        f.admit(rows(col_type, [1], values))
+    message = str(e.value)
+    assert repr(stored) in message
+    assert f"column 'wm' of type {col_type}" in message
+    assert "--full-drop" in message
+    assert e.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    ("stored", "col_type", "values", "admitted"),
+    [
+        (5, pa.float64(), [4.5, 5.0, 5.5], [1, 2]),  # int -> float is exact
+        (Decimal("1.5"), pa.decimal128(10, 3), [Decimal("1.499"), Decimal("1.5")], [1]),
+        ("b", pa.large_string(), ["a", "b", "c"], [1, 2]),  # string -> large_string
+    ],
+)
+def test_boundary_stored_value_widening_is_accepted(
+    stored: Any, col_type: pa.DataType, values: list[Any], admitted: list[int]
+) -> None:
+    f = BoundaryFilter("e", "wm", ["id"], Watermark("wm", stored, frozenset({"9"})))
+    assert run(f, rows(col_type, list(range(len(values))), values)) == admitted
+
+
+# -- the ledger form ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "text"),
+    [
+        (42, "int", 42),
+        (2.5, "float", 2.5),
+        (True, "bool", True),
+        ("2024-05-01", "str", "2024-05-01"),
+        (dt.date(2024, 5, 1), "date", "2024-05-01"),
+        (dt.datetime(2024, 5, 1, 12, 30, 1, 250), "datetime", "2024-05-01T12:30:01.000250"),
+        (
+            dt.datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+            "datetime",
+            "2024-05-01T12:30:00+00:00",
+        ),
+        (Decimal("1234.50"), "decimal", "1234.50"),
+    ],
+)
+def test_watermark_json_round_trip(value: Any, kind: str, text: Any) -> None:
+    wm = Watermark("wm", value, frozenset({"b", "a"}))
+    data = wm.to_json()
+    assert data == {"column": "wm", "kind": kind, "value": text, "boundary": ["a", "b"]}
+    back = Watermark.from_json(json.loads(json.dumps(data)))  # through real JSON text
+    assert back == wm
+    assert type(back.value) is type(value)
+    if isinstance(value, dt.datetime):
+        assert back.value.utcoffset() == value.utcoffset()
+    if isinstance(value, Decimal):
+        assert str(back.value) == "1234.50"  # the scale survives
+
+
+def test_watermark_from_json_without_boundary() -> None:
+    back = Watermark.from_json({"column": "n", "kind": "int", "value": 7})
+    assert back == Watermark("n", 7, frozenset())
+
+
+def test_watermark_unsupported_value_type_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"a watermark of type bytes is not supported"):
+        Watermark("wm", b"\x00", frozenset()).to_json()
+
+
+def test_watermark_round_trip_feeds_the_next_run() -> None:
+    """The value as stored in the ledger works as the next run's bound."""
+    t = dt.datetime
+    typ = pa.timestamp("us", tz="UTC")
+    first = BoundaryFilter("e", "wm", ["id"], None)
+    run(first, rows(typ, [1, 2], [t(2024, 5, 1, 12, tzinfo=UTC)] * 2))
+    result = first.result()
+    assert result is not None
+    stored = json.loads(json.dumps(result.to_json()))
+    assert stored == {
+        "column": "wm",
+        "kind": "datetime",
+        "value": "2024-05-01T12:00:00+00:00",
+        "boundary": ["1", "2"],
+    }
+    second = BoundaryFilter("e", "wm", ["id"], Watermark.from_json(stored))
+    admitted = run(second, rows(typ, [1, 2, 3], [t(2024, 5, 1, 12, tzinfo=UTC)] * 3))
+    assert admitted == [3]
