@@ -8,6 +8,7 @@ the parent flow commits the returned entry, so a task retry can never advance a 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,8 +64,13 @@ class EntityResult:
 def move(
     plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str, logger: Any
 ) -> EntityResult:
-    """Move one entity; the engine behind the task, callable without Prefect."""
+    """Move one entity; the engine behind the task, callable without Prefect.
+
+    Each attempt writes under its own id (`<run_id>-<4 hex>`): a retry after a failure late in
+    publishing must never mistake the failed attempt's files for its own.
+    """
     start = time.perf_counter()
+    run_id = f"{run_id}-{uuid.uuid4().hex[:4]}"
     faults.set_entity(plan.name)
     previous = plan.previous_watermark if plan.mode == "append" else None
     request = plan.request

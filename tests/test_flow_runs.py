@@ -273,3 +273,38 @@ def test_bad_data_is_not_retried(
     assert faults._hits["move.after_read"] == 1  # one attempt: an injected bug is not transient
     assert not (lake / "events").exists()
     assert ledger_of(spec) == {}
+
+
+class GrowingHome(SqliteHome):
+    """A real SQLite Home whose source gains rows between the first and second attempt."""
+
+    _block_type_slug = "test-growing-sqlite-home"
+    spec_type = "growing-sqlite"
+    reads: ClassVar[int] = 0
+
+    def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
+        GrowingHome.reads += 1
+        if GrowingHome.reads == 2:
+            make_events_db(Path(self.path), events_rows(1000, 50))
+        yield from super().read(request)
+
+
+def test_replace_retried_after_its_swap_publishes_the_retry(
+    tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(blocks.HOMES, "growing-sqlite", GrowingHome)
+    GrowingHome.reads = 0
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 1000))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    spec["home"]["type"] = "growing-sqlite"
+    # the first attempt swaps its table in, then loses its connection before recording it
+    monkeypatch.setenv("HYGGE_FAULT", "publish.before_mark@1:transient")
+    state = run_flow(spec)
+    assert state.is_completed()
+    assert GrowingHome.reads == 2
+    assert summary_row(state, "events")["rows"] == 1050
+    assert_lake_equals_source(lake, db)
+    entry = ledger_of(spec)["events"]
+    files = [p.name for p in (lake / "events").glob("*.parquet")]
+    assert files == [f"part-{entry['run_id']}-00000.parquet"]
