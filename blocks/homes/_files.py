@@ -28,11 +28,18 @@ def resolve_files(
     if base and not target.is_absolute():
         target = Path(base) / target
     text = str(target)
-    if any(ch in text for ch in "*?["):
+    joined = f" (the Home's `path` {base!r} joined with {pattern!r})" if base and pattern else ""
+    if globlib.has_magic(text):
+        root = _literal_root(target)
         found = [Path(p) for p in globlib.glob(text, recursive=True)]
-        files = sorted(p for p in found if p.is_file() and not _hidden(p))
+        # only the parts the pattern matched can hide a file: `/data/_landing/*.csv` is fine
+        files = sorted(
+            p for p in found if p.is_file() and not _hidden(Path(*p.parts[len(root.parts) :]))
+        )
         if not files:
-            msg = f"no file matches {text!r} (looked from {Path.cwd()})"
+            skipped = " (names starting with '.' or '_' are skipped)" if found else ""
+            where = _where(target, root)
+            msg = f"no file matches {text!r}{joined}{skipped}{where}; check the entity's `path`"
             raise HomeError(msg, entity=entity)
         return files
     if target.is_dir():
@@ -42,17 +49,45 @@ def resolve_files(
             if p.is_file() and p.suffix.lower() in suffixes and not _hidden(p.relative_to(target))
         )
         if not files:
-            msg = f"directory {text!r} holds no {'/'.join(suffixes)} files"
+            msg = (
+                f"directory {text!r}{joined} holds no {'/'.join(suffixes)} files (names "
+                "starting with '.' or '_' are skipped); check the entity's `path`"
+            )
             raise HomeError(msg, entity=entity)
         return files
     if not target.exists():
-        msg = f"file {text!r} does not exist (looked from {Path.cwd()}); check the entity's `path`"
+        msg = (
+            f"{text!r}{joined} does not exist: no such file or directory"
+            f"{_where(target)}; check the entity's `path`"
+        )
         raise HomeError(msg, entity=entity)
     return [target]
 
 
 def _hidden(path: Path) -> bool:
     return any(part.startswith((".", "_")) for part in path.parts if part not in (".", ".."))
+
+
+def _literal_root(pattern: Path) -> Path:
+    """The leading part of a glob pattern without wildcards: `/a/_b/*/x*.csv` -> `/a/_b`."""
+    parts: list[str] = []
+    for part in pattern.parts:
+        if globlib.has_magic(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path()
+
+
+def _where(target: Path, folder: Path | None = None) -> str:
+    """Where to look for a missing path: the working directory, the deepest existing folder."""
+    looked = "" if target.is_absolute() else f" (looked from {Path.cwd()})"
+    folder = (folder or target.parent).absolute()
+    if folder.is_dir():
+        return looked
+    for existing in folder.parents:
+        if existing.is_dir():
+            return f"{looked}; the closest existing folder is {str(existing)!r}"
+    return looked
 
 
 def since_filter(lf: pl.LazyFrame, request: ReadRequest) -> pl.LazyFrame:
@@ -86,6 +121,11 @@ def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterato
             yield pa.RecordBatch.from_pylist([], schema=schema)
     except HomeError:
         raise
-    except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as exc:
+    except (
+        pl.exceptions.PolarsError,
+        pl.exceptions.PanicException,  # a BaseException: damaged input can reach engine asserts
+        OSError,
+        pa.ArrowException,
+    ) as exc:
         msg = f"could not read {what}: {first_line(exc)}"
         raise HomeError(msg, entity=request.entity) from exc

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
 from blocks.homes._files import resolve_files, stream_batches
-from hygge_tasks.errors import ConfigError, HomeError
+from hygge_tasks.errors import ConfigError, HomeError, first_line
 
 _POLARS_ENCODINGS = {"utf8", "utf-8", "utf8-lossy"}
 
@@ -25,7 +25,9 @@ class CsvHome(HomeBlock):
     Column types are inferred from the first `infer_schema_length` rows; a later value that
     does not fit fails the entity with the column named (raise the length, set it to 0 to read
     every column as text, or pin types with `schema_overrides`). Files in an encoding other
-    than UTF-8 are transcoded on the fly.
+    than UTF-8 are transcoded on the fly. Without a header line, columns are named `column_1`,
+    `column_2`, ... (the names `schema_overrides` and `columns` use). A file holding only the
+    header reads as zero rows with every column typed String, unless `schema_overrides` pins it.
 
     Example:
         ```python
@@ -68,7 +70,10 @@ class CsvHome(HomeBlock):
         files = resolve_files(self.path, request.path, (".csv", ".tsv", ".txt"), request.entity)
         for f in files:
             if f.stat().st_size == 0:
-                msg = f"file {str(f)!r} is empty (0 bytes): a CSV needs at least a header line"
+                msg = (
+                    f"file {str(f)!r} is empty (0 bytes): a CSV needs at least a header line; "
+                    "remove the file or write it again"
+                )
                 raise HomeError(msg, entity=request.entity)
         with tempfile.TemporaryDirectory(prefix="hygge-csv-") as tmp:
             sources = self._utf8_sources(files, Path(tmp), request.entity)
@@ -76,6 +81,7 @@ class CsvHome(HomeBlock):
                 sources,
                 separator=self.delimiter,
                 has_header=self.has_header,
+                new_columns=None if self.has_header else self._headerless_names(sources, request),
                 quote_char=self.quote_char or None,
                 null_values=self.null_values or None,
                 infer_schema_length=self.infer_schema_length,
@@ -89,11 +95,33 @@ class CsvHome(HomeBlock):
             try:
                 yield from stream_batches(lf, request, what)
             except HomeError as exc:
-                hint = _CSV_HINT if "parse" in exc.msg or "dtype" in exc.msg else ""
+                # the hint comes from the engine's text, not from a path that may contain "utf8"
+                hint = _hint(str(exc.__cause__ or ""))
                 raise HomeError(exc.msg + hint, entity=request.entity) from exc.__cause__
 
     def describe(self, request: ReadRequest) -> str:
         return f"csv {request.path or ''} under {self.path or '.'}"
+
+    def _headerless_names(self, sources: list[Path], request: ReadRequest) -> list[str]:
+        """`column_1`, `column_2`, ...: stable names whatever the Polars version calls them."""
+        try:
+            width = (
+                pl.scan_csv(
+                    sources[0],
+                    separator=self.delimiter,
+                    has_header=False,
+                    quote_char=self.quote_char or None,
+                    infer_schema=False,
+                    n_rows=1,
+                    encoding="utf8-lossy",
+                )
+                .collect_schema()
+                .len()
+            )
+        except pl.exceptions.PolarsError as exc:
+            msg = f"could not read the first line of {str(sources[0])!r}: {first_line(exc)}"
+            raise HomeError(msg, entity=request.entity) from exc
+        return [f"column_{i}" for i in range(1, width + 1)]
 
     def _overrides(self, entity: str) -> dict[str, pl.DataType] | None:
         out: dict[str, pl.DataType] = {}
@@ -120,18 +148,21 @@ class CsvHome(HomeBlock):
         for i, f in enumerate(files):
             target = tmp / f"{i:05d}.csv"
             # streamed copy: memory stays at one buffer, whatever the file size
-            with (
-                open(f, encoding=self.encoding, newline="") as src,
-                open(target, "w", encoding="utf-8", newline="") as dst,
-            ):
-                try:
+            try:
+                with (
+                    open(f, encoding=self.encoding, newline="") as src,
+                    open(target, "w", encoding="utf-8", newline="") as dst,
+                ):
                     shutil.copyfileobj(src, dst, 1 << 20)
-                except UnicodeDecodeError as exc:
-                    msg = (
-                        f"file {str(f)!r} is not valid {self.encoding}: "
-                        f"{exc.reason} at byte {exc.start}"
-                    )
-                    raise HomeError(msg, entity=entity) from exc
+            except UnicodeDecodeError as exc:
+                msg = (
+                    f"file {str(f)!r} is not valid {self.encoding}: {exc.reason} "
+                    f"at byte {exc.start}; set `encoding` to the one the file was written in"
+                )
+                raise HomeError(msg, entity=entity) from exc
+            except OSError as exc:
+                msg = f"cannot transcode {str(f)!r} from {self.encoding}: {exc.strerror or exc}"
+                raise HomeError(msg, entity=entity) from exc
             out.append(target)
         return out
 
@@ -140,3 +171,19 @@ _CSV_HINT = (
     ". If a column holds mixed values, raise `infer_schema_length` (empty scans every row), "
     "set it to 0 to read all columns as text, or pin the column with `schema_overrides`"
 )
+_ENCODING_HINT = (
+    ". The file is not UTF-8: set `encoding` (e.g. latin-1 or cp1252) on the Home or the entity"
+)
+_FIELDS_HINT = ". A line has more fields than the header: check `delimiter` and `quote_char`"
+
+
+def _hint(msg: str) -> str:
+    """What to do next about a CSV read error, from the engine's message."""
+    text = msg.lower()
+    if "utf-8" in text or "utf8" in text:
+        return _ENCODING_HINT
+    if "more fields" in text:
+        return _FIELDS_HINT
+    if "parse" in text or "dtype" in text:
+        return _CSV_HINT
+    return ""

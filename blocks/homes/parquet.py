@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -11,6 +12,9 @@ from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
 from blocks.homes._files import resolve_files, stream_batches
+from hygge_tasks.errors import HomeError, first_line
+
+_SUFFIXES = (".parquet", ".parq")
 
 
 class ParquetHome(HomeBlock):
@@ -18,7 +22,8 @@ class ParquetHome(HomeBlock):
 
     Each entity's `path` is a file, a directory (every `*.parquet` below it) or a glob,
     relative to this Home's `path` when that is set. Files are streamed in batches, so a
-    table larger than memory is fine.
+    table larger than memory is fine. Every file's footer is checked before the first row is
+    read, so an empty, truncated or foreign file fails the entity with that file named.
 
     Example:
         ```python
@@ -38,15 +43,19 @@ class ParquetHome(HomeBlock):
     )
 
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
-        files = resolve_files(self.path, request.path, (".parquet", ".parq"), request.entity)
-        what = _describe_files(files)
+        files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
+        for f in files:
+            _check_footer(f, request.entity)
         lf = pl.scan_parquet(files)
-        yield from stream_batches(lf, request, what)
+        try:
+            yield from stream_batches(lf, request, _describe_files(files))
+        except HomeError as exc:
+            raise _explain(exc, files, request.entity) from exc.__cause__
 
     def estimate_rows(self, request: ReadRequest) -> int | None:
         # footers only: no data pages are read
         try:
-            files = resolve_files(self.path, request.path, (".parquet", ".parq"), request.entity)
+            files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
             return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         except Exception:
             return None
@@ -55,7 +64,70 @@ class ParquetHome(HomeBlock):
         return f"parquet {request.path or ''} under {self.path or '.'}"
 
 
-def _describe_files(files: list) -> str:
+def _describe_files(files: list[Path]) -> str:
     if len(files) == 1:
         return f"{str(files[0])!r}"
     return f"{len(files)} files ({str(files[0])!r} …)"
+
+
+def _check_footer(path: Path, entity: str) -> None:
+    """Fail early, naming the file, when it cannot be a complete Parquet file."""
+    try:
+        if path.stat().st_size == 0:
+            msg = (
+                f"file {str(path)!r} is empty (0 bytes), not a Parquet file: the export that "
+                "wrote it failed or is still running; write it again or remove it"
+            )
+            raise HomeError(msg, entity=entity)
+        pq.read_metadata(path)
+    except OSError as exc:
+        msg = f"cannot open {str(path)!r}: {exc.strerror or first_line(exc)}"
+        raise HomeError(msg, entity=entity) from exc
+    except pa.ArrowException as exc:
+        # pyarrow adds "Either the file is corrupted or ..."; the advice below says it better
+        reason = first_line(exc).split(". ")[0].rstrip(".")
+        msg = (
+            f"file {str(path)!r} is not a readable Parquet file ({reason}); it is "
+            "truncated, still being written, or not Parquet: write it again or remove it"
+        )
+        raise HomeError(msg, entity=entity) from exc
+
+
+def _explain(exc: HomeError, files: list[Path], entity: str) -> HomeError:
+    """Turn the engine's read errors into ones that name the file and the fix."""
+    cause = exc.__cause__
+    if isinstance(cause, pl.exceptions.SchemaError) and len(files) > 1:
+        odd = _first_odd_schema(files)
+        if odd is not None:
+            msg = (
+                f"file {str(odd[0])!r} does not share the schema of {str(files[0])!r} "
+                f"({odd[1]}); every file of an entity must have the same columns and types: "
+                "rewrite the odd file or move it out of the entity's `path`"
+            )
+            return HomeError(msg, entity=entity)
+    if "out of specification" in exc.msg:
+        msg = (
+            f"{exc.msg}. The file's data pages are damaged although its footer reads: "
+            "write the file again or remove it"
+        )
+        return HomeError(msg, entity=entity)
+    return exc
+
+
+def _first_odd_schema(files: list[Path]) -> tuple[Path, str] | None:
+    try:
+        first = {f.name: str(f.type) for f in pq.read_schema(files[0])}
+        for path in files[1:]:
+            other = {f.name: str(f.type) for f in pq.read_schema(path)}
+            if other != first:
+                changes = [f"+{n} {t}" for n, t in other.items() if n not in first]
+                changes += [f"-{n} {t}" for n, t in first.items() if n not in other]
+                changes += [
+                    f"{n}: {t} instead of {first[n]}"
+                    for n, t in other.items()
+                    if n in first and first[n] != t
+                ]
+                return path, "; ".join(changes) or "other column order"
+    except (OSError, pa.ArrowException):
+        return None
+    return None

@@ -369,17 +369,44 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+_OS_REASONS = {
+    errno.ENOSPC: ("the disk is full", "free space there or point the Store's `path` elsewhere"),
+    errno.EDQUOT: ("the disk quota is exhausted", "raise the quota or free space there"),
+    errno.EACCES: ("permission denied", "give the user running hygge write access there"),
+    errno.EPERM: (
+        "permission denied",
+        "give the user running hygge write access there (and clear any immutable flag)",
+    ),
+    errno.EROFS: (
+        "the filesystem is read-only",
+        "remount it read-write or point the Store's `path` elsewhere",
+    ),
+    errno.ENOTDIR: ("a part of that path is not a directory", "point the Store's `path` at one"),
+}
+
+
 def _os_error(exc: OSError, entity: str, where: Path) -> StoreError:
-    reasons = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exhausted",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EROFS: "the filesystem is read-only",
-    }
-    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
-    path = exc.filename or where
-    msg = f"cannot write {str(path)!r}: {reason}; the published table and the ledger are unchanged"
+    reason, advice = _OS_REASONS.get(exc.errno or 0, (exc.strerror or str(exc), ""))
+    path = Path(exc.filename) if exc.filename else where
+    if exc.errno == errno.ENOTDIR:
+        blocker = _file_in_the_way(path)
+        if blocker is not None:
+            reason = f"{str(blocker)!r} is a file, not a directory"
+    if exc.filename2:
+        # a rename while publishing: the folder it goes into is what a reader can act on
+        action = f"cannot move a staged file into {str(Path(exc.filename2).parent)!r}"
+    else:
+        action = f"cannot write {str(path)!r}"
+    after = f"; {advice}" if advice else ""
+    msg = f"{action}: {reason}; the published table and the ledger are unchanged{after}"
     # a dropped network mount is worth a retry; a full disk or a permission is not
     kind = TransientStoreError if is_transient(exc) else StoreError
     return kind(msg, entity=entity)
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The existing non-directory that stops `path` (or one of its parents) being created."""
+    for candidate in [*reversed(path.parents), path]:
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return None
