@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -129,6 +130,18 @@ class StoreBlock(Block, ABC):
     @abstractmethod
     def describe(self, entity: str) -> str:
         """Where the entity lands, for dry runs and logs (no secrets)."""
+
+    @abstractmethod
+    def lock_id(self) -> str:
+        """Names the area `exclusive` locks: stores with equal ids share one lock."""
+
+    @abstractmethod
+    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
+        """Hold this Store for one flow run; raise `StoreError` if another run holds it.
+
+        Recovery removes staging it does not own and a replace swaps whole tables, so two runs
+        writing one Store at once must take turns.
+        """
 
 
 def utc_now() -> dt.datetime:

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import sys
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -60,37 +61,31 @@ def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, ledger_name: str, l
             job.store.mark_committed(job.plan.name, manifest.run_id)
 
 
-@flow(name="hygge", log_prints=False)
-def hygge(
-    spec: str | dict[str, Any] = str(EXAMPLE_SPEC),
-    entities: list[str] | None = None,
-    run_type: RunType | None = None,
-    concurrency: int | None = None,
-) -> list[dict[str, Any]]:
-    """Move the entities of a flow spec from its Home to its Store.
+def _exclusive(stores: list[StoreBlock], run_id: str, wait_seconds: float) -> ExitStack:
+    """Lock every distinct Store area this run writes, in a fixed order (no deadlock)."""
+    stack = ExitStack()
+    unique = {s.lock_id(): s for s in stores}
+    try:
+        for key in sorted(unique):
+            stack.enter_context(unique[key].exclusive(run_id, wait_seconds))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
-    Args:
-        spec: Path of a YAML flow spec, or the spec itself as a mapping.
-        entities: Only these entities (default: all).
-        run_type: Override the spec's run type: `incremental` or `full_drop`.
-        concurrency: Override how many entities move at once.
-    """
-    logger = get_run_logger()
-    plan = _load(spec)
-    home = resolve_block(plan.home, HOMES, "home")
-    store = resolve_block(plan.store, STORES, "store")
-    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
-    ledger = WatermarkLedger.load_or_new(plan.ledger_name)
-    jobs = build_jobs(plan, home, store, ledger, entities, run_type)
-    _recover(jobs, ledger, plan.ledger_name, logger)
-    # recovery may have moved watermarks: plan again from the updated ledger
-    jobs = build_jobs(plan, home, store, ledger, entities, run_type)
-    run_id = _run_id()
-    workers = concurrency or plan.concurrency
+
+def _move_all(
+    jobs: list[EntityJob],
+    plan: FlowSpec,
+    ledger: WatermarkLedger,
+    run_id: str,
+    workers: int,
+    logger: Any,
+) -> dict[str, SummaryRow]:
+    """Map the entity task over the jobs; commit each entity's ledger entry as it finishes."""
     logger.info("run %s: %d entities, %d at once", run_id, len(jobs), workers)
     for job in jobs:
         logger.info("%s: %s (%s)", job.plan.name, job.plan.mode, job.plan.reason)
-
     mover = move_entity.with_options(
         retries=plan.retries, retry_delay_seconds=plan.retry_delay_seconds
     )
@@ -118,6 +113,40 @@ def hygge(
             except Exception as exc:
                 logger.error("%s: failed: %s", name, exc)
                 rows[name] = SummaryRow.failed(name, job.plan.mode, exc)
+    return rows
+
+
+@flow(name="hygge", log_prints=False)
+def hygge(
+    spec: str | dict[str, Any] = str(EXAMPLE_SPEC),
+    entities: list[str] | None = None,
+    run_type: RunType | None = None,
+    concurrency: int | None = None,
+) -> list[dict[str, Any]]:
+    """Move the entities of a flow spec from its Home to its Store.
+
+    Args:
+        spec: Path of a YAML flow spec, or the spec itself as a mapping.
+        entities: Only these entities (default: all).
+        run_type: Override the spec's run type: `incremental` or `full_drop`.
+        concurrency: Override how many entities move at once.
+    """
+    logger = get_run_logger()
+    plan = _load(spec)
+    home = resolve_block(plan.home, HOMES, "home")
+    store = resolve_block(plan.store, STORES, "store")
+    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    run_id = _run_id()
+    # the Stores this run writes (entities may override the Store's settings)
+    stores = [j.store for j in build_jobs(plan, home, store, WatermarkLedger(), entities, run_type)]
+    with _exclusive(stores, run_id, plan.lock_wait_seconds):
+        # read the ledger only once the Stores are ours: a run before us may just have saved it
+        ledger = WatermarkLedger.load_or_new(plan.ledger_name)
+        jobs = build_jobs(plan, home, store, ledger, entities, run_type)
+        _recover(jobs, ledger, plan.ledger_name, logger)
+        # recovery may have moved watermarks: plan again from the updated ledger
+        jobs = build_jobs(plan, home, store, ledger, entities, run_type)
+        rows = _move_all(jobs, plan, ledger, run_id, concurrency or plan.concurrency, logger)
 
     ordered = [rows[j.plan.name] for j in jobs]
     _publish_summary(ordered)

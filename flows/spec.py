@@ -80,6 +80,9 @@ class FlowSpec(BaseModel):
     concurrency: int = Field(default=4, ge=1, le=64)
     defaults: dict[str, Any] = Field(default_factory=dict)
     ledger: str | None = Field(default=None, description="Ledger block name; default from `name`.")
+    lock_wait_seconds: float = Field(
+        default=0.0, ge=0, description="How long to wait for another run on the same Store."
+    )
     retries: int = Field(default=3, ge=0, le=10)
     retry_delay_seconds: float = Field(default=5.0, ge=0)
     entities: list[EntitySpec] = Field(min_length=1)

@@ -47,8 +47,8 @@ class SummaryRow:
 
 
 def _short(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text if len(text) < 400 else text[:397] + "..."
+    # whole: the end of a message says what to do next
+    return str(error).strip() or type(error).__name__
 
 
 def render(rows: list[SummaryRow]) -> str:

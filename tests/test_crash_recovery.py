@@ -194,3 +194,61 @@ def test_full_drop_runs_survive_sigkill_anywhere(
     assert sc.run(fault="publish.between_swap_renames", extra_env=no_exchange) == KILLED
     assert sc.run(extra_env=no_exchange) == 0, sc.last_output
     sc.assert_exact("after a kill between the swap's renames")
+
+
+def test_a_second_run_on_the_same_store_fails_fast_and_changes_nothing(
+    tmp_path: Path, spec_name: str, prefect_server: str
+) -> None:
+    sc = Scenario(tmp_path, spec_name, prefect_server, "incremental")
+    sc.grow(20_000)
+    assert sc.run() == 0, sc.last_output
+    sc.grow(15_000)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    env.pop("HYGGE_FAULT", None)
+    # the first run takes the Store's lock; SIGSTOP then holds it there, alive
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flows.run", "--spec", str(sc.spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lock = sc.lake / "_hygge.lock"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if lock.exists() and str(first.pid) in lock.read_text(encoding="utf-8"):
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        files = sorted(p.name for p in (sc.lake / "events").glob("*.parquet"))
+        second = sc.run()
+        assert second == 1, sc.last_output
+        assert "another hygge run is writing to" in sc.last_output
+        assert f"pid {first.pid}" in sc.last_output
+        assert sorted(p.name for p in (sc.lake / "events").glob("*.parquet")) == files
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    sc.assert_exact("after two overlapping runs")
+
+    # with `lock_wait_seconds`, a run queues behind the holder instead
+    sc.spec_dict["lock_wait_seconds"] = 120
+    import yaml
+
+    sc.spec.write_text(yaml.safe_dump(sc.spec_dict), encoding="utf-8")
+    sc.grow(5_000)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.run", "--spec", str(sc.spec)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    sc.assert_exact("after two queued runs")

@@ -19,6 +19,7 @@ import ctypes
 import errno
 import os
 import shutil
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
+from blocks.stores._local_lock import exclusive
 from hygge_tasks import faults
 from hygge_tasks.errors import StoreError, TransientStoreError, first_line, is_transient
 from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_atomic
@@ -91,6 +93,9 @@ class ParquetStore(StoreBlock):
             for leftover in staging.iterdir():
                 if leftover.name not in live:
                     shutil.rmtree(leftover, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staging.rmdir()  # only when empty
+                staging.parent.rmdir()
         for path in committed[:-_KEEP_COMMITTED]:
             path.unlink(missing_ok=True)
         return pending
@@ -100,6 +105,12 @@ class ParquetStore(StoreBlock):
         manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
         manifest.state = "committed"
         write_json_atomic(path, manifest.to_json())
+
+    def lock_id(self) -> str:
+        return f"parquet:{self._root.resolve()}"
+
+    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
+        return exclusive(self._root, owner, wait_seconds)
 
     def has_data(self, entity: str) -> bool:
         return self.table_dir(entity).is_dir()
