@@ -155,7 +155,15 @@ class BoundaryFilter:
         """The watermark after this run: unchanged when nothing new was admitted."""
         if self._max is None:
             return self.previous
-        value = self._max.as_py()
+        try:
+            value = self._max.as_py()
+        except ValueError as exc:  # nanoseconds that a Python datetime cannot hold
+            msg = (
+                f"watermark column {self.column!r} holds {self._max.type} values with "
+                "sub-microsecond parts, which the ledger cannot store exactly; cast the column "
+                "to microseconds in the source (or a `query`), or use another watermark column"
+            )
+            raise ConfigError(msg, entity=self.entity) from exc
         if self.previous is not None and self._max_equals_previous():
             return Watermark(self.column, value, self.previous.boundary | self._boundary)
         return Watermark(self.column, value, frozenset(self._boundary))

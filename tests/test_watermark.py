@@ -376,3 +376,14 @@ def test_watermark_round_trip_feeds_the_next_run() -> None:
     second = BoundaryFilter("e", "wm", ["id"], Watermark.from_json(stored))
     admitted = run(second, rows(typ, [1, 2, 3], [t(2024, 5, 1, 12, tzinfo=UTC)] * 3))
     assert admitted == [3]
+
+
+def test_boundary_filter_nanosecond_watermark_is_refused_with_advice() -> None:
+    ns = pa.array([1_700_000_000_123_456_789], type=pa.timestamp("ns"))
+    batch = pa.RecordBatch.from_arrays([pa.array([1]), ns], names=["id", "ts"])
+    f = BoundaryFilter("events", "ts", ["id"], None)
+    f.admit(batch)
+    with pytest.raises(
+        ConfigError, match=r"entity 'events': watermark column 'ts' holds timestamp\[ns\]"
+    ):
+        f.result()
