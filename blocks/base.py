@@ -105,9 +105,7 @@ class StoreBlock(Block, ABC):
     spec_type: ClassVar[str]
 
     @abstractmethod
-    def open_writer(
-        self, entity: str, run_id: str, mode: WriteMode, compression: str | None = None
-    ) -> EntityWriter:
+    def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> EntityWriter:
         """Start staging one entity for one run. `replace` swaps the whole table on publish."""
 
     @abstractmethod

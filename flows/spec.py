@@ -196,7 +196,8 @@ def load_spec(path: str | Path) -> FlowSpec:
 
 def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
     lines = []
-    entities = data.get("entities") if isinstance(data.get("entities"), list) else []
+    raw = data.get("entities")
+    entities: list[Any] = raw if isinstance(raw, list) else []
     for err in exc.errors():
         loc = list(err["loc"])
         where = []

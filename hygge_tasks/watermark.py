@@ -21,6 +21,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,12 +80,13 @@ def _encode(value: Any) -> tuple[str, Any]:
 
 
 def _decode(kind: str, value: Any) -> Any:
-    decoders = {
+    decoders: dict[str, Callable[[Any], Any]] = {
         "datetime": dt.datetime.fromisoformat,
         "date": dt.date.fromisoformat,
         "decimal": decimal.Decimal,
     }
-    return decoders.get(kind, lambda v: v)(value)
+    decode = decoders.get(kind)
+    return decode(value) if decode else value
 
 
 class BoundaryFilter:

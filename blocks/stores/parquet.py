@@ -67,9 +67,7 @@ class ParquetStore(StoreBlock):
         description="Start a new file after this many rows (appends publish file by file).",
     )
 
-    def open_writer(
-        self, entity: str, run_id: str, mode: WriteMode, compression: str | None = None
-    ) -> ParquetWriter:
+    def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> ParquetWriter:
         return ParquetWriter(self, entity, run_id, mode)
 
     def recover(self, entity: str) -> list[Manifest]:
@@ -80,9 +78,10 @@ class ParquetStore(StoreBlock):
         for path in names:
             manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
             if manifest.state == "prepared":
-                manifest = self._finish_or_undo(manifest)
-            if manifest is None:
-                continue
+                recovered = self._finish_or_undo(manifest)
+                if recovered is None:
+                    continue  # rolled back: nothing of that run remains
+                manifest = recovered
             if manifest.state == "published":
                 pending.append(manifest)
             else:
