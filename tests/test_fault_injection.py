@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ledger_of, make_events_db, read_lake, run_flow
-from tests.test_flow_runs import assert_lake_equals_source, events_rows, spec_for, summary_row
+from tests.flow_helpers import assert_lake_equals_source, events_rows, spec_for, summary_row
 
 
 def lake_files(lake: Path) -> list[str]:

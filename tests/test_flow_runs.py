@@ -7,9 +7,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import polars as pl
 import pyarrow as pa
@@ -19,50 +18,15 @@ import blocks
 from blocks.base import ReadRequest
 from blocks.homes.sqlite import SqliteHome
 from hygge_tasks import faults
-from tests.conftest import ledger_of, make_events_db, read_lake, run_flow, source_events
-
-T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
-
-
-def ts(seconds: int) -> str:
-    return str(T0 + dt.timedelta(seconds=seconds))
-
-
-def events_rows(start: int, count: int, per_second: int = 5) -> list[tuple[Any, ...]]:
-    # `per_second` rows share each timestamp: the boundary is full of ties
-    return [
-        (i, ts(i // per_second), f"{i}.{i % 100:02d}", f"évènement {i} ✓")
-        for i in range(start, start + count)
-    ]
-
-
-def spec_for(name: str, db: Path, lake: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "home": {"type": "sqlite", "path": str(db)},
-        "store": {"type": "parquet", "path": str(lake)},
-        "retry_delay_seconds": 0,
-        "defaults": {"batch_size": 97},
-        "entities": [
-            {"name": "events", "table": "events", "watermark": {"column": "ts", "keys": ["id"]}}
-        ],
-        **extra,
-    }
-
-
-def assert_lake_equals_source(lake: Path, db: Path) -> None:
-    got = read_lake(lake, "events").sort("id")
-    want = source_events(db).sort("id")
-    assert got["id"].to_list() == want["id"].to_list()
-    assert got["ts"].dt.strftime("%Y-%m-%d %H:%M:%S").to_list() == want["ts"].to_list()
-    assert got["amount"].cast(pl.String).to_list() == [
-        str(Decimal(v).quantize(Decimal("0.01"))) for v in want["amount"].cast(pl.String)
-    ]
-    assert got["label"].to_list() == want["label"].to_list()
-
-
-def summary_row(state: Any, entity: str) -> dict[str, Any]:
-    return next(r for r in state.result() if r["entity"] == entity)
+from tests.conftest import ledger_of, make_events_db, read_lake, run_flow
+from tests.flow_helpers import (
+    T0,
+    assert_lake_equals_source,
+    events_rows,
+    spec_for,
+    summary_row,
+    ts,
+)
 
 
 def test_full_then_incremental_loads_exactly_the_source(tmp_path: Path, spec_name: str) -> None:
