@@ -18,6 +18,7 @@ class SummaryRow:
     rows_per_second: float
     watermark: str
     detail: str
+    ran_on: str = ""
 
     @classmethod
     def ok(cls, result: EntityResult) -> SummaryRow:
@@ -36,6 +37,7 @@ class SummaryRow:
             rows_per_second=round(result.rows_per_second),
             watermark=str(wm.get("value", "")) if wm else "",
             detail=detail,
+            ran_on=result.ran_on,
         )
 
     @classmethod
