@@ -53,3 +53,24 @@ def assert_lake_equals_source(lake: Path, db: Path) -> None:
 
 def summary_row(state: Any, entity: str) -> dict[str, Any]:
     return next(r for r in state.result() if r["entity"] == entity)
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(path)
+    return path
+
+
+def file_spec_for(
+    name: str, home: dict[str, Any] | str, lake: Path, entities: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """A spec for a file Home (`home`) into a Parquet lake, with small batches."""
+    return {
+        "name": name,
+        "home": home,
+        "store": {"type": "parquet", "path": str(lake)},
+        "retry_delay_seconds": 0,
+        "defaults": {"batch_size": 64},
+        "entities": entities,
+        **extra,
+    }

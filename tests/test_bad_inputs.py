@@ -24,6 +24,8 @@ from polars.testing import assert_frame_equal
 from hygge_tasks import faults
 from hygge_tasks.errors import ConfigError, FlowError, StoreError
 from tests.conftest import ledger_of, read_lake, run_flow
+from tests.flow_helpers import file_spec_for as spec_for
+from tests.flow_helpers import write_parquet as write
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
 SCHEMA = {"id": pl.Int64, "ts": pl.Datetime("us"), "label": pl.String}
@@ -40,26 +42,6 @@ def rows(start: int, count: int) -> pl.DataFrame:
         },
         schema=SCHEMA,
     )
-
-
-def write(df: pl.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.write_parquet(path)
-    return path
-
-
-def spec_for(
-    name: str, home: dict[str, Any] | str, lake: Path, entities: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "home": home,
-        "store": {"type": "parquet", "path": str(lake)},
-        "retry_delay_seconds": 0,
-        "defaults": {"batch_size": 64},
-        "entities": entities,
-        **extra,
-    }
 
 
 def failures(state: Any, expected: str) -> dict[str, dict[str, Any]]:

@@ -70,29 +70,33 @@ class Scenario:
         con.close()
         self.next_id += rows
 
-    def run(
-        self,
-        fault: str | None = None,
-        kill_after: float | None = None,
-        extra_env: dict[str, str] | None = None,
-    ) -> int:
+    def start(self, fault: str | None = None, extra_env: dict[str, str] | None = None) -> Any:
+        """Start `python -m flows.run` on the spec; `fault` names a point to SIGKILL it at."""
         env = {**os.environ, "PREFECT_API_URL": self.api_url, **(extra_env or {})}
         env.pop("HYGGE_FAULT", None)
         if fault:
             env["HYGGE_FAULT"] = f"{fault}:kill"
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "flows.run", "--spec", str(self.spec)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
+
+    def run(
+        self,
+        fault: str | None = None,
+        kill_after: float | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> int:
+        proc = self.start(fault, extra_env)
         if kill_after is not None:
             time.sleep(kill_after)
             proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=300)
         self.last_output = out
-        return proc.returncode
+        return int(proc.returncode)
 
     def assert_exact(self, context: str) -> None:
         con = sqlite3.connect(self.db)
@@ -203,16 +207,8 @@ def test_a_second_run_on_the_same_store_fails_fast_and_changes_nothing(
     sc.grow(20_000)
     assert sc.run() == 0, sc.last_output
     sc.grow(15_000)
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    env.pop("HYGGE_FAULT", None)
     # the first run takes the Store's lock; SIGSTOP then holds it there, alive
-    first = subprocess.Popen(
-        [sys.executable, "-m", "flows.run", "--spec", str(sc.spec)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = sc.start()
     lock = sc.lake / "_hygge.lock"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -239,16 +235,7 @@ def test_a_second_run_on_the_same_store_fails_fast_and_changes_nothing(
 
     sc.spec.write_text(yaml.safe_dump(sc.spec_dict), encoding="utf-8")
     sc.grow(5_000)
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "flows.run", "--spec", str(sc.spec)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    runs = [sc.start(), sc.start()]
     outputs = [p.communicate(timeout=300)[0] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], outputs
     sc.assert_exact("after two queued runs")

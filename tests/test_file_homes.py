@@ -11,6 +11,8 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from tests.conftest import ledger_of, read_lake, run_flow
+from tests.flow_helpers import file_spec_for as spec_for
+from tests.flow_helpers import write_parquet as write
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
 SCHEMA = {"id": pl.Int64, "ts": pl.Datetime("us"), "amount": pl.Float64, "label": pl.String}
@@ -28,26 +30,6 @@ def rows(start: int, count: int, per_minute: int = 1) -> pl.DataFrame:
         },
         schema=SCHEMA,
     )
-
-
-def write(df: pl.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.write_parquet(path)
-    return path
-
-
-def spec_for(
-    name: str, home: dict[str, Any], lake: Path, entities: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "home": home,
-        "store": {"type": "parquet", "path": str(lake)},
-        "retry_delay_seconds": 0,
-        "defaults": {"batch_size": 64},
-        "entities": entities,
-        **extra,
-    }
 
 
 def rows_by_entity(state: Any) -> dict[str, int]:
