@@ -4,7 +4,8 @@
 """
 
 from blocks.base import HomeBlock, StoreBlock
-from blocks.homes import CsvHome, ParquetHome, SqliteHome
+from blocks.credentials import PostgresCredentials
+from blocks.homes import CsvHome, ParquetHome, PostgresHome, SqliteHome
 from blocks.ledger import WatermarkLedger
 from blocks.stores import ParquetStore
 
@@ -13,10 +14,14 @@ __all__ = [
     "HomeBlock",
     "ParquetHome",
     "ParquetStore",
+    "PostgresCredentials",
+    "PostgresHome",
     "SqliteHome",
     "StoreBlock",
     "WatermarkLedger",
 ]
 
-HOMES: dict[str, type[HomeBlock]] = {c.spec_type: c for c in (CsvHome, ParquetHome, SqliteHome)}
+HOMES: dict[str, type[HomeBlock]] = {
+    c.spec_type: c for c in (CsvHome, ParquetHome, PostgresHome, SqliteHome)
+}
 STORES: dict[str, type[StoreBlock]] = {c.spec_type: c for c in (ParquetStore,)}

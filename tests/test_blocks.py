@@ -11,10 +11,27 @@ import pytest
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from blocks import CsvHome, ParquetHome, ParquetStore, SqliteHome, WatermarkLedger
+import blocks
+from blocks import (
+    CsvHome,
+    ParquetHome,
+    ParquetStore,
+    PostgresCredentials,
+    PostgresHome,
+    SqliteHome,
+    WatermarkLedger,
+)
 from tests.conftest import make_events_db, read_lake, run_flow
 
-ALL_BLOCKS = [CsvHome, ParquetHome, ParquetStore, SqliteHome, WatermarkLedger]
+ALL_BLOCKS = [
+    CsvHome,
+    ParquetHome,
+    ParquetStore,
+    PostgresCredentials,
+    PostgresHome,
+    SqliteHome,
+    WatermarkLedger,
+]
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.__name__)
@@ -39,8 +56,16 @@ def test_block_register_lists_every_block_type(tmp_path: Path, prefect_server: s
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "Successfully registered 5 blocks" in result.stdout
-    for name in ("CSV Home", "Parquet Home", "Parquet Store", "SQLite Home", "Watermark Ledger"):
+    assert f"Successfully registered {len(blocks.__all__) - 2} blocks" in result.stdout
+    for name in (
+        "CSV Home",
+        "Parquet Home",
+        "Parquet Store",
+        "PostgreSQL Credentials",
+        "PostgreSQL Home",
+        "SQLite Home",
+        "Watermark Ledger",
+    ):
         assert name in result.stdout
 
 

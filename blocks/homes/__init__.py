@@ -2,6 +2,7 @@
 
 from blocks.homes.csv import CsvHome
 from blocks.homes.parquet import ParquetHome
+from blocks.homes.postgres import PostgresHome
 from blocks.homes.sqlite import SqliteHome
 
-__all__ = ["CsvHome", "ParquetHome", "SqliteHome"]
+__all__ = ["CsvHome", "ParquetHome", "PostgresHome", "SqliteHome"]

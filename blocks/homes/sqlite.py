@@ -15,6 +15,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
+from blocks.homes._sql import SQLITE
 from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, first_line
 
 _DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
@@ -134,8 +135,11 @@ class SqliteHome(HomeBlock):
 
 
 def quote_ident(name: str) -> str:
-    """Quote an identifier for SQLite: any name is legal, nothing is injected."""
-    return '"' + name.replace('"', '""') + '"'
+    """Quote an identifier for SQLite: any name is legal, nothing is injected.
+
+    A table name is one identifier here (a dot is part of the name), as it always was.
+    """
+    return SQLITE.quote(name)
 
 
 def arrow_type_for(declared: str) -> pa.DataType | None:
