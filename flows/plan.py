@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -82,8 +83,12 @@ def build_jobs(
     ledger: WatermarkLedger,
     selected: list[str] | None = None,
     run_type: RunType | None = None,
+    loaded_at: dt.datetime | None = None,
 ) -> list[EntityJob]:
-    """One job per selected entity, with the mode chosen from run type, ledger and Store."""
+    """One job per selected entity, with the mode chosen from run type, ledger and Store.
+
+    `loaded_at` is the run's load timestamp (the polisher's `load_timestamp` column).
+    """
     names = selected or [e.name for e in spec.entities]
     jobs = []
     for name in names:
@@ -99,13 +104,8 @@ def build_jobs(
             )
             raise ConfigError(msg, entity=name)
         assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
-        jobs.append(
-            EntityJob(
-                _plan(entity, e_store, ledger, run_type or entity.run_type or spec.run_type),
-                e_home,
-                e_store,
-            )
-        )
+        e_plan = _plan(entity, e_store, ledger, run_type or entity.run_type or spec.run_type)
+        jobs.append(EntityJob(replace(e_plan, loaded_at=loaded_at), e_home, e_store))
     return jobs
 
 
@@ -134,6 +134,7 @@ def _plan(
             watermark_keys=list(wm.keys) if wm else [],
             previous=previous,
             reason=reason,
+            polish=entity.polish,
         )
 
     if run_type == "full_drop":

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import HOMES, STORES, HomeBlock, StoreBlock, WatermarkLedger
+from blocks.base import utc_now
 from flows.plan import EntityJob, build_jobs, resolve_block
-from flows.spec import FlowSpec, RunType, load_spec, parse_spec
+from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_spec, parse_spec
 from flows.summary import SummaryRow, render
 from hygge_tasks import faults
-from hygge_tasks.errors import FlowError, HyggeError
+from hygge_tasks.errors import ConfigError, FlowError, HyggeError
 from hygge_tasks.move import EntityResult, move_entity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,17 +92,8 @@ def _move_all(
         retries=plan.retries, retry_delay_seconds=plan.retry_delay_seconds
     )
     rows: dict[str, SummaryRow] = {}
-    runner: ThreadPoolTaskRunner[Any]
-    with ThreadPoolTaskRunner(max_workers=workers) as runner:
-        futures: dict[Any, EntityJob] = {
-            runner.submit(
-                mover,  # type: ignore[arg-type]  # mypy picks submit's async overload
-                {"plan": job.plan, "home": job.home, "store": job.store, "run_id": run_id},
-            ): job
-            for job in jobs
-        }
-        for future in as_completed(list(futures)):
-            job = futures[future]
+    with _task_runner(plan.task_runner, workers) as runner:
+        for future, job in _bounded(runner, mover, jobs, run_id, workers):
             name = job.plan.name
             try:
                 result: EntityResult = future.result()
@@ -116,12 +109,46 @@ def _move_all(
     return rows
 
 
+def _task_runner(spec: TaskRunnerSpec, workers: int) -> Any:
+    """Threads in this process (default), or a Dask cluster for scale-out."""
+    if spec.type == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        msg = "`task_runner: {type: dask}` needs prefect-dask: pip install 'hygge[dask]'"
+        raise ConfigError(msg) from exc
+    if spec.address:
+        return DaskTaskRunner(address=spec.address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
+
+
+def _bounded(
+    runner: Any, task: Any, jobs: list[EntityJob], run_id: str, workers: int
+) -> Iterator[tuple[Any, EntityJob]]:
+    """Submit at most `workers` entities at once and yield each as it finishes.
+
+    The bound holds whatever the runner: a Dask cluster may have more slots than the spec
+    allows connections to its Home.
+    """
+    waiting = list(jobs)
+    running: dict[Any, EntityJob] = {}
+    while waiting or running:
+        while waiting and len(running) < workers:
+            job = waiting.pop(0)
+            params = {"plan": job.plan, "home": job.home, "store": job.store, "run_id": run_id}
+            running[runner.submit(task, params)] = job
+        done = next(iter(as_completed(list(running))))
+        yield done, running.pop(done)
+
+
 @flow(name="hygge", log_prints=False)
 def hygge(
     spec: str | dict[str, Any] = str(EXAMPLE_SPEC),
     entities: list[str] | None = None,
     run_type: RunType | None = None,
     concurrency: int | None = None,
+    dask_address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Move the entities of a flow spec from its Home to its Store.
 
@@ -130,9 +157,12 @@ def hygge(
         entities: Only these entities (default: all).
         run_type: Override the spec's run type: `incremental` or `full_drop`.
         concurrency: Override how many entities move at once.
+        dask_address: Run the entity tasks on this existing Dask cluster (tcp://host:8786).
     """
     logger = get_run_logger()
     plan = _load(spec)
+    if dask_address:
+        plan.task_runner = TaskRunnerSpec(type="dask", address=dask_address)
     home = resolve_block(plan.home, HOMES, "home")
     store = resolve_block(plan.store, STORES, "store")
     assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
@@ -145,7 +175,7 @@ def hygge(
         jobs = build_jobs(plan, home, store, ledger, entities, run_type)
         _recover(jobs, ledger, plan.ledger_name, logger)
         # recovery may have moved watermarks: plan again from the updated ledger
-        jobs = build_jobs(plan, home, store, ledger, entities, run_type)
+        jobs = build_jobs(plan, home, store, ledger, entities, run_type, loaded_at=utc_now())
         rows = _move_all(jobs, plan, ledger, run_id, concurrency or plan.concurrency, logger)
 
     ordered = [rows[j.plan.name] for j in jobs]

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hygge_tasks.errors import ConfigError
+from hygge_tasks.polish import PolishSpec
 
 RunType = Literal["incremental", "full_drop"]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,6 +48,7 @@ class EntitySpec(BaseModel):
     watermark: WatermarkSpec | None = None
     batch_size: int = Field(default=100_000, ge=1, le=10_000_000)
     run_type: RunType | None = None
+    polish: PolishSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -69,6 +71,18 @@ class EntitySpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class TaskRunnerSpec(BaseModel):
+    """Where entity tasks run: threads in the flow's process, or an existing Dask cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["threads", "dask"] = "threads"
+    address: str | None = Field(
+        default=None,
+        description="Scheduler of an existing Dask cluster (tcp://host:8786); empty with "
+        "`type: dask` starts a temporary local cluster.",
+    )
+
+
 class FlowSpec(BaseModel):
     """A whole job: one Home, one Store, the entities that move between them."""
 
@@ -80,6 +94,7 @@ class FlowSpec(BaseModel):
     concurrency: int = Field(default=4, ge=1, le=64)
     defaults: dict[str, Any] = Field(default_factory=dict)
     ledger: str | None = Field(default=None, description="Ledger block name; default from `name`.")
+    task_runner: TaskRunnerSpec = Field(default_factory=TaskRunnerSpec)
     lock_wait_seconds: float = Field(
         default=0.0, ge=0, description="How long to wait for another run on the same Store."
     )
@@ -96,7 +111,7 @@ class FlowSpec(BaseModel):
                 return data
             data = dict(data)
             data["entities"] = [
-                {**defaults, **e} if isinstance(e, dict) else e for e in data["entities"]
+                _with_defaults(defaults, e) if isinstance(e, dict) else e for e in data["entities"]
             ]
         return data
 
@@ -120,6 +135,20 @@ class FlowSpec(BaseModel):
         known = ", ".join(e.name for e in self.entities)
         msg = f"no entity named {name!r} in spec {self.name!r} (entities: {known})"
         raise ConfigError(msg)
+
+
+def _with_defaults(defaults: dict[str, Any], entity: dict[str, Any]) -> dict[str, Any]:
+    """An entity's fields over the defaults; `polish` and `schema` merge key by key.
+
+    So `defaults: {polish: {case: snake_case}}` and an entity's `polish: {hash_id: ...}` give
+    both; an entity's `polish: null` turns the defaults' polish off.
+    """
+    merged = {**defaults, **entity}
+    for key in ("polish", "schema"):
+        mine, common = entity.get(key), defaults.get(key)
+        if isinstance(mine, dict) and isinstance(common, dict):
+            merged[key] = {**common, **mine}
+    return merged
 
 
 def expand_env(value: Any, where: str = "spec", field: str = "") -> Any:

@@ -7,6 +7,9 @@ the parent flow commits the returned entry, so a task retry can never advance a 
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -18,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.base import HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
 from hygge_tasks import faults
 from hygge_tasks.errors import is_transient
+from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
 from hygge_tasks.watermark import BoundaryFilter, Watermark
 
@@ -33,6 +37,9 @@ class EntityPlan:
     watermark_keys: list[str] = field(default_factory=list)
     previous: dict[str, Any] | None = None
     reason: str = ""
+    polish: PolishSpec | None = None
+    #: the load timestamp the polisher writes: one value for every entity of a flow run
+    loaded_at: dt.datetime | None = None
 
     @property
     def previous_watermark(self) -> Watermark | None:
@@ -55,6 +62,8 @@ class EntityResult:
     changed: bool = True
     #: the watermark after this run (unchanged when nothing new arrived), for reports
     watermark: dict[str, Any] | None = None
+    #: host:pid of the process that moved it (threads share the flow's; Dask workers differ)
+    ran_on: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @property
     def rows_per_second(self) -> float:
@@ -81,13 +90,18 @@ def move(
         if plan.watermark_column
         else None
     )
+    polisher = (
+        Polisher(plan.name, plan.polish, plan.loaded_at or utc_now()) if plan.polish else None
+    )
     progress = EntityProgress(plan.name, logger, home.estimate_rows(request))
     writer = store.open_writer(plan.name, run_id, plan.mode)
     rows = 0
     try:
         for batch in home.read(request):
             if boundary is not None:
-                batch = boundary.admit(batch)
+                batch = boundary.admit(batch)  # on the source's names, before polishing
+            if polisher is not None:
+                batch = polisher.apply(batch)
             writer.write(batch)
             rows += batch.num_rows
             progress.update(rows)
