@@ -4,24 +4,26 @@
 """
 
 from blocks.base import HomeBlock, StoreBlock
-from blocks.credentials import PostgresCredentials
-from blocks.homes import CsvHome, ParquetHome, PostgresHome, SqliteHome
+from blocks.credentials import PostgresCredentials, SqlServerCredentials
+from blocks.homes import CsvHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome
 from blocks.ledger import WatermarkLedger
 from blocks.stores import ParquetStore
 
 __all__ = [
     "CsvHome",
     "HomeBlock",
+    "MssqlHome",
     "ParquetHome",
     "ParquetStore",
     "PostgresCredentials",
     "PostgresHome",
+    "SqlServerCredentials",
     "SqliteHome",
     "StoreBlock",
     "WatermarkLedger",
 ]
 
 HOMES: dict[str, type[HomeBlock]] = {
-    c.spec_type: c for c in (CsvHome, ParquetHome, PostgresHome, SqliteHome)
+    c.spec_type: c for c in (CsvHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome)
 }
 STORES: dict[str, type[StoreBlock]] = {c.spec_type: c for c in (ParquetStore,)}

@@ -15,6 +15,7 @@ from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, model_validator
 
 from blocks.base import LOGO
+from hygge_tasks.errors import ConfigError
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 _KV_KEY = re.compile(r"(?:^|\s)([A-Za-z_]+)\s*=")
@@ -119,3 +120,109 @@ def _extend_dsn(dsn: str, extra: dict[str, str]) -> str:
     present = {m.group(1).lower() for m in _KV_KEY.finditer(dsn)}
     added = [f"{k}={libpq_value(v)}" for k, v in extra.items() if k.lower() not in present]
     return " ".join([dsn, *added])
+
+
+SqlServerAuth = Literal["sql_login", "service_principal", "managed_identity"]
+
+
+class SqlServerCredentials(CredentialsBlock):
+    """A SQL Server login: SQL authentication, or Entra ID service principal or managed identity.
+
+    Entra logins are handed to Microsoft's ODBC Driver 18 itself (`Authentication=
+    ActiveDirectoryServicePrincipal` / `ActiveDirectoryMsi`), which fetches and refreshes the
+    token; FreeTDS supports SQL logins only.
+
+    Example:
+        ```python
+        from blocks import SqlServerCredentials
+        credentials = SqlServerCredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "SQL Server Credentials"
+    _block_type_slug = "hygge-sql-server-credentials"
+    _logo_url = LOGO
+    _documentation_url = (
+        "https://learn.microsoft.com/sql/connect/odbc/dsn-connection-string-attribute"  # type: ignore[assignment]
+    )
+    _description = "A SQL Server or Azure SQL login (SQL or Microsoft Entra ID) for hygge."
+
+    username: str | None = Field(default=None, description="SQL login name.")
+    password: SecretStr | None = Field(default=None, description="SQL login password.")
+    tenant_id: str | None = Field(
+        default=None, title="Tenant ID", description="Entra tenant of the service principal."
+    )
+    client_id: str | None = Field(
+        default=None,
+        title="Client ID",
+        description="Service principal application ID, or a user-assigned managed identity.",
+    )
+    client_secret: SecretStr | None = Field(default=None, description="Service principal secret.")
+    managed_identity: bool = Field(
+        default=False, description="Log in as the machine's Azure managed identity."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_auth_mode(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        given = {k for k, v in values.items() if v not in (None, "", False)}
+        modes = [
+            "sql_login" if given & {"username", "password"} else None,
+            "service_principal" if given & {"client_secret", "tenant_id"} else None,
+            "managed_identity" if "managed_identity" in given else None,
+        ]
+        chosen = [m for m in modes if m]
+        if len(chosen) != 1:
+            msg = (
+                "give exactly one login: `username` + `password` (SQL login), `tenant_id` + "
+                "`client_id` + `client_secret` (service principal), or `managed_identity: true` "
+                f"(with an optional `client_id`); got {', '.join(chosen) or 'none'}"
+            )
+            raise ValueError(msg)
+        need = {
+            "sql_login": {"username", "password"},
+            "service_principal": {"tenant_id", "client_id", "client_secret"},
+            "managed_identity": set(),
+        }[chosen[0]]
+        if missing := sorted(need - given):
+            msg = f"{chosen[0]} needs {', '.join(missing)}"
+            raise ValueError(msg)
+        return values
+
+    @property
+    def auth(self) -> SqlServerAuth:
+        if self.managed_identity:
+            return "managed_identity"
+        return "service_principal" if self.client_secret is not None else "sql_login"
+
+    def odbc_login(self, family: str) -> dict[str, str | None]:
+        """Connection-string pairs for the login (they hold the secret: never log them)."""
+        if self.auth == "sql_login":
+            assert self.password is not None
+            return {"UID": self.username, "PWD": self.password.get_secret_value()}
+        if family != "msodbc":
+            msg = (
+                f"a {self.auth} login needs Microsoft's ODBC Driver 17 or 18; "
+                "FreeTDS supports SQL logins only"
+            )
+            raise ConfigError(msg)
+        if self.auth == "service_principal":
+            assert self.client_secret is not None
+            return {
+                "Authentication": "ActiveDirectoryServicePrincipal",
+                "UID": f"{self.client_id}@{self.tenant_id}",
+                "PWD": self.client_secret.get_secret_value(),
+            }
+        return {"Authentication": "ActiveDirectoryMsi", "UID": self.client_id}
+
+    def secrets(self) -> list[str]:
+        found = [s.get_secret_value() for s in (self.password, self.client_secret) if s is not None]
+        return [s for s in found if s]
+
+    def get_client(self, connection_string: str) -> Any:
+        """A pyodbc connection for ad-hoc use (hygge itself reads through arrow-odbc)."""
+        import pyodbc
+
+        return pyodbc.connect(connection_string)

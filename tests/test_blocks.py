@@ -14,21 +14,25 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 import blocks
 from blocks import (
     CsvHome,
+    MssqlHome,
     ParquetHome,
     ParquetStore,
     PostgresCredentials,
     PostgresHome,
     SqliteHome,
+    SqlServerCredentials,
     WatermarkLedger,
 )
 from tests.conftest import make_events_db, read_lake, run_flow
 
 ALL_BLOCKS = [
     CsvHome,
+    MssqlHome,
     ParquetHome,
     ParquetStore,
     PostgresCredentials,
     PostgresHome,
+    SqlServerCredentials,
     SqliteHome,
     WatermarkLedger,
 ]
@@ -63,6 +67,8 @@ def test_block_register_lists_every_block_type(tmp_path: Path, prefect_server: s
         "Parquet Store",
         "PostgreSQL Credentials",
         "PostgreSQL Home",
+        "SQL Server Credentials",
+        "SQL Server Home",
         "SQLite Home",
         "Watermark Ledger",
     ):
