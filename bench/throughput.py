@@ -99,13 +99,75 @@ def workload(name: str, work: Path, out: Path) -> int:
         table = pq.read_table(src["parquet"])
         pq.write_table(table, out / "o.parquet", compression="zstd")
         return table.num_rows
+    if name == "postgres.hygge":
+        from pydantic import SecretStr
+
+        from blocks.base import ReadRequest
+        from blocks.credentials import PostgresCredentials
+        from blocks.homes.postgres import PostgresHome
+
+        creds = PostgresCredentials(dsn=SecretStr(os.environ["HYGGE_BENCH_PG"]))
+        request = ReadRequest(entity="orders", table="orders")
+        return _hygge(PostgresHome(credentials=creds), request, out)
+    if name == "postgres.baseline_adbc":
+        import adbc_driver_postgresql.dbapi as pg
+
+        with pg.connect(os.environ["HYGGE_BENCH_PG"]) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT * FROM orders")
+            reader = cur.fetch_record_batch()
+            # ADBC hands `numeric` over as an extension type over text: write its storage
+            schema = pa_schema_without_extensions(reader.schema)
+            with pq.ParquetWriter(out / "o.parquet", schema, compression="zstd") as w:
+                rows = 0
+                for batch in reader:
+                    w.write_batch(_storage(batch, schema))
+                    rows += batch.num_rows
+        return rows
     msg = f"unknown workload {name!r}"
     raise SystemExit(msg)
+
+
+def pa_schema_without_extensions(schema: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        pa.field(
+            f.name, f.type.storage_type if isinstance(f.type, pa.BaseExtensionType) else f.type
+        )
+        for f in schema
+    )
+
+
+def _storage(batch: Any, schema: Any) -> Any:
+    import pyarrow as pa
+
+    cols = [c.storage if isinstance(c.type, pa.BaseExtensionType) else c for c in batch.columns]
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _postgres(work: Path) -> Any:
+    """A throwaway PostgreSQL 15 holding the same `orders` table (tests/pg_server.py)."""
+    import adbc_driver_postgresql.dbapi as pg
+    import adbc_driver_sqlite.dbapi as lite
+
+    from tests.pg_server import start_server
+
+    server = start_server()
+    with lite.connect(str(work / "shop.sqlite")) as src:
+        cur = src.cursor()
+        cur.execute("SELECT * FROM orders")
+        table = cur.fetch_arrow_table()
+    with pg.connect(server.uri, autocommit=True) as conn:
+        conn.cursor().adbc_ingest("orders", table, mode="replace")
+        conn.cursor().execute("VACUUM ANALYZE orders")
+    return server
 
 
 WORKLOADS = {
     "sqlite": ["sqlite.hygge", "sqlite.baseline_adbc"],
     "parquet": ["parquet.hygge", "parquet.baseline_polars_sink", "parquet.baseline_pyarrow"],
+    "postgres": ["postgres.hygge", "postgres.baseline_adbc"],
 }
 
 
@@ -143,6 +205,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", default=None, help="where to keep generated sources")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", action="append", choices=sorted(WORKLOADS), help="run only these groups"
+    )
     args = parser.parse_args()
     work = Path(args.work or Path(tempfile.gettempdir()) / f"hygge-bench-{args.rows}")
     if args.child:
@@ -153,7 +218,20 @@ def main() -> None:
     python = sys.version.split()[0]
     print(f"rows={args.rows:,} repeat={args.repeat} cores={os.cpu_count()} python={python}")
     print(f"{'workload':32} {'rows/s':>12} {'MB/s out':>9} {'peak MB':>8} {'ratio':>7}")
-    for group, names in WORKLOADS.items():
+    groups = {g: n for g, n in WORKLOADS.items() if not args.only or g in args.only}
+    server = _postgres(work) if "postgres" in groups else None
+    if server is not None:
+        os.environ["HYGGE_BENCH_PG"] = server.uri
+    try:
+        _run(groups, args, work)
+    finally:
+        if server is not None:
+            server.stop()
+    print("ratio = hygge rows/s divided by that row's rows/s (>= 1: hygge is as fast or faster)")
+
+
+def _run(groups: dict[str, list[str]], args: Any, work: Path) -> None:
+    for group, names in groups.items():
         medians: dict[str, dict[str, float]] = {}
         for name in names:
             runs = []
@@ -186,7 +264,6 @@ def main() -> None:
             print(
                 f"{name:32} {m['rows_s']:>12,.0f} {m['mb_s']:>9.1f} {m['peak']:>8.0f} {ratio:>7.2f}"
             )
-    print("ratio = hygge rows/s divided by that row's rows/s (>= 1: hygge is as fast or faster)")
 
 
 if __name__ == "__main__":
