@@ -141,6 +141,19 @@ class StoreBlock(Block, ABC):
         writing one Store at once must take turns.
         """
 
+    def write_journal(self, run_id: str, records: pa.Table) -> None:
+        """Keep this flow run's journal records (`hygge_tasks.journal`) beside the data.
+
+        One file or object per flow run, replaced in one step each time the run adds a record;
+        other runs' records are never touched.
+        """
+        msg = f"{type(self).__name__} keeps no run journal"
+        raise NotImplementedError(msg)
+
+    def read_journal(self) -> pa.Table | None:
+        """Every journal record this Store keeps, or None when there are none."""
+        return None
+
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)

@@ -135,6 +135,7 @@ def _plan(
             previous=previous,
             reason=reason,
             polish=entity.polish,
+            run_type=run_type,
         )
 
     if run_type == "full_drop":

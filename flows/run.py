@@ -30,6 +30,7 @@ from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_spec, parse_spec
 from flows.summary import SummaryRow, render
 from hygge_tasks import faults
 from hygge_tasks.errors import ConfigError, FlowError, HyggeError
+from hygge_tasks.journal import Journal, render_history
 from hygge_tasks.move import EntityResult, move_entity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +84,9 @@ def _move_all(
     run_id: str,
     workers: int,
     logger: Any,
+    journal: Journal,
 ) -> dict[str, SummaryRow]:
-    """Map the entity task over the jobs; commit each entity's ledger entry as it finishes."""
+    """Map the entity task over the jobs; commit and journal each entity as it finishes."""
     logger.info("run %s: %d entities, %d at once", run_id, len(jobs), workers)
     for job in jobs:
         logger.info("%s: %s (%s)", job.plan.name, job.plan.mode, job.plan.reason)
@@ -93,8 +95,10 @@ def _move_all(
     )
     rows: dict[str, SummaryRow] = {}
     with _task_runner(plan.task_runner, workers) as runner:
-        for future, job in _bounded(runner, mover, jobs, run_id, workers):
+        started: dict[str, dt.datetime] = {}
+        for future, job in _bounded(runner, mover, jobs, run_id, workers, started):
             name = job.plan.name
+            before = (ledger.value.get(name) or {}).get("watermark")
             try:
                 result: EntityResult = future.result()
                 if result.changed:
@@ -106,6 +110,9 @@ def _move_all(
             except Exception as exc:
                 logger.error("%s: failed: %s", name, exc)
                 rows[name] = SummaryRow.failed(name, job.plan.mode, exc)
+                journal.failed(job.plan, job.store, exc, before, started[name])
+            else:
+                journal.ok(job.plan, job.store, result, before, started[name])
     return rows
 
 
@@ -124,7 +131,12 @@ def _task_runner(spec: TaskRunnerSpec, workers: int) -> Any:
 
 
 def _bounded(
-    runner: Any, task: Any, jobs: list[EntityJob], run_id: str, workers: int
+    runner: Any,
+    task: Any,
+    jobs: list[EntityJob],
+    run_id: str,
+    workers: int,
+    started: dict[str, dt.datetime] | None = None,
 ) -> Iterator[tuple[Any, EntityJob]]:
     """Submit at most `workers` entities at once and yield each as it finishes.
 
@@ -138,6 +150,8 @@ def _bounded(
             job = waiting.pop(0)
             params = {"plan": job.plan, "home": job.home, "store": job.store, "run_id": run_id}
             running[runner.submit(task, params)] = job
+            if started is not None:
+                started[job.plan.name] = utc_now()  # for the journal
         done = next(iter(as_completed(list(running))))
         yield done, running.pop(done)
 
@@ -176,7 +190,10 @@ def hygge(
         _recover(jobs, ledger, plan.ledger_name, logger)
         # recovery may have moved watermarks: plan again from the updated ledger
         jobs = build_jobs(plan, home, store, ledger, entities, run_type, loaded_at=utc_now())
-        rows = _move_all(jobs, plan, ledger, run_id, concurrency or plan.concurrency, logger)
+        journal = Journal(plan.name, run_id, logger)
+        workers = concurrency or plan.concurrency
+        rows = _move_all(jobs, plan, ledger, run_id, workers, logger, journal)
+    journal.publish_artifact()
 
     ordered = [rows[j.plan.name] for j in jobs]
     _publish_summary(ordered)
@@ -226,6 +243,18 @@ def dry_run(
     return "\n".join(lines)
 
 
+def history(spec: str, entities: list[str] | None, limit: int) -> str:
+    """The recent run journal of a spec, read from its Store(s); needs no Prefect server."""
+    plan = _load(spec)
+    home = resolve_block(plan.home, HOMES, "home")
+    store = resolve_block(plan.store, STORES, "store")
+    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    jobs = build_jobs(plan, home, store, WatermarkLedger(), entities)
+    areas = {j.store.lock_id(): j.store for j in jobs}
+    tables = [t for s in areas.values() if (t := s.read_journal()) is not None]
+    return render_history(tables, plan.name, entities, limit)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.run",
@@ -261,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="show what would run (entities, home -> store, mode, watermark)",
     )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="print the recent run journal (of the --entity entities, if given) and exit",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="journal records --history shows"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -275,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         _load(spec)  # fail fast on a bad spec, before Prefect starts
         if args.dry_run:
             print(dry_run(spec, args.entities, args.run_type, args.concurrency))
+            return 0
+        if args.history:
+            print(history(spec, args.entities, args.limit))
             return 0
         state = hygge(spec, args.entities, args.run_type, args.concurrency, return_state=True)
     except HyggeError as exc:

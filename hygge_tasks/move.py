@@ -7,6 +7,7 @@ the parent flow commits the returned entry, so a task retry can never advance a 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -40,6 +41,8 @@ class EntityPlan:
     polish: PolishSpec | None = None
     #: the load timestamp the polisher writes: one value for every entity of a flow run
     loaded_at: dt.datetime | None = None
+    #: what the run asked for (`incremental` or `full_drop`); `mode` is what it got
+    run_type: str = "incremental"
 
     @property
     def previous_watermark(self) -> Watermark | None:
@@ -64,6 +67,8 @@ class EntityResult:
     watermark: dict[str, Any] | None = None
     #: host:pid of the process that moved it (threads share the flow's; Dask workers differ)
     ran_on: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: which attempt of the task produced this result (1 unless it was retried)
+    attempts: int = 1
 
     @property
     def rows_per_second(self) -> float:
@@ -187,5 +192,15 @@ def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 def move_entity(plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str) -> EntityResult:
     """Move one entity from its Home to its Store and return what happened (never data)."""
     from prefect import get_run_logger
+    from prefect.runtime import task_run
 
-    return move(plan, home, store, run_id, get_run_logger())
+    attempt = int(task_run.run_count or 1)
+    try:
+        result = move(plan, home, store, run_id, get_run_logger())
+    except Exception as exc:
+        # the journal reports how many attempts a failure took; the error travels with it
+        with contextlib.suppress(AttributeError):
+            exc.hygge_attempts = attempt  # type: ignore[attr-defined]
+        raise
+    result.attempts = attempt
+    return result

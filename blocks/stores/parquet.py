@@ -5,6 +5,7 @@ Layout under `path`:
     <entity>/part-<run_id>-00000.parquet   published data; `scan_parquet("<entity>/*.parquet")`
     _staging/<entity>/<run_id>/            files being written (readers ignore `_` names)
     _manifests/<entity>/<run_id>.json      the run record of `hygge_tasks.publish`
+    _journal/<run_id>.parquet              the run journal of `hygge_tasks.journal`
 
 Appends publish each file by `rename` into the entity folder. A replace (full_drop) stages the
 complete new table and exchanges it with the old folder in one `renameat2(RENAME_EXCHANGE)`
@@ -113,6 +114,22 @@ class ParquetStore(StoreBlock):
 
     def has_data(self, entity: str) -> bool:
         return self.table_dir(entity).is_dir()
+
+    def write_journal(self, run_id: str, records: pa.Table) -> None:
+        folder = self._root / "_journal"
+        folder.mkdir(parents=True, exist_ok=True)
+        # a dot name that does not end in .parquet: no reader's glob picks up a half-written file
+        tmp = folder / f".{run_id}.parquet.tmp"
+        pq.write_table(records, tmp)
+        os.replace(tmp, folder / f"{run_id}.parquet")
+        fsync_dir(folder)
+
+    def read_journal(self) -> pa.Table | None:
+        files = sorted((self._root / "_journal").glob("*.parquet"))
+        if not files:
+            return None
+        # permissive: files written by older versions may lack newer columns
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
 
     def describe(self, entity: str) -> str:
         return f"parquet {self.table_dir(entity)}/"
