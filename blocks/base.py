@@ -17,6 +17,7 @@ import pyarrow as pa
 from prefect.blocks.core import Block
 from pydantic import HttpUrl
 
+from hygge_tasks.errors import StoreError
 from hygge_tasks.publish import Manifest
 
 WriteMode = Literal["append", "replace"]
@@ -103,6 +104,9 @@ class StoreBlock(Block, ABC):
 
     _logo_url = LOGO
     spec_type: ClassVar[str]
+    #: why this Store cannot change a published column's type (None: it can, by rewriting the
+    #: table); schema drift's `evolve` refuses type changes with this explanation
+    type_change_refusal: ClassVar[str | None] = None
 
     @abstractmethod
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> EntityWriter:
@@ -153,6 +157,11 @@ class StoreBlock(Block, ABC):
     def read_journal(self) -> pa.Table | None:
         """Every journal record this Store keeps, or None when there are none."""
         return None
+
+    def read_table(self, entity: str) -> Iterator[pa.RecordBatch]:
+        """The entity's published rows, in batches (schema evolution rewrites a table)."""
+        msg = f"{type(self).__name__} cannot read back a published table to evolve its schema"
+        raise StoreError(msg, entity=entity)
 
 
 def utc_now() -> dt.datetime:

@@ -136,6 +136,10 @@ def _plan(
             reason=reason,
             polish=entity.polish,
             run_type=run_type,
+            on_drift=entity.drift.on_drift,
+            previous_schema=entry.get("schema"),
+            # a rebuilt table takes the source's schema as it is now
+            schema_reset=run_type == "full_drop" or not store.has_data(entity.name),
         )
 
     if run_type == "full_drop":

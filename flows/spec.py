@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hygge_tasks.drift import SchemaSpec
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.polish import PolishSpec
 
@@ -49,6 +50,7 @@ class EntitySpec(BaseModel):
     batch_size: int = Field(default=100_000, ge=1, le=10_000_000)
     run_type: RunType | None = None
     polish: PolishSpec | None = None
+    drift: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
 
     @field_validator("name")
     @classmethod

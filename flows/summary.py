@@ -28,6 +28,8 @@ class SummaryRow:
             detail += f"; {result.null_watermark_rows} NULL-watermark rows skipped"
         if result.changed and result.rows == 0:
             detail = "source is empty: published an empty table"
+        if result.schema_change:
+            detail += f"; {result.schema_change}"
         return cls(
             entity=result.entity,
             status="ok",
@@ -77,7 +79,7 @@ def render(rows: list[SummaryRow]) -> str:
     notes = [
         f"  {r.entity}: {r.detail}"
         for r in rows
-        if r.status != "ok" or "NULL" in r.detail or "empty" in r.detail
+        if r.status != "ok" or "NULL" in r.detail or "empty" in r.detail or "schema" in r.detail
     ]
     if notes:
         out += ["", *notes]

@@ -128,7 +128,7 @@ class Journal:
             watermark_column=after_column or column,
             watermark_before=was,
             watermark_after=now,
-            schema_change=getattr(result, "schema_change", None),
+            schema_change=result.schema_change,
         )
         self.add(store, record)
 

@@ -19,8 +19,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.base import HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
+from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
 from hygge_tasks import faults
+from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
 from hygge_tasks.errors import is_transient
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
@@ -43,6 +44,11 @@ class EntityPlan:
     loaded_at: dt.datetime | None = None
     #: what the run asked for (`incremental` or `full_drop`); `mode` is what it got
     run_type: str = "incremental"
+    on_drift: DriftPolicy = "fail"
+    #: the schema the ledger remembers from the last committed run (`hygge_tasks.drift`)
+    previous_schema: dict[str, Any] | None = None
+    #: the table is rebuilt from scratch: it takes the source's schema, whatever changed
+    schema_reset: bool = False
 
     @property
     def previous_watermark(self) -> Watermark | None:
@@ -69,6 +75,8 @@ class EntityResult:
     ran_on: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: which attempt of the task produced this result (1 unless it was retried)
     attempts: int = 1
+    #: what schema drift handling did, if anything (`hygge_tasks.drift`)
+    schema_change: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -98,18 +106,42 @@ def move(
     polisher = (
         Polisher(plan.name, plan.polish, plan.loaded_at or utc_now()) if plan.polish else None
     )
+    guard = SchemaGuard(
+        plan.name,
+        plan.on_drift,
+        plan.previous_schema,
+        reset=plan.schema_reset,
+        protected=_protected(plan),
+        type_change_refusal=store.type_change_refusal,
+        logger=logger,
+    )
     progress = EntityProgress(plan.name, logger, home.estimate_rows(request))
-    writer = store.open_writer(plan.name, run_id, plan.mode)
-    rows = 0
+    writer: EntityWriter | None = None
+    mode: WriteMode = plan.mode
+    carry = False
+    rows = carried = 0
     try:
         for batch in home.read(request):
+            if writer is None:
+                # drift is decided on the source's schema, before anything is written; an
+                # append whose table must change schema rewrites the table instead
+                guard.check(batch.schema)
+                carry = guard.rewrite and plan.mode == "append"
+                mode = "replace" if carry else plan.mode
+                writer = store.open_writer(plan.name, run_id, mode)
+            batch = guard.conform(batch)
             if boundary is not None:
                 batch = boundary.admit(batch)  # on the source's names, before polishing
             if polisher is not None:
                 batch = polisher.apply(batch)
+            if carry and batch.num_rows:
+                carried = carry_over(store, plan.name, writer, batch.schema)
+                carry = False
             writer.write(batch)
             rows += batch.num_rows
             progress.update(rows)
+        if writer is None:
+            writer = store.open_writer(plan.name, run_id, mode)
         faults.point("move.after_read")
         if boundary is not None and boundary.null_rows:
             logger.warning(
@@ -133,20 +165,26 @@ def move(
                 null_watermark_rows=boundary.null_rows if boundary else 0,
                 changed=False,
                 watermark=plan.previous,
+                schema_change=guard.note,
             )
-        entry = _entry(watermark.to_json() if watermark else None, run_id, rows, plan.mode)
-        manifest = writer.commit_files(entry, rows)
+        entry = _entry(watermark.to_json() if watermark else None, run_id, rows, mode)
+        entry["schema"] = guard.remembered
+        manifest = writer.commit_files(entry, rows + carried)
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     finally:
         faults.set_entity(None)
     seconds = time.perf_counter() - start
     progress.done(rows, seconds)
+    note = guard.note
+    if carried:
+        note = f"{note}; table rewritten ({carried:,} published rows carried over)"
     return EntityResult(
         entity=plan.name,
         run_id=run_id,
-        mode=plan.mode,
+        mode=mode,
         rows=rows,
         bytes=manifest.bytes,
         seconds=seconds,
@@ -154,7 +192,18 @@ def move(
         null_watermark_rows=boundary.null_rows if boundary else 0,
         ledger_entry=entry,
         watermark=entry["watermark"],
+        schema_change=note,
     )
+
+
+def _protected(plan: EntityPlan) -> dict[str, str]:
+    """Columns a load cannot go on without, and what they are to the entity."""
+    out = {k: "watermark key" for k in plan.watermark_keys}
+    for h in plan.polish.hash_id if plan.polish else []:
+        out.update({c: f"input to hash_id {h.name!r}" for c in h.columns})
+    if plan.watermark_column:
+        out[plan.watermark_column] = "watermark column"
+    return out
 
 
 def _entry(watermark: dict[str, Any] | None, run_id: str, rows: int, mode: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import ctypes
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,11 @@ class ParquetStore(StoreBlock):
         pq.write_table(records, tmp)
         os.replace(tmp, folder / f"{run_id}.parquet")
         fsync_dir(folder)
+
+    def read_table(self, entity: str) -> Iterator[pa.RecordBatch]:
+        for path in sorted(self.table_dir(entity).glob("*.parquet")):
+            with pq.ParquetFile(path) as f:
+                yield from f.iter_batches()
 
     def read_journal(self) -> pa.Table | None:
         files = sorted((self._root / "_journal").glob("*.parquet"))
