@@ -272,3 +272,21 @@ def test_replace_retried_after_its_swap_publishes_the_retry(
     entry = ledger_of(spec)["events"]
     files = [p.name for p in (lake / "events").glob("*.parquet")]
     assert files == [f"part-{entry['run_id']}-00000.parquet"]
+
+
+def test_sqlite_column_null_for_a_whole_batch_then_text(tmp_path: Path, spec_name: str) -> None:
+    # as after `ALTER TABLE ADD COLUMN`: the first batches hold only NULLs in the new column
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 300))
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE events ADD COLUMN note TEXT")
+    con.execute("ALTER TABLE events ADD COLUMN score REAL")
+    con.execute("UPDATE events SET note = 'late ✓', score = id WHERE id >= 250")
+    con.commit()
+    con.close()
+    lake = tmp_path / "lake"
+    state = run_flow(spec_for(spec_name, db, lake))  # batches of 97 rows
+    assert summary_row(state, "events")["rows"] == 300
+    got = read_lake(lake, "events").sort("id")
+    assert got.schema["note"] == pl.String and got.schema["score"] == pl.Float64
+    assert got["note"].to_list() == [None] * 250 + ["late ✓"] * 50
+    assert got["score"].to_list() == [None] * 250 + [float(i) for i in range(250, 300)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
@@ -57,16 +58,26 @@ class SqliteHome(HomeBlock):
             msg = f"cannot open SQLite database {self.path!r}: {exc}"
             raise HomeError(msg, entity=request.entity) from exc
         try:
-            target = self._declared_schema(conn, request) if request.table else None
+            target = None
+            if request.table:
+                declared = self._declared_columns(conn, request)
+                target = {n: t for n, t in declared if t is not None}
+                wanted = request.columns or [n for n, _ in declared]
+                sql = _with_sentinel(sql, [(n, target.get(n)) for n in wanted])
             cur = conn.cursor()
             cur.adbc_statement.set_options(
                 **{"adbc.sqlite.query.batch_rows": str(request.batch_size)}
             )
             cur.execute(sql, parameters=params or None)
             reader = cur.fetch_record_batch()
-            schema = _merge(reader.schema, target)
+            driver_schema = reader.schema
+            if target is not None:
+                driver_schema = driver_schema.remove(driver_schema.get_field_index(_SENTINEL))
+            schema = _merge(driver_schema, target)
             sent = False
             for batch in reader:
+                if target is not None:
+                    batch = _drop_sentinel(batch)
                 sent = True
                 yield _cast(batch, schema, request.entity)
             if not sent:
@@ -118,7 +129,10 @@ class SqliteHome(HomeBlock):
             sql += " WHERE " + " AND ".join(conditions)
         return sql, params
 
-    def _declared_schema(self, conn: Any, request: ReadRequest) -> dict[str, pa.DataType]:
+    def _declared_columns(
+        self, conn: Any, request: ReadRequest
+    ) -> list[tuple[str, pa.DataType | None]]:
+        """The table's columns in order, with the Arrow type their declared type maps to."""
         cur = conn.cursor()
         cur.execute(f"PRAGMA table_info({quote_ident(request.table or '')})")
         rows = cur.fetchall()
@@ -126,12 +140,43 @@ class SqliteHome(HomeBlock):
         if not rows:
             msg = f"table {request.table!r} does not exist in {self.path!r}"
             raise HomeError(msg, entity=request.entity)
-        out = {}
-        for _cid, name, declared, *_ in rows:
-            typ = arrow_type_for(declared or "")
-            if typ is not None:
-                out[name] = typ
-        return out
+        return [(name, arrow_type_for(declared or "")) for _cid, name, declared, *_ in rows]
+
+
+_SENTINEL = "__hygge_sentinel__"
+
+
+def _with_sentinel(sql: str, columns: list[tuple[str, pa.DataType | None]]) -> str:
+    """Put one typed, marked row ahead of the result.
+
+    ADBC infers each column's type from the values of the first batch: a TEXT column that is
+    NULL there (common after `ALTER TABLE ADD COLUMN`) becomes int64 and the read fails at the
+    first text value. A leading row with a value of the declared type fixes the inference; the
+    marker column lets every batch drop it again, wherever SQLite happens to place it.
+    """
+    values = ", ".join(f"{_typed_literal(t)} AS {quote_ident(n)}" for n, t in columns)
+    marker = quote_ident(_SENTINEL)
+    return f"SELECT 1 AS {marker}, {values} UNION ALL SELECT 0, * FROM ({sql})"
+
+
+def _typed_literal(typ: pa.DataType | None) -> str:
+    if typ is None:
+        return "NULL"
+    if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
+        return "0"
+    if pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        return "0.0"
+    if pa.types.is_binary(typ):
+        return "X''"
+    return "''"  # text, and dates and timestamps, which SQLite keeps as text
+
+
+def _drop_sentinel(batch: pa.RecordBatch) -> pa.RecordBatch:
+    index = batch.schema.get_field_index(_SENTINEL)
+    marker = batch.column(index)
+    if pc.any(pc.equal(marker, 1)).as_py():
+        batch = batch.filter(pc.equal(marker, 0))
+    return batch.drop_columns([_SENTINEL])
 
 
 def quote_ident(name: str) -> str:
