@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from prefect.blocks.core import Block
-from pydantic import HttpUrl
+from pydantic import Field, HttpUrl
 
 from hygge_tasks.errors import StoreError
 from hygge_tasks.publish import Manifest
@@ -60,6 +60,12 @@ class HomeBlock(Block, ABC):
     _logo_url = LOGO
     #: the `type:` a spec uses for an inline Home of this class
     spec_type: ClassVar[str]
+
+    concurrency_limit: str | None = Field(
+        default=None,
+        description="Name of a Prefect global concurrency limit; each entity reading from this "
+        "Home holds one slot while it moves, across all flow runs and workers.",
+    )
 
     @abstractmethod
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:

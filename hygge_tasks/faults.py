@@ -12,6 +12,7 @@ import errno
 import os
 import signal
 import threading
+import time
 from collections import Counter
 
 _hits: Counter[str] = Counter()
@@ -43,6 +44,9 @@ def point(name: str) -> None:
         _hits[name] += 1
         count = _hits[name]
     if nth and count != int(nth):
+        return
+    if action.startswith("sleep"):
+        time.sleep(float(action.removeprefix("sleep") or 1))
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -23,6 +23,7 @@ from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock,
 from hygge_tasks import faults
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
 from hygge_tasks.errors import is_transient
+from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
 from hygge_tasks.watermark import BoundaryFilter, Watermark
@@ -244,8 +245,10 @@ def move_entity(plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: st
     from prefect.runtime import task_run
 
     attempt = int(task_run.run_count or 1)
+    logger = get_run_logger()
     try:
-        result = move(plan, home, store, run_id, get_run_logger())
+        with home_slot(home, plan.name, logger):
+            result = move(plan, home, store, run_id, logger)
     except Exception as exc:
         # the journal reports how many attempts a failure took; the error travels with it
         with contextlib.suppress(AttributeError):
