@@ -39,8 +39,11 @@ class Dialect:
     #: the most parts a table name may have (`schema.table` = 2)
     max_parts: int
     binary_collation: str
-    #: the SQL type a bound value is cast to, per watermark kind
+    #: the SQL type a bound value is cast to, per watermark kind (empty: bound values are
+    #: compared as given, e.g. SQLite's text timestamps)
     cast_types: dict[str, str] = field(default_factory=dict)
+    #: whether a table name's dots separate schema and table (SQLite: one identifier)
+    dotted_tables: bool = True
 
     def quote(self, ident: str) -> str:
         """Quote one identifier: any name is legal, nothing is injected."""
@@ -52,6 +55,8 @@ class Dialect:
 
     def table(self, name: str) -> str:
         """A (possibly schema-qualified) table name from a spec, quoted part by part."""
+        if not self.dotted_tables:
+            return self.quote(name)
         parts = split_name(name)
         if len(parts) > self.max_parts:
             msg = (
@@ -65,7 +70,10 @@ class Dialect:
         """A statement with the same columns as `select_sql` that returns no rows."""
         return f"SELECT * FROM ({select_sql}) AS hygge_probe WHERE 1 = 0"
 
-    def cast_type(self, kind: Kind, arrow_type: pa.DataType) -> str:
+    def cast_type(self, kind: Kind, arrow_type: pa.DataType | None) -> str | None:
+        """The SQL type a bound value of `kind` is cast to (None: the dialect casts nothing)."""
+        if not self.cast_types:
+            return None
         if kind == "decimal" and "decimal" in self.cast_types:
             assert isinstance(arrow_type, pa.Decimal128Type | pa.Decimal256Type)
             return self.cast_types["decimal"].format(p=arrow_type.precision, s=arrow_type.scale)
@@ -94,6 +102,7 @@ SQLITE = Dialect(
     close_quote='"',
     max_parts=2,
     binary_collation="COLLATE BINARY",
+    dotted_tables=False,  # a dot is part of the name, as SqliteHome always read it
 )
 TSQL = Dialect(
     name="SQL Server",
@@ -162,15 +171,23 @@ def split_name(name: str) -> list[str]:
 
 
 class Binder:
-    """Collects bound values and renders each one's placeholder, cast to the column's type."""
+    """Collects bound values and renders each one's placeholder, cast to the column's type.
 
-    def __init__(self, placeholder: Callable[[int], str]) -> None:
-        self.values: list[str] = []
+    `to_param` turns a watermark value into what the driver binds: ISO text by default (every
+    ODBC and PostgreSQL bound is cast back in SQL); SQLite binds native values instead.
+    """
+
+    def __init__(
+        self, placeholder: Callable[[int], str], to_param: Callable[[Any], Any] | None = None
+    ) -> None:
+        self.values: list[Any] = []
         self._placeholder = placeholder
+        self._to_param = to_param or param_text
 
-    def bind(self, value: Any, sql_type: str) -> str:
-        self.values.append(param_text(value))
-        return f"CAST({self._placeholder(len(self.values))} AS {sql_type})"
+    def bind(self, value: Any, sql_type: str | None) -> str:
+        self.values.append(self._to_param(value))
+        mark = self._placeholder(len(self.values))
+        return f"CAST({mark} AS {sql_type})" if sql_type else mark
 
 
 def qmark(_: int) -> str:
@@ -241,8 +258,23 @@ def check_since(since: Since, arrow_type: pa.DataType | None, entity: str) -> Ki
     return kind
 
 
+def value_kind(value: Any) -> Kind:
+    """The kind of a stored watermark value, for a Home that binds before it knows the column."""
+    if isinstance(value, dt.datetime):
+        return "timestamptz" if value.tzinfo is not None else "timestamp"
+    if isinstance(value, dt.date):
+        return "date"
+    if isinstance(value, bool | int):
+        return "int"
+    if isinstance(value, decimal.Decimal):
+        return "decimal"
+    if isinstance(value, float):
+        return "float"
+    return "text"
+
+
 def since_predicate(
-    dialect: Dialect, since: Since, kind: Kind, arrow_type: pa.DataType, binder: Binder
+    dialect: Dialect, since: Since, kind: Kind, arrow_type: pa.DataType | None, binder: Binder
 ) -> str:
     """`(column >= bound OR column IS NULL)`, the bound cast to the column's kind."""
     col = dialect.quote(since.column)
@@ -289,7 +321,7 @@ def range_predicates(
     dialect: Dialect,
     column: str,
     bounds: list[Any],
-    sql_type: str,
+    sql_type: str | None,
     binder_for: Callable[[], Binder],
 ) -> list[tuple[str, Binder]]:
     """One predicate per partition covering every row exactly once (NULLs in the first).

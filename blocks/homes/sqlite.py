@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
-from blocks.homes._sql import SQLITE
-from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, first_line
+from blocks.homes import _sql
+from blocks.homes._sql import SQLITE, Binder, qmark
+from hygge_tasks.errors import HomeError, TransientHomeError, first_line
 
 _DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
 
@@ -110,24 +111,18 @@ class SqliteHome(HomeBlock):
         return f"sqlite {self.path} {what}"
 
     def build_select(self, request: ReadRequest) -> tuple[str, list[Any]]:
-        """The SELECT for a request, with the incremental bound as a bound parameter."""
-        if bool(request.table) == bool(request.query):
-            msg = "give exactly one of `table` or `query`"
-            raise ConfigError(msg, entity=request.entity)
-        cols = ", ".join(quote_ident(c) for c in request.columns) if request.columns else "*"
-        source = quote_ident(request.table) if request.table else f"({request.query}) AS q"
-        conditions: list[str] = []
-        params: list[Any] = []
-        if request.where:
-            conditions.append(f"({request.where})")
+        """The SELECT for a request, with the incremental bound as a bound parameter.
+
+        Built by the shared SQL builders (`blocks.homes._sql`); SQLite casts no bound: the
+        value is bound as SQLite compares it (`_sql_param`), since timestamps are text here.
+        """
+        select_list = [SQLITE.quote(c) for c in request.columns] if request.columns else ["*"]
+        binder = Binder(qmark, to_param=_sql_param)
+        predicates = []
         if request.since is not None:
-            col = quote_ident(request.since.column)
-            conditions.append(f"({col} >= ? OR {col} IS NULL)")
-            params.append(_sql_param(request.since.value))
-        sql = f"SELECT {cols} FROM {source}"
-        if conditions:
-            sql += " WHERE " + " AND ".join(conditions)
-        return sql, params
+            kind = _sql.value_kind(request.since.value)
+            predicates.append(_sql.since_predicate(SQLITE, request.since, kind, None, binder))
+        return _sql.final_select(SQLITE, request, select_list, predicates), binder.values
 
     def _declared_columns(
         self, conn: Any, request: ReadRequest
