@@ -8,6 +8,7 @@ called while building a connection string, and those strings never reach a log o
 from __future__ import annotations
 
 import re
+import struct
 import urllib.parse
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, model_validator
 
 from blocks.base import LOGO
-from hygge_tasks.errors import ConfigError
+from hygge_tasks.errors import ConfigError, HomeError
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 _KV_KEY = re.compile(r"(?:^|\s)([A-Za-z_]+)\s*=")
@@ -122,15 +123,45 @@ def _extend_dsn(dsn: str, extra: dict[str, str]) -> str:
     return " ".join([dsn, *added])
 
 
-SqlServerAuth = Literal["sql_login", "service_principal", "managed_identity"]
+SqlServerAuth = Literal[
+    "sql_login", "service_principal", "managed_identity", "access_token", "default_credential"
+]
+#: the OAuth scope of an access token for Azure SQL Database, Managed Instance and Fabric SQL
+ENTRA_SCOPE = "https://database.windows.net/.default"
+#: msodbcsql's pre-connect attribute that carries an access token (msodbcsql.h)
+SQL_COPT_SS_ACCESS_TOKEN = 1256
+
+
+def access_token_struct(token: str) -> bytes:
+    """The ACCESSTOKEN structure Microsoft's ODBC driver takes for `SQL_COPT_SS_ACCESS_TOKEN`.
+
+    `typedef struct AccessToken { unsigned int dataSize; char data[]; } ACCESSTOKEN;`: a 4-byte
+    length, then the token with every byte followed by a zero byte (UTF-16-LE of the ASCII
+    token), `dataSize` counting those expanded bytes.
+    """
+    if not token or not token.isascii() or any(c.isspace() for c in token):
+        msg = "the access token must be a non-empty ASCII string without spaces (a JWT)"
+        raise ConfigError(msg)
+    data = token.encode("utf-16-le")
+    return struct.pack("<I", len(data)) + data
+
+
+def _default_azure_credential() -> Any:
+    """azure-identity's DefaultAzureCredential (tests replace this: no Entra ID here)."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
 
 
 class SqlServerCredentials(CredentialsBlock):
-    """A SQL Server login: SQL authentication, or Entra ID service principal or managed identity.
+    """A SQL Server login: SQL authentication or Microsoft Entra ID.
 
-    Entra logins are handed to Microsoft's ODBC Driver 18 itself (`Authentication=
-    ActiveDirectoryServicePrincipal` / `ActiveDirectoryMsi`), which fetches and refreshes the
-    token; FreeTDS supports SQL logins only.
+    Service principal and managed identity logins are handed to Microsoft's ODBC Driver 17/18
+    itself (`Authentication=ActiveDirectoryServicePrincipal` / `ActiveDirectoryMsi`), which
+    fetches and refreshes the token. An `access_token`, or one that azure-identity's
+    `DefaultAzureCredential` fetches for each connection (scope `ENTRA_SCOPE`), is given to
+    the driver as the pre-connect attribute `SQL_COPT_SS_ACCESS_TOKEN`, never in the
+    connection string. FreeTDS supports SQL logins only.
 
     Example:
         ```python
@@ -161,6 +192,21 @@ class SqlServerCredentials(CredentialsBlock):
     managed_identity: bool = Field(
         default=False, description="Log in as the machine's Azure managed identity."
     )
+    access_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "A Microsoft Entra ID access token for scope `https://database.windows.net/.default`, "
+            "passed to the driver as is (it expires, often within an hour)."
+        ),
+    )
+    default_credential: bool = Field(
+        default=False,
+        title="DefaultAzureCredential",
+        description=(
+            "Log in with a token from azure-identity's DefaultAzureCredential (environment, "
+            "workload identity, managed identity, Azure CLI), fetched for each connection."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -172,19 +218,24 @@ class SqlServerCredentials(CredentialsBlock):
             "sql_login" if given & {"username", "password"} else None,
             "service_principal" if given & {"client_secret", "tenant_id"} else None,
             "managed_identity" if "managed_identity" in given else None,
+            "access_token" if "access_token" in given else None,
+            "default_credential" if "default_credential" in given else None,
         ]
         chosen = [m for m in modes if m]
         if len(chosen) != 1:
             msg = (
                 "give exactly one login: `username` + `password` (SQL login), `tenant_id` + "
-                "`client_id` + `client_secret` (service principal), or `managed_identity: true` "
-                f"(with an optional `client_id`); got {', '.join(chosen) or 'none'}"
+                "`client_id` + `client_secret` (service principal), `managed_identity: true` "
+                "(with an optional `client_id`), `access_token`, or `default_credential: true`; "
+                f"got {', '.join(chosen) or 'none'}"
             )
             raise ValueError(msg)
         need = {
             "sql_login": {"username", "password"},
             "service_principal": {"tenant_id", "client_id", "client_secret"},
             "managed_identity": set(),
+            "access_token": set(),
+            "default_credential": set(),
         }[chosen[0]]
         if missing := sorted(need - given):
             msg = f"{chosen[0]} needs {', '.join(missing)}"
@@ -193,9 +244,18 @@ class SqlServerCredentials(CredentialsBlock):
 
     @property
     def auth(self) -> SqlServerAuth:
+        if self.access_token is not None:
+            return "access_token"
+        if self.default_credential:
+            return "default_credential"
         if self.managed_identity:
             return "managed_identity"
         return "service_principal" if self.client_secret is not None else "sql_login"
+
+    @property
+    def uses_token(self) -> bool:
+        """Whether the login is an access token given before connecting (not in the string)."""
+        return self.auth in ("access_token", "default_credential")
 
     def odbc_login(self, family: str) -> dict[str, str | None]:
         """Connection-string pairs for the login (they hold the secret: never log them)."""
@@ -208,6 +268,9 @@ class SqlServerCredentials(CredentialsBlock):
                 "FreeTDS supports SQL logins only"
             )
             raise ConfigError(msg)
+        if self.uses_token:
+            # the driver refuses a token next to UID, PWD or Authentication (FA005)
+            return {}
         if self.auth == "service_principal":
             assert self.client_secret is not None
             return {
@@ -218,11 +281,37 @@ class SqlServerCredentials(CredentialsBlock):
         return {"Authentication": "ActiveDirectoryMsi", "UID": self.client_id}
 
     def secrets(self) -> list[str]:
-        found = [s.get_secret_value() for s in (self.password, self.client_secret) if s is not None]
+        fields = (self.password, self.client_secret, self.access_token)
+        found = [s.get_secret_value() for s in fields if s is not None]
         return [s for s in found if s]
 
+    def token(self) -> str:
+        """The access token to log in with (given, or fetched now by DefaultAzureCredential)."""
+        if self.access_token is not None:
+            return self.access_token.get_secret_value()
+        if not self.default_credential:
+            msg = f"a {self.auth} login has no access token"
+            raise ConfigError(msg)
+        from azure.core.exceptions import ClientAuthenticationError
+
+        try:
+            return str(_default_azure_credential().get_token(ENTRA_SCOPE).token)
+        except ClientAuthenticationError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = (
+                f"DefaultAzureCredential found no Entra ID login for {ENTRA_SCOPE} ({reason}); "
+                "set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, run `az login`, or "
+                "run where a managed identity is assigned"
+            )
+            raise HomeError(msg) from exc
+
+    def attrs_before(self) -> dict[int, bytes]:
+        """Pre-connect attributes for pyodbc: the access token (holds the secret: never log)."""
+        return {SQL_COPT_SS_ACCESS_TOKEN: access_token_struct(self.token())}
+
     def get_client(self, connection_string: str) -> Any:
-        """A pyodbc connection for ad-hoc use (hygge itself reads through arrow-odbc)."""
+        """A pyodbc connection for ad-hoc use, with the access token when the login is one."""
         import pyodbc
 
-        return pyodbc.connect(connection_string)
+        attrs = self.attrs_before() if self.uses_token else None
+        return pyodbc.connect(connection_string, attrs_before=attrs)

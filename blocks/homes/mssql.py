@@ -27,7 +27,7 @@ from blocks.homes import _odbc, _sql
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import TSQL, Binder, Dialect, qmark
-from hygge_tasks.errors import ConfigError, HomeError
+from hygge_tasks.errors import ConfigError, HomeError, HyggeError
 
 _TYPE = re.compile(r"^(\w+)(?:\((\w+)(?:,\s*(\d+))?\))?$")
 
@@ -38,6 +38,12 @@ class Column:
     expr: str  # how the final SELECT names it
     fetch: pa.DataType | None  # what arrow-odbc is asked for (None: what it infers)
     arrow: pa.DataType | None  # what the Home yields (None: the fetched type)
+    #: how a reader without exact binary transfer (pyodbc, token logins) selects the column:
+    #: as text Arrow parses exactly (None: `expr` already arrives exactly)
+    text_expr: str | None = None
+
+    def select(self, exact_text: bool) -> str:
+        return self.text_expr if exact_text and self.text_expr else self.expr
 
 
 def describe_sql(select_sql: str) -> str:
@@ -70,10 +76,13 @@ def tsql_column(name: str, type_name: str, precision: int, scale: int) -> Column
         return Column(name, q, pa.date32(), pa.date32())
     unit = "ns" if scale > 6 else "us"
     if base in ("datetime2", "datetime", "smalldatetime"):
-        return Column(name, q, pa.timestamp(unit), pa.timestamp(unit))
+        # a Python datetime stops at microseconds: 100 ns digits travel as ISO text (style 121)
+        text = f"CONVERT(varchar(27), {q}, 121) AS {q}" if unit == "ns" else None
+        return Column(name, q, pa.timestamp(unit), pa.timestamp(unit), text)
     if base == "datetimeoffset":
-        expr = f"CAST(SWITCHOFFSET({q}, '+00:00') AS datetime2({scale})) AS {q}"
-        return Column(name, expr, pa.timestamp(unit), pa.timestamp(unit, tz="UTC"))
+        utc = f"CAST(SWITCHOFFSET({q}, '+00:00') AS datetime2({scale}))"
+        text = f"CONVERT(varchar(27), {utc}, 121) AS {q}" if unit == "ns" else None
+        return Column(name, f"{utc} AS {q}", pa.timestamp(unit), pa.timestamp(unit, tz="UTC"), text)
     if base == "time":
         part = "NANOSECOND" if unit == "ns" else "MICROSECOND"
         expr = f"DATEDIFF_BIG({part}, CAST('00:00:00' AS time(7)), {q}) AS {q}"
@@ -192,12 +201,15 @@ class MssqlHome(HomeBlock):
         return _odbc.connection_string(pairs)
 
     def fetch_options(self) -> _odbc.FetchOptions:
+        """How to connect and read; a token login reads through pyodbc (see `_odbc`)."""
+        token = self.credentials.attrs_before if self.credentials.uses_token else None
         return _odbc.FetchOptions(
             connection_string=self.connection_string(),
             max_text_size=self.max_text_size,
             max_binary_size=self.max_binary_size,
             login_timeout=self.connect_timeout,
             query_timeout=self.query_timeout,
+            attrs_before=token,
         )
 
     # --- reading --------------------------------------------------------------------
@@ -212,7 +224,7 @@ class MssqlHome(HomeBlock):
             msg = f"the source returns column(s) {listed} more than once; alias them"
             raise ConfigError(msg, entity=request.entity)
         types = {c.name: c.arrow or c.fetch for c in columns}
-        select_list = [c.expr for c in columns]
+        select_list = [c.select(exact_text=opts.attrs_before is not None) for c in columns]
         binder = Binder(qmark)
         predicates = []
         if request.since is not None:
@@ -301,11 +313,16 @@ class MssqlHome(HomeBlock):
 
     def _guard(self, request: ReadRequest, step: Any) -> Any:
         """Run one driver step, turning driver errors into HomeErrors that say what to fix."""
+        import pyodbc
         from arrow_odbc import Error as OdbcError
 
         try:
             return step()
-        except OdbcError as exc:
+        except HyggeError as exc:
+            if exc.entity is None:  # e.g. no Entra ID token could be fetched
+                raise type(exc)(exc.msg, entity=request.entity) from exc.__cause__
+            raise
+        except (OdbcError, pyodbc.Error) as exc:
             where = f"SQL Server at {self.host},{self.port}/{self.database}"
             limits = f"max_text_size={self.max_text_size}, max_binary_size={self.max_binary_size}"
             raise _odbc.to_home_error(
