@@ -7,12 +7,15 @@ from blocks.base import HomeBlock, StoreBlock
 from blocks.credentials import PostgresCredentials, SqlServerCredentials
 from blocks.homes import CsvHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome
 from blocks.ledger import WatermarkLedger
-from blocks.stores import ParquetStore
+from blocks.stores import AdlsStore, OneLakeStore, OpenMirroringStore, ParquetStore
 
 __all__ = [
+    "AdlsStore",
     "CsvHome",
     "HomeBlock",
     "MssqlHome",
+    "OneLakeStore",
+    "OpenMirroringStore",
     "ParquetHome",
     "ParquetStore",
     "PostgresCredentials",
@@ -26,4 +29,6 @@ __all__ = [
 HOMES: dict[str, type[HomeBlock]] = {
     c.spec_type: c for c in (CsvHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome)
 }
-STORES: dict[str, type[StoreBlock]] = {c.spec_type: c for c in (ParquetStore,)}
+STORES: dict[str, type[StoreBlock]] = {
+    c.spec_type: c for c in (AdlsStore, OneLakeStore, OpenMirroringStore, ParquetStore)
+}

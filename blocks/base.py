@@ -151,6 +151,15 @@ class StoreBlock(Block, ABC):
         writing one Store at once must take turns.
         """
 
+    def finish(self, entity: str, run_id: str) -> Manifest:
+        """Publish a run that `commit_files` left `waiting` (its destination needed time).
+
+        The flow calls it once the manifest's `ready_at` has passed, outside the entity's
+        concurrency slot; it returns the manifest in state `published`.
+        """
+        msg = f"{type(self).__name__} never defers publishing"
+        raise NotImplementedError(msg)
+
     def write_journal(self, run_id: str, records: pa.Table) -> None:
         """Keep this flow run's journal records (`hygge_tasks.journal`) beside the data.
 

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -31,7 +32,7 @@ from flows.summary import SummaryRow, render
 from hygge_tasks import faults
 from hygge_tasks.errors import ConfigError, FlowError, HyggeError
 from hygge_tasks.journal import Journal, render_history
-from hygge_tasks.move import EntityResult, move_entity
+from hygge_tasks.move import EntityResult, finish_entity, move_entity
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
@@ -90,17 +91,39 @@ def _move_all(
     logger.info("run %s: %d entities, %d at once", run_id, len(jobs), workers)
     for job in jobs:
         logger.info("%s: %s (%s)", job.plan.name, job.plan.mode, job.plan.reason)
-    mover = move_entity.with_options(
-        retries=plan.retries, retry_delay_seconds=plan.retry_delay_seconds
-    )
     rows: dict[str, SummaryRow] = {}
     with _task_runner(plan.task_runner, workers) as runner:
-        started: dict[str, dt.datetime] = {}
-        for future, job in _bounded(runner, mover, jobs, run_id, workers, started):
+        scheduler = _Scheduler(
+            runner,
+            move_entity.with_options(
+                retries=plan.retries, retry_delay_seconds=plan.retry_delay_seconds
+            ),
+            finish_entity.with_options(
+                retries=plan.retries, retry_delay_seconds=plan.retry_delay_seconds
+            ),
+            jobs,
+            run_id,
+            workers,
+        )
+        for future, job, moved in scheduler:
             name = job.plan.name
             before = (ledger.value.get(name) or {}).get("watermark")
             try:
-                result: EntityResult = future.result()
+                if moved is None:
+                    result: EntityResult = future.result()
+                    if result.ready_at:
+                        logger.info(
+                            "%s: staged %s rows and emptied the destination; publishing after "
+                            "%s (the wait holds no concurrency slot)",
+                            name,
+                            f"{result.rows:,}",
+                            result.ready_at,
+                        )
+                        scheduler.defer(job, result)
+                        continue
+                else:
+                    future.result()  # the deferred publish
+                    result = moved  # type: ignore[assignment]
                 if result.changed:
                     faults.point("flow.before_ledger")
                     ledger.commit(plan.ledger_name, name, result.ledger_entry)
@@ -110,9 +133,9 @@ def _move_all(
             except Exception as exc:
                 logger.error("%s: failed: %s", name, exc)
                 rows[name] = SummaryRow.failed(name, job.plan.mode, exc)
-                journal.failed(job.plan, job.store, exc, before, started[name])
+                journal.failed(job.plan, job.store, exc, before, scheduler.started[name])
             else:
-                journal.ok(job.plan, job.store, result, before, started[name])
+                journal.ok(job.plan, job.store, result, before, scheduler.started[name])
     return rows
 
 
@@ -130,30 +153,70 @@ def _task_runner(spec: TaskRunnerSpec, workers: int) -> Any:
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
 
 
-def _bounded(
-    runner: Any,
-    task: Any,
-    jobs: list[EntityJob],
-    run_id: str,
-    workers: int,
-    started: dict[str, dt.datetime] | None = None,
-) -> Iterator[tuple[Any, EntityJob]]:
-    """Submit at most `workers` entities at once and yield each as it finishes.
+class _Scheduler:
+    """Submits at most `workers` tasks at once and yields each as it finishes.
 
     The bound holds whatever the runner: a Dask cluster may have more slots than the spec
-    allows connections to its Home.
+    allows connections to its Home. An entity whose Store must wait before publishing is
+    `defer`red: it holds no slot while it waits, and its publish task is submitted when the
+    time comes (before new entities, so started work finishes first).
     """
-    waiting = list(jobs)
-    running: dict[Any, EntityJob] = {}
-    while waiting or running:
-        while waiting and len(running) < workers:
-            job = waiting.pop(0)
-            params = {"plan": job.plan, "home": job.home, "store": job.store, "run_id": run_id}
-            running[runner.submit(task, params)] = job
-            if started is not None:
-                started[job.plan.name] = utc_now()  # for the journal
-        done = next(iter(as_completed(list(running))))
-        yield done, running.pop(done)
+
+    def __init__(
+        self,
+        runner: Any,
+        mover: Any,
+        finisher: Any,
+        jobs: list[EntityJob],
+        run_id: str,
+        workers: int,
+    ) -> None:
+        self.runner = runner
+        self.mover = mover
+        self.finisher = finisher
+        self.waiting = list(jobs)
+        self.run_id = run_id
+        self.workers = workers
+        self.running: dict[Any, tuple[EntityJob, EntityResult | None]] = {}
+        self.deferred: list[tuple[float, int, EntityJob, EntityResult]] = []
+        self.started: dict[str, dt.datetime] = {}  # for the journal
+
+    def defer(self, job: EntityJob, result: EntityResult) -> None:
+        assert result.ready_at is not None
+        left = (dt.datetime.fromisoformat(result.ready_at) - utc_now()).total_seconds()
+        item = (time.monotonic() + max(left, 0.0), len(self.deferred), job, result)
+        self.deferred = sorted([*self.deferred, item], key=lambda d: (d[0], d[1]))
+
+    def __iter__(self) -> Iterator[tuple[Any, EntityJob, EntityResult | None]]:
+        while self.waiting or self.running or self.deferred:
+            now = time.monotonic()
+            while self.deferred and self.deferred[0][0] <= now and self._free():
+                _, _, job, moved = self.deferred.pop(0)
+                params = {"entity": job.plan.name, "store": job.store, "run_id": moved.run_id}
+                self.running[self.runner.submit(self.finisher, params)] = (job, moved)
+            while self.waiting and self._free():
+                new = self.waiting.pop(0)
+                params = {
+                    "plan": new.plan,
+                    "home": new.home,
+                    "store": new.store,
+                    "run_id": self.run_id,
+                }
+                self.running[self.runner.submit(self.mover, params)] = (new, None)
+                self.started[new.plan.name] = utc_now()
+            timeout = max(self.deferred[0][0] - now, 0.0) if self.deferred else None
+            if not self.running:
+                time.sleep(timeout or 0.0)
+                continue
+            try:
+                done = next(iter(as_completed(list(self.running), timeout=timeout)))
+            except TimeoutError:
+                continue  # a deferred publish is due
+            finished, moved_before = self.running.pop(done)
+            yield done, finished, moved_before
+
+    def _free(self) -> bool:
+        return len(self.running) < self.workers
 
 
 @flow(name="hygge", log_prints=False)

@@ -78,6 +78,9 @@ class EntityResult:
     attempts: int = 1
     #: what schema drift handling did, if anything (`hygge_tasks.drift`)
     schema_change: str | None = None
+    #: set when the Store must wait before publishing (UTC ISO time): the flow then runs
+    #: `finish_entity` after it, without holding a concurrency slot meanwhile
+    ready_at: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -194,6 +197,7 @@ def move(
         ledger_entry=entry,
         watermark=entry["watermark"],
         schema_change=note,
+        ready_at=manifest.extra.get("ready_at") if manifest.state == "waiting" else None,
     )
 
 
@@ -256,3 +260,17 @@ def move_entity(plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: st
         raise
     result.attempts = attempt
     return result
+
+
+@task(
+    name="finish_entity",
+    task_run_name="publish {entity}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=_retry_if_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def finish_entity(entity: str, store: StoreBlock, run_id: str) -> int:
+    """Publish a moved entity whose Store asked to wait first; returns the files published."""
+    return len(store.finish(entity, run_id).files)

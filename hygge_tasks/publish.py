@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-State = Literal["prepared", "published", "committed"]
+#: `dropping` and `waiting` belong to a replace that must empty the destination first and then
+#: wait for a downstream service (Fabric Open Mirroring) before it can publish
+State = Literal["prepared", "dropping", "waiting", "publishing", "published", "committed"]
 
 
 @dataclass

@@ -1,0 +1,491 @@
+"""Parquet tables on Azure Blob storage: the engine behind AdlsStore and OneLakeStore.
+
+Layout under the Store's root folder (same as the local ParquetStore):
+
+    <entity>/part-<run_id>-00000.parquet   published data (readers list <entity>/*.parquet)
+    _manifests/<entity>/<run_id>.json      the run record of `hygge_tasks.publish`
+    _journal/<run_id>.parquet              the run journal of `hygge_tasks.journal`
+    _hygge.lock                            leased by the run that writes the Store
+
+Object storage has no rename, so staging uses the Blob API's own two-step write: a file's
+bytes are uploaded as blocks under its final name while it is written (invisible to every
+reader), and publishing commits each file's block list (the file appears whole, in one step).
+A replace commits the new files and then deletes the old ones, which the manifest lists; a
+reader in between sees both. Recovery recomputes block ids from the manifest, so a run killed
+mid-publish is finished by the next one (staged blocks live for a week).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+from prefect_azure import AzureBlobStorageCredentials
+from pydantic import Field
+
+from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
+from blocks.stores._blob import (
+    BlobArea,
+    BlockSink,
+    block_ids,
+    lease_lock,
+    service_client,
+    store_error,
+)
+from hygge_tasks import faults
+from hygge_tasks.errors import StoreError, first_line
+from hygge_tasks.publish import Manifest, run_file_name
+
+_KEEP_COMMITTED = 10
+_MB = 1024 * 1024
+_clients: dict[str, Any] = {}
+
+
+class BlobStoreBase(StoreBlock):
+    """Settings and plumbing every Blob-API Store shares."""
+
+    credentials: AzureBlobStorageCredentials | None = Field(
+        default=None,
+        description="prefect-azure credentials: a connection string, or an account URL with a "
+        "service principal or DefaultAzureCredential (managed identity).",
+    )
+    compression: str = Field(
+        default="zstd", description="Parquet compression: zstd, snappy, gzip, lz4 or none."
+    )
+    compression_level: int | None = Field(
+        default=None, description="Codec level (zstd 1-22); empty for the codec's default."
+    )
+    max_rows_per_file: int = Field(
+        default=10_000_000, description="Start a new file after this many rows."
+    )
+    block_size_mb: int = Field(
+        default=8, ge=1, le=4000, description="Upload block size; memory per upload stream."
+    )
+    upload_parallelism: int = Field(
+        default=4, ge=1, le=64, description="Blocks uploaded at once per entity."
+    )
+    lease_seconds: int = Field(
+        default=60,
+        ge=15,
+        le=60,
+        description="Lease on the Store's lock blob; a crashed run frees the Store this long "
+        "after its last renewal.",
+    )
+
+    # -- what subclasses say ----------------------------------------------------------------
+
+    def _default_url(self) -> str | None:
+        return None
+
+    def _container_name(self) -> str:
+        raise NotImplementedError
+
+    def _root(self) -> str:
+        raise NotImplementedError
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def area(self, root: str | None = None) -> BlobArea:
+        """The container and folder this Store writes (clients are shared per credentials)."""
+        key = hashlib.sha256(
+            repr(
+                (
+                    self.credentials.model_dump_json() if self.credentials else None,
+                    _secret(self.credentials),
+                    self._default_url(),
+                )
+            ).encode()
+        ).hexdigest()
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = service_client(self.credentials, self._default_url())
+        container = client.get_container_client(self._container_name())
+        return BlobArea(container, self._root() if root is None else root)
+
+    def lock_id(self) -> str:
+        return f"blob:{self.area().url()}"
+
+    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
+        return lease_lock(self.area(), owner, wait_seconds, self.lease_seconds)
+
+
+class BlobParquetStore(BlobStoreBase):
+    """Parquet tables under a folder of a Blob container, published atomically file by file."""
+
+    def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> BlobParquetWriter:
+        return BlobParquetWriter(self, entity, run_id, mode)
+
+    def describe(self, entity: str) -> str:
+        return f"{self.spec_type} {self.area().url()}/{entity}/"
+
+    def has_data(self, entity: str) -> bool:
+        try:
+            return any(n.endswith(".parquet") for n in self.area().names(entity))
+        except AzureError as exc:
+            raise store_error(exc, "cannot list the Store", entity=entity) from exc
+
+    # -- manifests and recovery --------------------------------------------------------------
+
+    def manifest_key(self, entity: str, run_id: str) -> str:
+        return self.area().key("_manifests", entity, f"{run_id}.json")
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        self.area().put(
+            self.manifest_key(manifest.entity, manifest.run_id), manifest.to_json().encode()
+        )
+
+    def recover(self, entity: str) -> list[Manifest]:
+        try:
+            return self._recover(entity)
+        except AzureError as exc:
+            raise store_error(exc, "cannot recover earlier runs", entity=entity) from exc
+
+    def _recover(self, entity: str) -> list[Manifest]:
+        area = self.area()
+        pending: list[Manifest] = []
+        committed: list[str] = []
+        for name in area.names("_manifests", entity):
+            raw = area.get_bytes(area.key("_manifests", entity, name))
+            if raw is None:
+                continue
+            manifest = Manifest.from_json(raw.decode())
+            if manifest.state == "prepared" and not self._finish_or_undo(manifest):
+                continue  # rolled back: nothing of that run remains
+            if manifest.state == "published":
+                pending.append(manifest)
+            else:
+                committed.append(name)
+        for name in committed[:-_KEEP_COMMITTED]:
+            area.delete(area.key("_manifests", entity, name))
+        return pending
+
+    def mark_committed(self, entity: str, run_id: str) -> None:
+        area = self.area()
+        raw = area.get_bytes(self.manifest_key(entity, run_id))
+        if raw is None:
+            return
+        manifest = Manifest.from_json(raw.decode())
+        manifest.state = "committed"
+        self.save_manifest(manifest)
+
+    def _finish_or_undo(self, manifest: Manifest) -> bool:
+        """Roll a prepared run forward when every file can be committed, else back."""
+        area = self.area()
+        blocks: dict[str, int] = manifest.extra.get("blocks", {})
+        for name in manifest.files:
+            key = area.key(manifest.entity, name)
+            wanted = set(block_ids(manifest.run_id, name, blocks.get(name, 0)))
+            if not area.exists(key) and not wanted <= area.staged_ids(key):
+                self.roll_back(manifest)
+                return False
+        self.publish(manifest)
+        return True
+
+    def publish(self, manifest: Manifest) -> None:
+        """Commit every file's block list, then drop what a replace replaces; safe to repeat."""
+        area = self.area()
+        blocks: dict[str, int] = manifest.extra.get("blocks", {})
+        for i, name in enumerate(manifest.files):
+            if i:
+                faults.point("publish.between_files")
+            # committing the same list again is harmless: the blocks are then the committed ones
+            area.commit(
+                area.key(manifest.entity, name),
+                block_ids(manifest.run_id, name, blocks.get(name, 0)),
+            )
+        for i, old in enumerate(manifest.extra.get("replaces", [])):
+            if i == 0:
+                faults.point("publish.between_swap_renames")
+            area.delete(area.key(manifest.entity, old))
+        faults.point("publish.before_mark")
+        manifest.state = "published"
+        self.save_manifest(manifest)
+
+    def roll_back(self, manifest: Manifest) -> None:
+        """Undo a run that never fully published; its staged blocks expire on their own."""
+        area = self.area()
+        for name in manifest.files:
+            area.delete(area.key(manifest.entity, name))
+        area.delete(self.manifest_key(manifest.entity, manifest.run_id))
+
+    # -- reading back ------------------------------------------------------------------------
+
+    def read_table(self, entity: str) -> Iterator[pa.RecordBatch]:
+        area = self.area()
+        for name in area.names(entity):
+            if name.endswith(".parquet") and "/" not in name:
+                yield from _iter_blob(area, area.key(entity, name))
+
+    def published_schema(self, entity: str) -> pa.Schema | None:
+        """The schema of the newest published file, read from its footer alone."""
+        area = self.area()
+        names = [n for n in area.names(entity) if n.endswith(".parquet") and "/" not in n]
+        return footer_schema(area, area.key(entity, names[-1])) if names else None
+
+    def write_journal(self, run_id: str, records: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(records, buf)
+        area = self.area()
+        area.put(area.key("_journal", f"{run_id}.parquet"), buf.getvalue())
+
+    def read_journal(self) -> pa.Table | None:
+        area = self.area()
+        tables = []
+        for name in area.names("_journal"):
+            data = area.get_bytes(area.key("_journal", name))
+            if data:
+                tables.append(pq.read_table(pa.BufferReader(data)))
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+class BlobFiles:
+    """Writes a stream of batches as Parquet files made of staged blocks, rolling by rows.
+
+    `name_of(i)` gives the blob name of the i-th file. Nothing is visible until the caller
+    commits the block lists (`blocks` says how many each file has).
+    """
+
+    def __init__(
+        self,
+        store: BlobStoreBase,
+        area: BlobArea,
+        run_id: str,
+        name_of: Callable[[int], str],
+        entity: str,
+    ) -> None:
+        self.store = store
+        self.area = area
+        self.run_id = run_id
+        self.name_of = name_of
+        self.entity = entity
+        self.keys: list[str] = []
+        self.blocks: dict[str, int] = {}
+        self.bytes = 0
+        self.schema: pa.Schema | None = None
+        self._pool = ThreadPoolExecutor(store.upload_parallelism, thread_name_prefix="hygge-up")
+        self._sink: BlockSink | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._rows_in_file = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.schema is None:
+            self.schema = batch.schema
+        if self._writer is None or self._rows_in_file >= self.store.max_rows_per_file:
+            self._roll()
+        assert self._writer is not None
+        if batch.num_rows:
+            self._writer.write_batch(batch)
+            self._rows_in_file += batch.num_rows
+
+    def close(self) -> None:
+        """Finish the current file and wait for all its blocks to be staged."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.close()
+            self.blocks[sink.name] = sink.blocks
+            self.bytes += sink.size
+        self._pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._writer is not None:
+                self._writer.close()
+        if self._sink is not None:
+            self._sink.abandon()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _roll(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+            self.blocks[self._sink.name] = self._sink.blocks
+            self.bytes += self._sink.size
+        key = self.name_of(len(self.keys))
+        self.keys.append(key)
+        self._sink = BlockSink(
+            self.area,
+            key,
+            self.run_id,
+            self._pool,
+            block_size=self.store.block_size_mb * _MB,
+            parallel=self.store.upload_parallelism,
+        )
+        assert self.schema is not None
+        self._writer = pq.ParquetWriter(
+            self._sink,
+            self.schema,
+            compression=self.store.compression,
+            compression_level=self.store.compression_level,
+        )
+        self._rows_in_file = 0
+
+
+class BlobParquetWriter(EntityWriter):
+    """Stages one entity's batches as blocks of Parquet files for one run."""
+
+    def __init__(self, store: BlobParquetStore, entity: str, run_id: str, mode: WriteMode) -> None:
+        self.store = store
+        self.entity = entity
+        self.run_id = run_id
+        self.mode = mode
+        self.area = store.area()
+        self.files = BlobFiles(
+            store,
+            self.area,
+            run_id,
+            lambda i: self.area.key(entity, run_file_name(run_id, i)),
+            entity,
+        )
+        self._schema: pa.Schema | None = None
+        self._prepared = False
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        try:
+            if self._schema is None:
+                self._schema = self._check_schema(batch.schema)
+            if batch.schema != self._schema:
+                batch = conform(batch, self._schema, self.entity)
+            self.files.write(batch)
+            faults.point("stage.after_batch")
+        except AzureError as exc:
+            raise store_error(exc, "cannot upload to the Store", entity=self.entity) from exc
+
+    def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
+        try:
+            if self._schema is None:
+                msg = "nothing to publish: the run wrote no batch"
+                raise StoreError(msg, entity=self.entity)
+            self.files.close()
+            names = [k.rsplit("/", 1)[1] for k in self.files.keys]
+            replaces: list[str] = []
+            if self.mode == "replace":
+                replaces = [
+                    n for n in self.area.names(self.entity) if "/" not in n and n not in names
+                ]
+            manifest = Manifest(
+                entity=self.entity,
+                run_id=self.run_id,
+                mode=self.mode,
+                files=names,
+                rows=rows,
+                bytes=self.files.bytes,
+                ledger_entry=ledger_entry,
+                created_at=utc_now().isoformat(),
+                extra={
+                    "blocks": {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()},
+                    "replaces": replaces,
+                },
+            )
+            self.store.save_manifest(manifest)
+            self._prepared = True
+            faults.point("publish.after_prepare")
+            self.store.publish(manifest)
+            return manifest
+        except AzureError as exc:
+            raise store_error(exc, "cannot publish to the Store", entity=self.entity) from exc
+
+    def abort(self) -> None:
+        self.files.abandon()
+        if not self._prepared:
+            return  # staged blocks are invisible and expire on their own
+        with contextlib.suppress(AzureError):
+            raw = self.area.get_bytes(self.store.manifest_key(self.entity, self.run_id))
+            if raw is None:
+                return
+            manifest = Manifest.from_json(raw.decode())
+            if manifest.state != "prepared":
+                return
+            if manifest.mode == "replace" and all(
+                self.area.exists(self.area.key(self.entity, n)) for n in manifest.files
+            ):
+                return  # the new table is in and old files may be gone: recovery finishes it
+            self.store.roll_back(manifest)
+
+    def _check_schema(self, schema: pa.Schema) -> pa.Schema:
+        """On append, the new files must read as one dataset with the published ones."""
+        if self.mode != "append":
+            return schema
+        existing = self.store.published_schema(self.entity)
+        if existing is None:
+            return schema
+        return appendable(existing, schema, self.entity)
+
+
+def appendable(existing: pa.Schema, schema: pa.Schema, entity: str) -> pa.Schema:
+    """The schema new files must have to read as one table with `existing` (or an error)."""
+    if existing.remove_metadata().equals(schema.remove_metadata()):
+        return schema
+    before = {f.name: str(f.type) for f in existing}
+    after = {f.name: str(f.type) for f in schema}
+    changes = [f"+{n} {t}" for n, t in after.items() if n not in before]
+    changes += [f"-{n} {t}" for n, t in before.items() if n not in after]
+    changes += [
+        f"{n}: {before[n]} -> {t}" for n, t in after.items() if n in before and before[n] != t
+    ]
+    if not changes:
+        return existing  # same columns, other order or metadata: keep the table's order
+    msg = (
+        f"the source schema no longer matches the published table ({'; '.join(changes)}); "
+        "run this entity with --full-drop to rebuild the table with the new schema"
+    )
+    raise StoreError(msg, entity=entity)
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBatch:
+    try:
+        return pa.RecordBatch.from_arrays(
+            [batch.column(f.name).cast(f.type) for f in schema], schema=schema
+        )
+    except (KeyError, pa.ArrowException) as exc:
+        msg = f"a batch does not match the schema of the run: {first_line(exc)}"
+        raise StoreError(msg, entity=entity) from exc
+
+
+def footer_schema(area: BlobArea, key: str) -> pa.Schema:
+    """A Parquet file's schema from two ranged reads of its tail (no full download)."""
+    blob = area.container.get_blob_client(key)
+    size = blob.get_blob_properties().size
+    tail = blob.download_blob(offset=size - 8, length=8).readall()
+    length = int.from_bytes(tail[:4], "little")
+    footer = blob.download_blob(offset=size - 8 - length, length=length + 8).readall()
+    # a buffer with the magic bytes in front reads like the whole file, as far as metadata goes
+    return pq.read_schema(pa.BufferReader(b"PAR1" + footer))
+
+
+def _iter_blob(area: BlobArea, key: str) -> Iterator[pa.RecordBatch]:
+    """Batches of one Parquet blob, spooled to a temporary file (memory stays bounded)."""
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            area.container.get_blob_client(key).download_blob().readinto(tmp)
+        except ResourceNotFoundError:
+            return
+        tmp.seek(0)
+        with pq.ParquetFile(tmp) as f:
+            yield from f.iter_batches()
+
+
+def _secret(credentials: AzureBlobStorageCredentials | None) -> str | None:
+    if credentials is None:
+        return None
+    parts = [credentials.connection_string, credentials.client_secret]
+    return "|".join(p.get_secret_value() for p in parts if p is not None)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,554 @@
+"""OpenMirroringStore: a Microsoft Fabric mirrored database's landing zone (Open Mirroring).
+
+The contract (Microsoft Learn, "Open mirroring landing zone requirements and formats"):
+
+    <item>/Files/LandingZone/_partnerEvents.json               who writes here (once)
+    <item>/Files/LandingZone/[<schema>.schema/]<table>/_metadata.json   {"keyColumns": [...]}
+    <item>/Files/LandingZone/[<schema>.schema/]<table>/00000000000000000001.parquet ...
+
+Data files carry 20-digit, continuous, increasing numbers (the service remembers the last one
+it processed and keeps that file, so the next number follows the highest one present), and
+`__rowMarker__` as the last column: 0 insert, 2 delete, 4 upsert. A file picked up before its
+upload finished breaks ingestion, so every file is published by committing staged blocks.
+
+hygge's own records (manifests, journal, the lease lock and full_drop staging) live outside
+the landing zone, under `state_path`, where the service never looks.
+
+A full_drop stages the complete new table under `state_path` first; only then deletes the
+table folder (retrying while the service holds it), waits `drop_wait_seconds` for the service
+to drop the table, and publishes the staged files with fresh numbering. The wait happens
+outside the entity task, so it holds none of the flow's concurrency slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from azure.core.exceptions import AzureError, ResourceExistsError
+from pydantic import Field
+
+from blocks.base import EntityWriter, WriteMode, utc_now
+from blocks.stores._blob import (
+    ONELAKE_URL,
+    BlobArea,
+    block_ids,
+    join,
+    lease_lock,
+    store_error,
+    with_retries,
+)
+from blocks.stores.blob_parquet import (
+    BlobFiles,
+    BlobStoreBase,
+    _iter_blob,
+    appendable,
+    conform,
+    footer_schema,
+)
+from hygge_tasks import faults
+from hygge_tasks.errors import ConfigError, StoreError
+from hygge_tasks.publish import Manifest, run_file_name
+
+MARKER = "__rowMarker__"
+INSERT, DELETE, UPSERT = 0, 2, 4
+_NUMBERED = re.compile(r"^(\d{20})\.parquet$")
+_KEEP_COMMITTED = 10
+#: Arrow types that name the same column type in Parquet, written one way so that files of one
+#: table never disagree (a type change stops Fabric replicating the table)
+_CANONICAL = {
+    pa.large_string(): pa.string(),
+    pa.string_view(): pa.string(),
+    pa.large_binary(): pa.binary(),
+    pa.binary_view(): pa.binary(),
+}
+
+
+class OpenMirroringStore(BlobStoreBase):
+    """Writes entities into a Fabric mirrored database's landing zone (Open Mirroring).
+
+    Example:
+        ```python
+        from blocks import OpenMirroringStore
+        store = OpenMirroringStore.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "Open Mirroring Store"
+    _block_type_slug = "open-mirroring-store"
+    _description = "A Microsoft Fabric mirrored database's landing zone, as a hygge Store."
+    spec_type = "open_mirroring"
+    type_change_refusal = (
+        "Fabric Open Mirroring stops replicating a table whose column type changes; run this "
+        "entity with --full-drop to recreate the table with the new type"
+    )
+
+    workspace: str = Field(description="Fabric workspace name or id (the Blob container).")
+    item: str = Field(description="Mirrored database item, e.g. 'Sales.MountedRelationalDatabase'.")
+    landing_zone: str = Field(
+        default="Files/LandingZone", description="The landing zone folder inside the item."
+    )
+    state_path: str = Field(
+        default="Files/_hygge",
+        description="Folder inside the item for hygge's manifests, journal, lock and staging.",
+    )
+    endpoint: str = Field(
+        default=ONELAKE_URL, description="OneLake Blob endpoint (used without a credentials URL)."
+    )
+    key_columns: list[str] | None = Field(
+        default=None,
+        description="The table's key columns (`_metadata.json` keyColumns); usually set per "
+        "entity. Fabric never lets them change once a table exists.",
+    )
+    table_schema: str | None = Field(
+        default=None, description="Schema folder (`<schema>.schema/`); usually set per entity."
+    )
+    row_marker: Literal["upsert", "insert"] = Field(
+        default="upsert",
+        description="Row marker of incremental loads: upsert (4) or insert (0). Replaced tables "
+        "are always inserts.",
+    )
+    delete_column: str | None = Field(
+        default=None,
+        description="A boolean source column: rows where it is true are sent as deletes (2).",
+    )
+    upsert_default_row_marker: bool = Field(
+        default=False, description="Write isUpsertDefaultRowMarker into _metadata.json."
+    )
+    drop_wait_seconds: float = Field(
+        default=120, ge=0, description="How long a full_drop waits for Fabric to drop the table."
+    )
+    partner_name: str = Field(default="hygge", description="partnerName in _partnerEvents.json.")
+    source_type: str = Field(default="hygge", description="sourceInfo.sourceType.")
+    source_version: str | None = Field(default=None, description="sourceInfo.sourceVersion.")
+
+    # -- areas -------------------------------------------------------------------------------
+
+    def _default_url(self) -> str | None:
+        return self.endpoint
+
+    def _container_name(self) -> str:
+        return self.workspace
+
+    def _root(self) -> str:
+        return join(self.item, self.landing_zone)
+
+    def state(self) -> BlobArea:
+        return self.area(join(self.item, self.state_path))
+
+    def table_folder(self, entity: str) -> str:
+        """The table's folder relative to the landing zone."""
+        return f"{self.table_schema}.schema/{entity}" if self.table_schema else entity
+
+    def lock_id(self) -> str:
+        return f"blob:{self.state().url()}"
+
+    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
+        return lease_lock(self.state(), owner, wait_seconds, self.lease_seconds)
+
+    def describe(self, entity: str) -> str:
+        return f"open mirroring {self.area().url()}/{self.table_folder(entity)}/"
+
+    def has_data(self, entity: str) -> bool:
+        try:
+            names = self.area().names(self.table_folder(entity))
+        except AzureError as exc:
+            raise store_error(exc, "cannot list the landing zone", entity=entity) from exc
+        return "_metadata.json" in names or any(_NUMBERED.match(n) for n in names)
+
+    # -- the landing zone's rules ------------------------------------------------------------
+
+    def numbers(self, entity: str) -> list[int]:
+        names = self.area().names(self.table_folder(entity))
+        return sorted(int(m.group(1)) for n in names if (m := _NUMBERED.match(n)))
+
+    def file_key(self, entity: str, number: int) -> str:
+        return self.area().key(self.table_folder(entity), f"{number:020d}.parquet")
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"keyColumns": list(self.key_columns or [])}
+        if self.upsert_default_row_marker:
+            meta["isUpsertDefaultRowMarker"] = True
+        return meta
+
+    def check_keys(self, entity: str) -> None:
+        """Key columns are required, and can never change for an existing table."""
+        if not self.key_columns:
+            msg = (
+                "Open Mirroring needs the table's key columns: set `key_columns: [...]` on the "
+                "entity (they go into _metadata.json and cannot change later)"
+            )
+            raise ConfigError(msg, entity=entity)
+        area = self.area()
+        current = area.get_json(area.key(self.table_folder(entity), "_metadata.json"))
+        if current is not None and current.get("keyColumns") != list(self.key_columns):
+            msg = (
+                f"the landing zone's table has keyColumns {current.get('keyColumns')} but the "
+                f"spec says {list(self.key_columns)}; Fabric cannot change key columns of an "
+                "existing table: restore `key_columns`, or run --full-drop to recreate the table"
+            )
+            raise StoreError(msg, entity=entity)
+
+    def ensure_metadata(self, entity: str) -> None:
+        area = self.area()
+        key = area.key(self.table_folder(entity), "_metadata.json")
+        if area.get_json(key) != self.metadata():
+            area.put(key, json.dumps(self.metadata()).encode())
+
+    def ensure_partner_events(self) -> None:
+        """`_partnerEvents.json` at the landing zone's top, written once."""
+        area = self.area()
+        info: dict[str, Any] = {"sourceType": self.source_type}
+        if self.source_version:
+            info["sourceVersion"] = self.source_version
+        body = {"partnerName": self.partner_name, "sourceInfo": info}
+        with contextlib.suppress(ResourceExistsError):
+            area.put(area.key("_partnerEvents.json"), json.dumps(body).encode(), overwrite=False)
+
+    def table_schema_now(self, entity: str) -> pa.Schema | None:
+        """The schema of the newest data file in the landing zone, if any remains."""
+        numbers = self.numbers(entity)
+        return footer_schema(self.area(), self.file_key(entity, numbers[-1])) if numbers else None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> MirroringWriter:
+        self.check_keys(entity)
+        try:
+            self.ensure_partner_events()
+            return MirroringWriter(self, entity, run_id, mode)
+        except AzureError as exc:
+            raise store_error(exc, "cannot open the landing zone", entity=entity) from exc
+
+    def manifest_key(self, entity: str, run_id: str) -> str:
+        return self.state().key("_manifests", entity, f"{run_id}.json")
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        self.state().put(
+            self.manifest_key(manifest.entity, manifest.run_id), manifest.to_json().encode()
+        )
+
+    def load_manifest(self, entity: str, run_id: str) -> Manifest | None:
+        raw = self.state().get_bytes(self.manifest_key(entity, run_id))
+        return None if raw is None else Manifest.from_json(raw.decode())
+
+    def publish_append(self, manifest: Manifest) -> None:
+        """Commit the run's numbered files in order; safe to repeat."""
+        area = self.area()
+        self.ensure_metadata(manifest.entity)
+        blocks: dict[str, int] = manifest.extra["blocks"]
+        folder = self.table_folder(manifest.entity)
+        for i, name in enumerate(manifest.files):
+            if i:
+                faults.point("publish.between_files")
+            area.commit(area.key(folder, name), block_ids(manifest.run_id, name, blocks[name]))
+        faults.point("publish.before_mark")
+        manifest.state = "published"
+        self.save_manifest(manifest)
+
+    def drop_table(self, manifest: Manifest) -> None:
+        """Delete the table folder (Fabric then drops the table) and start the wait."""
+        manifest.state = "dropping"
+        self.save_manifest(manifest)
+        folder = self.table_folder(manifest.entity)
+        # the service may hold the folder while it reads: retry with backoff
+        deleted = with_retries(lambda: self.area().delete_folder(folder))
+        faults.point("publish.between_swap_renames")
+        # nothing was there (a first load): Fabric has no table to drop, nothing to wait for
+        wait = self.drop_wait_seconds if deleted else 0.0
+        ready = utc_now() + dt.timedelta(seconds=wait)
+        manifest.state = "waiting"
+        manifest.extra["ready_at"] = ready.isoformat()
+        self.save_manifest(manifest)
+
+    def finish(self, entity: str, run_id: str) -> Manifest:
+        """Publish a replace whose wait is over: fresh numbering from 1, each file atomic."""
+        manifest = self.load_manifest(entity, run_id)
+        if manifest is None:
+            msg = f"run {run_id} has no manifest to finish"
+            raise StoreError(msg, entity=entity)
+        try:
+            if manifest.state == "dropping":
+                self.drop_table(manifest)
+            if manifest.state == "waiting":
+                _sleep_until(manifest.extra.get("ready_at"))
+                manifest.state = "publishing"
+                self.save_manifest(manifest)
+            if manifest.state == "publishing":
+                self._copy_in(manifest)
+            return manifest
+        except AzureError as exc:
+            raise store_error(exc, "cannot publish the new table", entity=entity) from exc
+
+    def _copy_in(self, manifest: Manifest) -> None:
+        area, state = self.area(), self.state()
+        self.ensure_metadata(manifest.entity)
+        staged = manifest.extra["staged"]
+        for i, key in enumerate(staged):
+            if i:
+                faults.point("publish.between_files")
+            target = area.container.get_blob_client(self.file_key(manifest.entity, i + 1))
+            if target.exists():
+                continue  # copied before an interruption
+            source = state.container.get_blob_client(key).download_blob(
+                max_concurrency=self.upload_parallelism
+            )
+            # upload_blob stages blocks and commits them at the end: the file appears whole
+            target.upload_blob(
+                source.chunks(),
+                length=source.size,
+                overwrite=False,
+                max_concurrency=self.upload_parallelism,
+            )
+        manifest.files = [f"{i + 1:020d}.parquet" for i in range(len(staged))]
+        faults.point("publish.before_mark")
+        manifest.state = "published"
+        self.save_manifest(manifest)
+        for key in staged:
+            state.delete(key)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self, entity: str) -> list[Manifest]:
+        try:
+            return self._recover(entity)
+        except AzureError as exc:
+            raise store_error(exc, "cannot recover earlier runs", entity=entity) from exc
+
+    def _recover(self, entity: str) -> list[Manifest]:
+        state = self.state()
+        pending: list[Manifest] = []
+        committed: list[str] = []
+        for name in state.names("_manifests", entity):
+            raw = state.get_bytes(state.key("_manifests", entity, name))
+            if raw is None:
+                continue
+            manifest = Manifest.from_json(raw.decode())
+            if manifest.state == "prepared":
+                if not self._finish_or_undo(manifest):
+                    continue
+            elif manifest.state in ("dropping", "waiting", "publishing"):
+                # the old table is (being) dropped: only going forward restores the data
+                manifest = self.finish(entity, manifest.run_id)
+            if manifest.state == "published":
+                pending.append(manifest)
+            else:
+                committed.append(name)
+        for name in committed[:-_KEEP_COMMITTED]:
+            state.delete(state.key("_manifests", entity, name))
+        if not pending:
+            state.delete_folder("_staging", entity)  # leftovers of runs that never prepared
+        return pending
+
+    def _finish_or_undo(self, manifest: Manifest) -> bool:
+        area = self.area()
+        if manifest.mode == "replace":
+            # nothing was dropped yet: the old table stands; forget the staged copy
+            self.roll_back(manifest)
+            return False
+        folder = self.table_folder(manifest.entity)
+        blocks = manifest.extra["blocks"]
+        for name in manifest.files:
+            key = area.key(folder, name)
+            wanted = set(block_ids(manifest.run_id, name, blocks[name]))
+            if not area.exists(key) and not wanted <= area.staged_ids(key):
+                self.roll_back(manifest)
+                return False
+        self.publish_append(manifest)
+        return True
+
+    def roll_back(self, manifest: Manifest) -> None:
+        area, state = self.area(), self.state()
+        if manifest.mode == "append":
+            for name in manifest.files:
+                area.delete(area.key(self.table_folder(manifest.entity), name))
+        for key in manifest.extra.get("staged", []):
+            state.delete(key)
+        state.delete(self.manifest_key(manifest.entity, manifest.run_id))
+
+    def mark_committed(self, entity: str, run_id: str) -> None:
+        manifest = self.load_manifest(entity, run_id)
+        if manifest is not None:
+            manifest.state = "committed"
+            self.save_manifest(manifest)
+
+    # -- reading back ------------------------------------------------------------------------
+
+    def read_table(self, entity: str) -> Iterator[pa.RecordBatch]:
+        msg = (
+            "a landing zone holds changes, not a table (Fabric may have consumed earlier files), "
+            "so it cannot be read back to rewrite it; run --full-drop to reload the entity"
+        )
+        raise StoreError(msg, entity=entity)
+
+    def landing_files(self, entity: str) -> Iterator[pa.RecordBatch]:
+        """Every data file still in the table folder, in file order (for checks and tests)."""
+        area = self.area()
+        for n in self.numbers(entity):
+            yield from _iter_blob(area, self.file_key(entity, n))
+
+    def write_journal(self, run_id: str, records: pa.Table) -> None:
+        import io
+
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(records, buf)
+        state = self.state()
+        state.put(state.key("_journal", f"{run_id}.parquet"), buf.getvalue())
+
+    def read_journal(self) -> pa.Table | None:
+        import pyarrow.parquet as pq
+
+        state = self.state()
+        tables = [
+            pq.read_table(pa.BufferReader(data))
+            for name in state.names("_journal")
+            if (data := state.get_bytes(state.key("_journal", name)))
+        ]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+class MirroringWriter(EntityWriter):
+    """Stages one entity's run for the landing zone: numbered files, row markers last."""
+
+    def __init__(self, store: OpenMirroringStore, entity: str, run_id: str, mode: WriteMode):
+        self.store = store
+        self.entity = entity
+        self.run_id = run_id
+        self.mode = mode
+        self.area = store.area()
+        self.state = store.state()
+        # a replaced table starts empty: plain inserts; incremental loads upsert by default
+        upsert = mode == "append" and store.row_marker == "upsert"
+        self.marker = UPSERT if upsert else INSERT
+        if mode == "append":
+            # continue after the highest number present (the service keeps the last it read)
+            numbers = store.numbers(entity)
+            self.first = (numbers[-1] if numbers else 0) + 1
+            folder = store.table_folder(entity)
+            name_of = lambda i: self.area.key(folder, f"{self.first + i:020d}.parquet")  # noqa: E731
+            self.files = BlobFiles(store, self.area, run_id, name_of, entity)
+        else:
+            self.first = 1
+            staging = lambda i: self.state.key("_staging", entity, run_id, run_file_name(run_id, i))  # noqa: E731
+            self.files = BlobFiles(store, self.state, run_id, staging, entity)
+        self._schema: pa.Schema | None = None
+        self._prepared = False
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        try:
+            batch = self._marked(batch)
+            if self._schema is None:
+                self._schema = self._check_schema(batch.schema)
+            if batch.schema != self._schema:
+                batch = conform(batch, self._schema, self.entity)
+            self.files.write(batch)
+            faults.point("stage.after_batch")
+        except AzureError as exc:
+            raise store_error(exc, "cannot upload to the landing zone", entity=self.entity) from exc
+
+    def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
+        try:
+            if self._schema is None:
+                msg = "nothing to publish: the run wrote no batch"
+                raise StoreError(msg, entity=self.entity)
+            self.files.close()
+            base = [k.rsplit("/", 1)[1] for k in self.files.keys]
+            manifest = Manifest(
+                entity=self.entity,
+                run_id=self.run_id,
+                mode=self.mode,
+                files=base,
+                rows=rows,
+                bytes=self.files.bytes,
+                ledger_entry=ledger_entry,
+                created_at=utc_now().isoformat(),
+                extra={"blocks": {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()}},
+            )
+            if self.mode == "replace":
+                # the staged copy becomes a set of ordinary blobs outside the landing zone
+                for key in self.files.keys:
+                    count = manifest.extra["blocks"][key.rsplit("/", 1)[1]]
+                    self.state.commit(key, block_ids(self.run_id, key, count))
+                manifest.extra["staged"] = list(self.files.keys)
+            self.store.save_manifest(manifest)
+            self._prepared = True
+            faults.point("publish.after_prepare")
+            if self.mode == "append":
+                self.store.publish_append(manifest)
+            else:
+                self.store.drop_table(manifest)
+            return manifest
+        except AzureError as exc:
+            raise store_error(
+                exc, "cannot publish to the landing zone", entity=self.entity
+            ) from exc
+
+    def abort(self) -> None:
+        self.files.abandon()
+        if not self._prepared:
+            return
+        try:
+            manifest = self.store.load_manifest(self.entity, self.run_id)
+            if manifest is not None and manifest.state == "prepared":
+                self.store.roll_back(manifest)
+            # dropping/waiting: the old table is going; the next run's recovery finishes it
+        except AzureError:
+            pass
+
+    def _marked(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Canonical column types, and `__rowMarker__` appended as the last column."""
+        if MARKER in batch.schema.names:
+            msg = f"the source has a column named {MARKER!r}, which Open Mirroring reserves"
+            raise StoreError(msg, entity=self.entity)
+        arrays, fields = [], []
+        for f, col in zip(batch.schema, batch.columns, strict=True):
+            canonical = _CANONICAL.get(f.type)
+            if canonical is not None:
+                col, f = col.cast(canonical), f.with_type(canonical)
+            arrays.append(col)
+            fields.append(f)
+        marker = pa.array(np.full(batch.num_rows, self.marker, dtype=np.int32))
+        if self.store.delete_column:
+            if self.store.delete_column not in batch.schema.names:
+                msg = (
+                    f"delete_column {self.store.delete_column!r} is not a column of the source "
+                    f"(columns: {', '.join(batch.schema.names)})"
+                )
+                raise StoreError(msg, entity=self.entity)
+            flag = pc.fill_null(batch.column(self.store.delete_column).cast(pa.bool_()), False)
+            marker = pc.if_else(flag, pa.scalar(DELETE, pa.int32()), marker)
+        arrays.append(marker)
+        fields.append(pa.field(MARKER, pa.int32(), nullable=False))
+        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+    def _check_schema(self, schema: pa.Schema) -> pa.Schema:
+        """A type change would stop replication: refuse it before anything is written."""
+        if self.mode != "append":
+            return schema
+        existing = self.store.table_schema_now(self.entity)
+        if existing is None:
+            return schema
+        try:
+            return appendable(existing, schema, self.entity)
+        except StoreError as exc:
+            msg = f"{exc.msg}; Fabric would stop replicating this table on such a change"
+            raise StoreError(msg, entity=self.entity) from exc
+
+
+def _sleep_until(ready_at: str | None) -> None:
+    if not ready_at:
+        return
+    left = (dt.datetime.fromisoformat(ready_at) - utc_now()).total_seconds()
+    if left > 0:
+        time.sleep(left)
