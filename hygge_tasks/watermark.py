@@ -13,6 +13,10 @@ Semantics (the one place they are defined):
 - NULLs: rows whose watermark is NULL cannot be placed; they are never loaded by an
   incremental entity, and every run counts and reports them.
 - order: none required; the maximum is computed over everything admitted.
+- precision: exact. A timestamp with sub-microsecond digits (SQL Server `datetime2(7)`, Arrow
+  `timestamp[ns]` from files), which a Python datetime cannot hold, is kept as a
+  `NanoTimestamp` (ledger kind `timestamp_ns`, a 9-digit ISO string); every other value keeps
+  its kind, so ledgers written before read as they always did.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +36,63 @@ import pyarrow.compute as pc
 from hygge_tasks.errors import ConfigError
 
 _KEY_SEP = "\x1f"
+_NS_ISO = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.(\d{9})(\+00:00)?$")
+
+
+@dataclass(frozen=True, order=True)
+class NanoTimestamp:
+    """A timestamp to the nanosecond: `ns` since the Unix epoch; UTC when `utc`, else naive.
+
+    The ledger stores it as ISO text with nine fraction digits (`2024-05-01T12:00:00.123456789`,
+    `+00:00` appended when `utc`): JSON-safe, readable, exact.
+    """
+
+    ns: int
+    utc: bool = False
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return pa.timestamp("ns", tz="UTC" if self.utc else None)
+
+    def scalar(self) -> pa.Scalar:
+        return pa.scalar(self.ns, pa.int64()).cast(self.arrow_type)
+
+    def floor_datetime(self) -> dt.datetime:
+        """The microsecond at or before this instant (for bounds a driver cannot carry finer)."""
+        micros, _ = divmod(self.ns, 1000)
+        value = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=micros)
+        return value.replace(tzinfo=dt.UTC) if self.utc else value
+
+    def isoformat(self, digits: int = 9) -> str:
+        """ISO text with `digits` fraction digits, truncated (a floor: never after the value)."""
+        seconds, fraction = divmod(self.ns, 1_000_000_000)
+        base = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds)
+        text = base.isoformat(timespec="seconds")
+        if digits:
+            text += "." + f"{fraction:09d}"[:digits]
+        return text + ("+00:00" if self.utc else "")
+
+    @classmethod
+    def fromisoformat(cls, text: str) -> NanoTimestamp:
+        m = _NS_ISO.match(text)
+        if m is None:
+            msg = f"{text!r} is not a nanosecond timestamp (YYYY-MM-DDTHH:MM:SS.fffffffff)"
+            raise ValueError(msg)
+        base = dt.datetime.fromisoformat(m.group(1))
+        seconds = (base - dt.datetime(1970, 1, 1)) // dt.timedelta(seconds=1)
+        return cls(seconds * 1_000_000_000 + int(m.group(2)), utc=m.group(3) is not None)
+
+    @classmethod
+    def from_scalar(cls, scalar: pa.Scalar) -> NanoTimestamp:
+        typ = scalar.type
+        if not pa.types.is_timestamp(typ) or typ.unit != "ns":
+            msg = f"not a nanosecond timestamp: {typ}"
+            raise TypeError(msg)
+        # tz-aware Arrow timestamps hold UTC epoch values already
+        return cls(scalar.cast(pa.int64()).as_py(), utc=typ.tz is not None)
+
+    def __str__(self) -> str:
+        return self.isoformat()
 
 
 @dataclass(frozen=True)
@@ -61,6 +123,8 @@ class Watermark:
 
 def _encode(value: Any) -> tuple[str, Any]:
     # order matters: datetime is a subclass of date, bool of int
+    if isinstance(value, NanoTimestamp):
+        return "timestamp_ns", value.isoformat()
     if isinstance(value, dt.datetime):
         return "datetime", value.isoformat()
     if isinstance(value, dt.date):
@@ -84,6 +148,7 @@ def _decode(kind: str, value: Any) -> Any:
         "datetime": dt.datetime.fromisoformat,
         "date": dt.date.fromisoformat,
         "decimal": decimal.Decimal,
+        "timestamp_ns": NanoTimestamp.fromisoformat,
     }
     decode = decoders.get(kind)
     return decode(value) if decode else value
@@ -150,22 +215,14 @@ class BoundaryFilter:
             hashlib.sha256(
                 json.dumps(row, default=str, sort_keys=True, ensure_ascii=False).encode()
             ).hexdigest()[:32]
-            for row in rows.to_pylist()
+            for row in _pylist(rows)
         ]
 
     def result(self) -> Watermark | None:
         """The watermark after this run: unchanged when nothing new was admitted."""
         if self._max is None:
             return self.previous
-        try:
-            value = self._max.as_py()
-        except ValueError as exc:  # nanoseconds that a Python datetime cannot hold
-            msg = (
-                f"watermark column {self.column!r} holds {self._max.type} values with "
-                "sub-microsecond parts, which the ledger cannot store exactly; cast the column "
-                "to microseconds in the source (or a `query`), or use another watermark column"
-            )
-            raise ConfigError(msg, entity=self.entity) from exc
+        value = _py_value(self._max)
         if self.previous is not None and self._max_equals_previous():
             return Watermark(self.column, value, self.previous.boundary | self._boundary)
         return Watermark(self.column, value, frozenset(self._boundary))
@@ -191,12 +248,19 @@ class BoundaryFilter:
         if self._prev_scalar is not None and self._prev_scalar.type == typ:
             return self._prev_scalar
         assert self.previous is not None
+        value = self.previous.value
         try:
-            scalar = pa.scalar(self.previous.value, type=typ)
+            if isinstance(value, NanoTimestamp):
+                if not pa.types.is_timestamp(typ) or (typ.tz is not None) != value.utc:
+                    msg = f"{value} is a {value.arrow_type} value, not {typ}"
+                    raise TypeError(msg)
+                scalar = value.scalar().cast(typ)  # a safe cast: refuses to drop digits
+            else:
+                scalar = pa.scalar(value, type=typ)
             # Arrow converts some values lossily (1.5 -> int64 1, a datetime -> date32): a
             # truncated bound would load rows twice, so the value must survive the trip
-            if scalar.as_py() != self.previous.value:
-                msg = f"{self.previous.value!r} becomes {scalar.as_py()!r} as {typ}"
+            if _py_value(scalar) != value:
+                msg = f"{value!r} becomes {_py_value(scalar)!r} as {typ}"
                 raise ValueError(msg)
             self._prev_scalar = scalar
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
@@ -207,3 +271,32 @@ class BoundaryFilter:
             )
             raise ConfigError(msg, entity=self.entity) from exc
         return self._prev_scalar
+
+
+def _py_value(scalar: pa.Scalar) -> Any:
+    """A scalar as a Python value; a timestamp with sub-microsecond digits as a NanoTimestamp."""
+    typ = scalar.type
+    if pa.types.is_timestamp(typ) and typ.unit == "ns" and scalar.is_valid:
+        exact = NanoTimestamp.from_scalar(scalar)
+        if exact.ns % 1000:
+            return exact
+    return scalar.as_py()
+
+
+def _pylist(rows: pa.RecordBatch) -> list[dict[str, Any]]:
+    """`rows.to_pylist()`, with sub-microsecond timestamps as 9-digit text (row hashes).
+
+    Values without sub-microsecond digits hash as they always did (a datetime's `str`).
+    """
+    columns = {}
+    for name, col in zip(rows.schema.names, rows.columns, strict=True):
+        typ = col.type
+        if pa.types.is_timestamp(typ) and typ.unit == "ns":
+            values = [_py_value(v) for v in col]
+            columns[name] = [
+                v.isoformat().replace("T", " ") if isinstance(v, NanoTimestamp) else v
+                for v in values
+            ]
+        else:
+            columns[name] = col.to_pylist()
+    return [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]

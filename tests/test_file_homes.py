@@ -187,3 +187,40 @@ def test_csv_home_header_delimiter_encoding_and_overrides(tmp_path: Path, spec_n
     assert pinned_lake.schema == pl.Schema({"zip": pl.String, "qty": pl.Float64})
     assert pinned_lake["zip"].to_list() == [f"{i:05d}" for i in range(1, 42)]
     assert pinned_lake["qty"].to_list() == [float(i) for i in range(1, 41)] + [2.5]
+
+
+def test_parquet_nanosecond_watermark_is_exact_across_runs(tmp_path: Path, spec_name: str) -> None:
+    """`timestamp[ns]` values 1 ns apart, ties at the boundary, across three runs."""
+    ns0 = 1_714_564_800_000_000_000
+    schema = {"id": pl.Int64, "ts": pl.Datetime("ns")}
+
+    def frame(ids: list[int], nanos: list[int]) -> pl.DataFrame:
+        return pl.DataFrame({"id": ids, "ts": [ns0 + n for n in nanos]}).cast(schema)
+
+    events = tmp_path / "events"
+    write(frame([1, 2, 3, 4], [0, 123_456_788, 123_456_789, 123_456_789]), events / "a.parquet")
+    lake = tmp_path / "lake"
+    spec = spec_for(
+        spec_name,
+        {"type": "parquet"},
+        lake,
+        [{"name": "events", "path": str(events), "watermark": {"column": "ts", "keys": ["id"]}}],
+    )
+    assert rows_by_entity(run_flow(spec)) == {"events": 4}
+    wm = ledger_of(spec)["events"]["watermark"]
+    assert (wm["kind"], wm["value"]) == ("timestamp_ns", "2024-05-01T12:00:00.123456789")
+    assert wm["boundary"] == ["3", "4"]
+
+    # 5 ties with the stored value; 6 is 1 ns earlier (an old row, correctly skipped);
+    # 7 is 1 ns later
+    later = frame([5, 6, 7], [123_456_789, 123_456_788, 123_456_790])
+    write(later, events / "b.parquet")
+    second = run_flow(spec)
+    assert rows_by_entity(second) == {"events": 2}
+    got = read_lake(lake, "events").sort("id")
+    assert got["id"].to_list() == [1, 2, 3, 4, 5, 7]
+    assert got.schema["ts"] == pl.Datetime("ns")
+    assert got["ts"].dt.nanosecond().to_list()[-2:] == [123_456_789, 123_456_790]
+    wm = ledger_of(spec)["events"]["watermark"]
+    assert (wm["value"], wm["boundary"]) == ("2024-05-01T12:00:00.123456790", ["7"])
+    assert rows_by_entity(run_flow(spec)) == {"events": 0}

@@ -36,6 +36,7 @@ from blocks.homes import _odbc
 from blocks.homes._sql import POSTGRES, Dialect
 from blocks.homes.mssql import Column, describe_sql, tsql_column
 from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, is_transient
+from hygge_tasks.watermark import NanoTimestamp
 from tests.conftest import ledger_of, run_flow
 from tests.pg_server import PgServer, free_port
 
@@ -145,6 +146,35 @@ TSQL_CASES = [
             ["2024-05-01T00:00:00+00:00"],
         ),
         id="datetimeoffset-watermark",
+    ),
+    pytest.param(
+        TSqlCase(
+            ReadRequest(
+                entity="e",
+                table="dbo.t",
+                since=Since("changed]at", NanoTimestamp(1_714_564_800_123_456_789)),
+            ),
+            # arrow-odbc and pyodbc bind text; SQL Server's CAST reads 7 digits exactly, the
+            # 9th-digit nanoseconds are cut (a bound at or before the value: the engine's exact
+            # filter drops what it admits too much)
+            f"SELECT {SELECT_LIST} FROM [dbo].[t] "
+            "WHERE ([changed]]at] >= CAST(? AS datetime2(7)) OR [changed]]at] IS NULL)",
+            ["2024-05-01T12:00:00.1234567"],
+        ),
+        id="datetime2-nanosecond-watermark",
+    ),
+    pytest.param(
+        TSqlCase(
+            ReadRequest(
+                entity="e",
+                table="dbo.t",
+                since=Since("at", NanoTimestamp(1_714_564_800_000_000_001, utc=True)),
+            ),
+            f"SELECT {SELECT_LIST} FROM [dbo].[t] "
+            "WHERE ([at] >= CAST(? AS datetimeoffset(7)) OR [at] IS NULL)",
+            ["2024-05-01T12:00:00.0000000+00:00"],
+        ),
+        id="datetimeoffset-nanosecond-watermark",
     ),
     pytest.param(
         TSqlCase(

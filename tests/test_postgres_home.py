@@ -19,6 +19,7 @@ import blocks
 from blocks import PostgresCredentials, PostgresHome
 from blocks.base import ReadRequest, Since
 from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, is_transient
+from hygge_tasks.watermark import NanoTimestamp
 from tests.conftest import ledger_of, run_flow
 from tests.pg_server import PgServer, free_port, pg_home
 
@@ -496,3 +497,18 @@ def test_a_dsn_login_reads_and_keeps_its_own_settings(pg: PgServer) -> None:
     assert got.to_pylist() == [{"a": "mine"}]
     assert "(DSN)" in h.describe(ReadRequest(entity="e", table="t"))
     assert pg.password not in h.describe(ReadRequest(entity="e", table="t"))
+
+
+def test_a_nanosecond_bound_pushes_down_its_microsecond_floor(pg: PgServer, pg_schema: str) -> None:
+    # PostgreSQL keeps microseconds: the bound is cut to them (bound as text, read back by
+    # `current_setting`), so the row at the cut microsecond is read (a superset; the engine's
+    # exact filter decides) and nothing after the bound can be lost
+    pg.execute(
+        f'CREATE TABLE "{pg_schema}".ns (id int, ts timestamp)',
+        f"INSERT INTO \"{pg_schema}\".ns VALUES (1, '2024-05-01 12:00:00.123455'),"
+        " (2, '2024-05-01 12:00:00.123456'), (3, '2024-05-01 12:00:00.123457'), (4, NULL)",
+    )
+    bound = NanoTimestamp(1_714_564_800_123_456_789)  # 12:00:00.123456789
+    request = ReadRequest(entity="e", table=f"{pg_schema}.ns", since=Since("ts", bound))
+    got = pa.Table.from_batches(list(home(pg).read(request)))
+    assert sorted(got.column("id").to_pylist()) == [2, 3, 4]

@@ -14,6 +14,7 @@ import pytest
 from blocks import SqliteHome
 from blocks.base import ReadRequest, Since
 from hygge_tasks.errors import ConfigError
+from hygge_tasks.watermark import NanoTimestamp
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,6 +37,11 @@ def test_sqlite_select_is_built_by_the_shared_builders() -> None:
         'SELECT * FROM (SELECT 1 AS x) AS hygge_q WHERE ("x" COLLATE BINARY >= ? OR "x" IS NULL)',
         ["B"],
     )
+    # a nanosecond bound is cut to SQLite's microsecond text (a floor: a superset)
+    nanos = Since("ts", NanoTimestamp(1_714_564_800_123_456_789))
+    assert home.build_select(ReadRequest(entity="e", table="t", since=nanos))[1] == [
+        "2024-05-01 12:00:00.123456"
+    ]
     req = ReadRequest(entity="e", table="t", since=Since("amt", Decimal("1.5")))
     assert home.build_select(req)[1] == [1.5]
     with pytest.raises(ConfigError, match="exactly one of `table` or `query`"):

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from hygge_tasks.errors import ConfigError
-from hygge_tasks.watermark import BoundaryFilter, Watermark
+from hygge_tasks.watermark import BoundaryFilter, NanoTimestamp, Watermark
 
 UTC = dt.UTC
 
@@ -378,12 +378,86 @@ def test_watermark_round_trip_feeds_the_next_run() -> None:
     assert admitted == [3]
 
 
-def test_boundary_filter_nanosecond_watermark_is_refused_with_advice() -> None:
-    ns = pa.array([1_700_000_000_123_456_789], type=pa.timestamp("ns"))
-    batch = pa.RecordBatch.from_arrays([pa.array([1]), ns], names=["id", "ts"])
-    f = BoundaryFilter("events", "ts", ["id"], None)
-    f.admit(batch)
-    with pytest.raises(
-        ConfigError, match=r"entity 'events': watermark column 'ts' holds timestamp\[ns\]"
-    ):
-        f.result()
+# -- nanoseconds ----------------------------------------------------------------------------
+
+NS0 = 1_714_564_800_000_000_000  # 2024-05-01T12:00:00 as ns since the epoch
+
+
+@pytest.mark.parametrize("tz", [None, "UTC"])
+def test_boundary_nanosecond_column_ties_and_late_ties_are_exact(tz: str | None) -> None:
+    typ = pa.timestamp("ns", tz=tz)
+    first = BoundaryFilter("e", "wm", ["id"], None)
+    b = NS0 + 123_456_789
+    # 1 ns apart: a microsecond ledger would merge 2, 3 and 4 into one value
+    admitted = run(first, rows(typ, [1, 2, 3, 4], [NS0, b - 1, b, b]))
+    assert admitted == [1, 2, 3, 4]
+    result = first.result()
+    utc = tz is not None
+    assert result == Watermark("wm", NanoTimestamp(b, utc), frozenset({"3", "4"}))
+    stored = json.loads(json.dumps(result.to_json()))
+    suffix = "+00:00" if utc else ""
+    assert stored == {
+        "column": "wm",
+        "kind": "timestamp_ns",
+        "value": "2024-05-01T12:00:00.123456789" + suffix,
+        "boundary": ["3", "4"],
+    }
+    second = BoundaryFilter("e", "wm", ["id"], Watermark.from_json(stored))
+    later = rows(
+        typ,
+        [2, 3, 4, 5, 6, 7],
+        # 2: 1 ns before the bound; 3, 4: loaded ties; 5: a late tie; 6: 1 ns after; 7: NULL
+        [b - 1, b, b, b, b + 1, None],
+    )
+    assert run(second, later) == [5, 6]
+    assert second.null_rows == 1
+    assert second.result() == Watermark("wm", NanoTimestamp(b + 1, utc), frozenset({"6"}))
+
+
+def test_nanosecond_column_on_whole_microseconds_keeps_the_datetime_kind() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], None)
+    run(f, rows(pa.timestamp("ns"), [1], [NS0 + 5_000]))
+    result = f.result()
+    assert result is not None
+    assert result.to_json()["kind"] == "datetime"  # as every ledger before nanoseconds
+    assert result.value == dt.datetime(2024, 5, 1, 12, 0, 0, 5)
+    # an old microsecond ledger bounds a nanosecond column exactly
+    g = BoundaryFilter("e", "wm", ["id"], Watermark.from_json(result.to_json()))
+    assert run(g, rows(pa.timestamp("ns"), [1, 2, 3], [NS0 + 5_000, NS0 + 5_001, NS0 + 4_999])) == [
+        2
+    ]
+
+
+def test_nanosecond_rows_without_keys_hash_exactly_and_as_before() -> None:
+    f = BoundaryFilter("e", "wm", [], None)
+    typ = pa.timestamp("ns")
+    # whole microseconds hash as they always did (str of a datetime); finer values by 9 digits
+    same = f.identities(rows(pa.timestamp("us"), [1], [dt.datetime(2024, 5, 1, 12)]))
+    assert f.identities(rows(typ, [1], [NS0])) == same
+    a, b = f.identities(rows(typ, [1, 1], [NS0 + 1, NS0 + 2]))
+    assert a != b
+    run(f, rows(typ, [1, 1], [NS0 + 7, NS0 + 7]))
+    g = BoundaryFilter("e", "wm", [], f.result())
+    assert run(g, rows(typ, [1, 2], [NS0 + 7, NS0 + 7])) == [2]
+
+
+def test_nanosecond_watermark_refuses_a_coarser_or_other_zone_column() -> None:
+    stored = Watermark("wm", NanoTimestamp(NS0 + 1), frozenset({"1"}))
+    for typ in (pa.timestamp("us"), pa.timestamp("ns", tz="UTC"), pa.int64()):
+        f = BoundaryFilter("orders", "wm", ["id"], stored)
+        with pytest.raises(ConfigError, match=r"the stored watermark .* --full-drop"):
+            f.admit(rows(typ, [1], [0]))
+
+
+def test_nano_timestamp_text_and_floors() -> None:
+    v = NanoTimestamp(NS0 + 123_456_789)
+    assert v.isoformat() == "2024-05-01T12:00:00.123456789"
+    assert v.isoformat(7) == "2024-05-01T12:00:00.1234567"  # cut, never rounded up
+    assert v.floor_datetime() == dt.datetime(2024, 5, 1, 12, 0, 0, 123456)
+    before = NanoTimestamp(-1)  # 1 ns before the epoch
+    assert before.isoformat() == "1969-12-31T23:59:59.999999999"
+    assert before.floor_datetime() == dt.datetime(1969, 12, 31, 23, 59, 59, 999999)
+    for text in ("2024-05-01T12:00:00.123456789+00:00", "1969-12-31T23:59:59.999999999"):
+        assert NanoTimestamp.fromisoformat(text).isoformat() == text
+    with pytest.raises(ValueError, match="not a nanosecond timestamp"):
+        NanoTimestamp.fromisoformat("2024-05-01T12:00:00.123456")

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from blocks.base import ReadRequest
 from hygge_tasks.errors import HomeError, first_line
+from hygge_tasks.watermark import NanoTimestamp
 
 
 def resolve_files(
@@ -98,7 +99,14 @@ def since_filter(lf: pl.LazyFrame, request: ReadRequest) -> pl.LazyFrame:
     dtype = lf.collect_schema().get(request.since.column)
     if dtype is None:
         return lf  # the engine reports the missing column with the column list
-    return lf.filter((col >= pl.lit(request.since.value).cast(dtype)) | col.is_null())
+    value = request.since.value
+    if isinstance(value, NanoTimestamp):
+        # exact nanoseconds; a coarser column cuts the bound (a floor: a superset)
+        zone = "UTC" if value.utc else None
+        bound = pl.lit(value.ns, dtype=pl.Int64).cast(pl.Datetime("ns", zone)).cast(dtype)
+    else:
+        bound = pl.lit(value).cast(dtype)
+    return lf.filter((col >= bound) | col.is_null())
 
 
 def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterator[pa.RecordBatch]:

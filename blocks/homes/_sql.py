@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from blocks.base import ReadRequest, Since
 from hygge_tasks.errors import ConfigError
+from hygge_tasks.watermark import NanoTimestamp
 
 #: what a watermark column is, as far as pushing its bound into SQL is concerned
 Kind = Literal["timestamp", "timestamptz", "date", "int", "decimal", "float", "text"]
@@ -194,8 +195,15 @@ def qmark(_: int) -> str:
     return "?"
 
 
-def param_text(value: Any) -> str:
-    """A value as text every supported database parses back exactly (ISO dates, plain decimals)."""
+def param_text(value: Any, fraction_digits: int = 7) -> str:
+    """A value as text every supported database parses back exactly (ISO dates, plain decimals).
+
+    A nanosecond timestamp keeps `fraction_digits` (SQL Server's `datetime2(7)`: 100 ns), cut,
+    not rounded: the bound is then at or before the value, so the read admits a superset and
+    the engine's exact filter (`hygge_tasks.watermark`) does the rest.
+    """
+    if isinstance(value, NanoTimestamp):
+        return value.isoformat(fraction_digits)
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
@@ -239,9 +247,12 @@ def check_since(since: Since, arrow_type: pa.DataType | None, entity: str) -> Ki
         )
         raise ConfigError(msg, entity=entity)
     value = since.value
+    nanos = isinstance(value, NanoTimestamp)
     fits = {
-        "timestamp": isinstance(value, dt.datetime) and value.tzinfo is None,
-        "timestamptz": isinstance(value, dt.datetime) and value.tzinfo is not None,
+        "timestamp": (isinstance(value, dt.datetime) and value.tzinfo is None)
+        or (nanos and not value.utc),
+        "timestamptz": (isinstance(value, dt.datetime) and value.tzinfo is not None)
+        or (nanos and value.utc),
         "date": isinstance(value, dt.date) and not isinstance(value, dt.datetime),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "decimal": isinstance(value, decimal.Decimal | int) and not isinstance(value, bool),
@@ -260,6 +271,8 @@ def check_since(since: Since, arrow_type: pa.DataType | None, entity: str) -> Ki
 
 def value_kind(value: Any) -> Kind:
     """The kind of a stored watermark value, for a Home that binds before it knows the column."""
+    if isinstance(value, NanoTimestamp):
+        return "timestamptz" if value.utc else "timestamp"
     if isinstance(value, dt.datetime):
         return "timestamptz" if value.tzinfo is not None else "timestamp"
     if isinstance(value, dt.date):

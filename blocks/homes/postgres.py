@@ -357,7 +357,10 @@ def _server_text(exc: Exception) -> str:
 
 
 def _guc_binder() -> Binder:
-    return Binder(lambda i: f"current_setting('hygge.p{i}')")
+    # PostgreSQL timestamps hold microseconds: a nanosecond bound is cut to them (a floor)
+    return Binder(
+        lambda i: f"current_setting('hygge.p{i}')", lambda v: _sql.param_text(v, fraction_digits=6)
+    )
 
 
 def _copy(binder: Binder) -> Binder:

@@ -19,6 +19,7 @@ from blocks.base import HomeBlock, ReadRequest
 from blocks.homes import _sql
 from blocks.homes._sql import SQLITE, Binder, qmark
 from hygge_tasks.errors import HomeError, TransientHomeError, first_line
+from hygge_tasks.watermark import NanoTimestamp
 
 _DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
 
@@ -236,7 +237,10 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBat
 
 def _sql_param(value: Any) -> Any:
     # SQLite compares text timestamps as text; str() gives 'YYYY-MM-DD HH:MM:SS[.ffffff]',
-    # which sorts at or before the 'T'-separated form, so the bound admits a superset
+    # which sorts at or before the 'T'-separated form, so the bound admits a superset; a
+    # nanosecond bound is cut to its microsecond (a floor: a superset again)
+    if isinstance(value, NanoTimestamp):
+        value = value.floor_datetime()
     if isinstance(value, dt.datetime):
         return str(value.replace(tzinfo=None))
     if isinstance(value, dt.date):
