@@ -497,3 +497,24 @@ def test_odbc_path_reports_a_refused_login_and_missing_table(pg: PgServer) -> No
         list(wrong.read(ReadRequest(entity="e", query="SELECT 1 AS x")))
     assert not is_transient(e.value)
     assert "no;pe" not in str(e.value)
+
+
+def test_odbc_path_pushes_a_nanosecond_bound_as_text(pg: PgServer, pg_schema: str) -> None:
+    # the ODBC path binds the bound as text with 7 digits (SQL Server's datetime2(7) reads
+    # them exactly); PostgreSQL keeps microseconds and rounds the text: still a superset of
+    # `ts >= bound`, which is all a Home owes (the engine filters exactly)
+    pg.execute(
+        f'CREATE TABLE "{pg_schema}".ns (id int, ts timestamp)',
+        f"INSERT INTO \"{pg_schema}\".ns VALUES (1, '2024-05-01 12:00:00.123456'),"
+        " (2, '2024-05-01 12:00:00.123457'), (3, NULL)",
+    )
+    home = PgOdbcHome(
+        host=pg.host,
+        port=pg.port,
+        database=pg.dbname,
+        credentials=SqlServerCredentials(username=pg.user, password=pg.password),
+    )
+    bound = NanoTimestamp(1_714_564_800_123_456_789)  # 12:00:00.123456789
+    request = ReadRequest(entity="e", table=f"{pg_schema}.ns", since=Since("ts", bound))
+    got = pa.Table.from_batches(list(home.read(request)))
+    assert sorted(got.column("id").to_pylist()) == [2, 3]
