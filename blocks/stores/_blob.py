@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from prefect_azure import AzureBlobStorageCredentials
 
 ONELAKE_URL = "https://onelake.blob.fabric.microsoft.com"
+#: the storage audience: what OneLake and Blob storage accept Entra ID tokens for
+STORAGE_SCOPE = "https://storage.azure.com/.default"
 #: HTTP statuses worth another try: throttling and a busy or failing service
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 #: the SDK retries itself first; keep it short so an unreachable account fails in seconds
@@ -75,6 +77,11 @@ def service_client(
         from azure.identity import DefaultAzureCredential
 
         token = DefaultAzureCredential()
+    try:
+        # one token up front: without an identity, fail once here instead of on every retry
+        token.get_token(STORAGE_SCOPE)
+    except ClientAuthenticationError as exc:
+        raise store_error(exc, f"cannot get a token for {url}") from exc
     return BlobServiceClient(url, credential=token, **_CLIENT_OPTIONS)
 
 
@@ -83,6 +90,13 @@ def store_error(exc: BaseException, action: str, *, entity: str | None = None) -
     code = getattr(exc, "error_code", None)
     status = getattr(exc, "status_code", None)
     detail = first_line(exc)
+    if type(exc).__name__ == "CredentialUnavailableError" or "failed to retrieve a token" in detail:
+        msg = (
+            f"{action}: no Microsoft Entra ID identity is available here (DefaultAzureCredential "
+            "found no managed identity, workload identity, AZURE_* variables or Azure CLI "
+            "login); run where one exists, or give the Store a credentials block"
+        )
+        return StoreError(msg, entity=entity)
     if isinstance(exc, ClientAuthenticationError) or code in (
         "AuthenticationFailed",
         "AuthorizationFailure",
