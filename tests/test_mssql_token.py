@@ -296,3 +296,13 @@ def test_token_read_path_moves_a_table_fully_and_incrementally(
         "amount": Decimal("21.125"),
         "note": "ü 21",
     }
+
+
+def test_datetimeoffset_struct_decodes_to_utc() -> None:
+    # SQL_SS_TIMESTAMPOFFSET_STRUCT, as msodbcsql hands it to a pyodbc output converter (no
+    # SQL Server here to send one: the layout is built from the documented struct)
+    raw = struct.pack("<6hI2h", 2024, 5, 1, 14, 30, 15, 123_456_700, 2, 30)
+    assert _odbc.datetimeoffset_value(raw) == dt.datetime(2024, 5, 1, 12, 0, 15, 123456, dt.UTC)
+    west = struct.pack("<6hI2h", 2024, 12, 31, 23, 0, 0, 0, -8, 0)
+    assert _odbc.datetimeoffset_value(west) == dt.datetime(2025, 1, 1, 7, 0, 0, tzinfo=dt.UTC)
+    assert _odbc.datetimeoffset_value(None) is None

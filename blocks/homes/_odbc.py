@@ -25,6 +25,7 @@ import decimal
 import glob
 import operator
 import re
+import struct
 import sysconfig
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -298,6 +299,9 @@ class PyodbcBatches:
         try:
             if options.query_timeout:  # statement timeout (psqlODBC refuses to set a 0)
                 connection.timeout = options.query_timeout
+            # pyodbc has no converter of its own for SQL Server's datetimeoffset (it is only
+            # selected raw for partition bounds; reads convert it to datetime2 in SQL)
+            connection.add_output_converter(SQL_SS_TIMESTAMPOFFSET, datetimeoffset_value)
             cursor = connection.cursor()
             cursor.execute(sql, *params)
             inferred = pa.schema(
@@ -337,6 +341,26 @@ class PyodbcBatches:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+#: msodbcsql's type code for `datetimeoffset` (sqlncli.h / msodbcsql.h)
+SQL_SS_TIMESTAMPOFFSET = -155
+_TIMESTAMPOFFSET = struct.Struct("<6hI2h")
+
+
+def datetimeoffset_value(raw: bytes | None) -> dt.datetime | None:
+    """A `datetimeoffset` as the driver hands it over (`SQL_SS_TIMESTAMPOFFSET_STRUCT`).
+
+    `{year, month, day, hour, minute, second: SQLSMALLINT/USMALLINT; fraction: SQLUINTEGER
+    (ns); timezone_hour, timezone_minute: SQLSMALLINT}`, little-endian; fraction cut to
+    microseconds (a Python datetime's limit), returned in UTC.
+    """
+    if raw is None:
+        return None
+    year, month, day, hour, minute, second, ns, tz_h, tz_m = _TIMESTAMPOFFSET.unpack(raw)
+    zone = dt.timezone(dt.timedelta(hours=tz_h, minutes=tz_m))
+    local = dt.datetime(year, month, day, hour, minute, second, ns // 1000, tzinfo=zone)
+    return local.astimezone(dt.UTC)
 
 
 def described_type(py_type: type, precision: int | None, scale: int | None) -> pa.DataType:
