@@ -306,3 +306,38 @@ def test_datetimeoffset_struct_decodes_to_utc() -> None:
     west = struct.pack("<6hI2h", 2024, 12, 31, 23, 0, 0, 0, -8, 0)
     assert _odbc.datetimeoffset_value(west) == dt.datetime(2025, 1, 1, 7, 0, 0, tzinfo=dt.UTC)
     assert _odbc.datetimeoffset_value(None) is None
+
+
+def test_a_flow_with_a_token_login_never_shows_the_token(
+    tmp_path: Path, spec_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A whole run: the error summary, the logs and the run journal carry no token."""
+    caplog.set_level(logging.DEBUG)
+    lake = tmp_path / "lake"
+    spec = {
+        "name": spec_name,
+        "home": {
+            "type": "mssql",
+            "host": "127.0.0.1",
+            "port": free_port(),  # nothing listens there
+            "database": "shop",
+            "driver": _odbc.bundled_driver18(),
+            "connect_timeout": 2,
+            "credentials": {"access_token": TOKEN},
+        },
+        "store": {"type": "parquet", "path": str(lake)},
+        "retries": 0,
+        "entities": [{"name": "orders", "table": "dbo.orders"}],
+    }
+    state = run_flow(spec)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"1 of 1 entities failed: orders") as info:
+        state.result()
+    text = str(info.value) + str(getattr(info.value, "summary", ""))
+    assert "Login timeout expired" in text
+    assert TOKEN not in text and TOKEN not in caplog.text
+    journal = list((lake / "_journal").glob("*.parquet"))
+    assert journal, "the failed run is journaled"
+    for path in journal:
+        records = str(pq.read_table(path).to_pylist())  # decoded: the file is compressed
+        assert "Login timeout" in records and TOKEN not in records
