@@ -13,7 +13,8 @@ No SQL Server (nor any TDS server) can run on these machines, so:
   using a fixed column description standing in for what SQL Server would report.
 Not covered here, for lack of a server: SQL Server's own answers (type descriptions,
 `datetimeoffset`/`time` conversions running, login failures 18456, Azure throttling codes
-arriving from a real service) and Entra ID logins.
+arriving from a real service) and Entra ID logins accepted by a service (the access-token path
+up to the driver and its pyodbc reader are tested in `tests/test_mssql_token.py`).
 """
 
 from __future__ import annotations

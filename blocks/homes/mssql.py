@@ -1,5 +1,8 @@
 """MssqlHome: tables or queries from SQL Server and Azure SQL, read with arrow-odbc.
 
+Access-token logins (`SqlServerCredentials.access_token` / `default_credential`) read through
+pyodbc instead, which can hand the token to the driver before connecting (see `_odbc`).
+
 The read path is `blocks.homes._odbc` (shared and tested end to end against PostgreSQL through
 its ODBC driver); what is SQL Server's own lives here: T-SQL text (brackets, `TOP`, never
 `LIMIT` or `::`), the column description from `sys.dm_exec_describe_first_result_set`, and the
