@@ -19,6 +19,8 @@ class SummaryRow:
     watermark: str
     detail: str
     ran_on: str = ""
+    #: bytes written to the Store per second (compressed Parquet), for upload-bound Stores
+    mb_per_second: float = 0.0
 
     @classmethod
     def ok(cls, result: EntityResult) -> SummaryRow:
@@ -40,6 +42,7 @@ class SummaryRow:
             watermark=str(wm.get("value", "")) if wm else "",
             detail=detail,
             ran_on=result.ran_on,
+            mb_per_second=round(result.bytes / result.seconds / 1e6, 2) if result.seconds else 0.0,
         )
 
     @classmethod
@@ -57,7 +60,7 @@ def _short(error: BaseException) -> str:
 
 def render(rows: list[SummaryRow]) -> str:
     """A fixed-width table for the terminal."""
-    headers = ["entity", "status", "mode", "rows", "seconds", "rows/s", "watermark"]
+    headers = ["entity", "status", "mode", "rows", "seconds", "rows/s", "MB/s", "watermark"]
     body = [
         [
             r.entity,
@@ -66,6 +69,7 @@ def render(rows: list[SummaryRow]) -> str:
             f"{r.rows:,}",
             f"{r.seconds:.2f}",
             f"{r.rows_per_second:,.0f}",
+            f"{r.mb_per_second:.1f}",
             r.watermark,
         ]
         for r in rows
