@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext, TaskRunContext
 
 _LOG_EVERY_SECONDS = 5.0
 
@@ -43,6 +44,11 @@ class EntityProgress:
             return  # no honest percentage to show; the log lines carry the counts
         pct = min(99.0, 100.0 * rows / self.expected)
         if self._artifact is None:
+            if FlowRunContext.get() is None and TaskRunContext.get() is None:
+                # outside a Prefect run (the engine called directly, e.g. by bench/): creating
+                # an artifact would start a temporary Prefect server mid-move
+                self._artifact = False
+                return
             try:
                 self._artifact = create_progress_artifact(
                     progress=pct, description=f"{self.entity}: rows moved"

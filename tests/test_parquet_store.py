@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -404,4 +406,92 @@ def test_store_recover_undoes_fallback_swap_with_a_missing_staged_file(
     assert table_files(store) == ["part-r1-00000.parquet", "part-r1-00001.parquet"]
     assert table_ids(store) == [1, 2, 3]
     assert not store.manifest_path("t", "r2").exists()
+    assert_no_staging(tmp_path)
+
+
+# -- the two encoders: Polars' parallel sink, pyarrow for what Polars cannot write ----------------
+
+
+def test_store_append_mixes_files_of_both_encoders(store: ParquetStore) -> None:
+    # a table first written by pyarrow (string), as earlier versions did, then appended to by
+    # the Polars encoder (large_string), then by pyarrow again: one table throughout
+    store.table_dir("t").mkdir(parents=True)
+    pq.write_table(pa.Table.from_batches([batch([1, 2])]), store.table_dir("t") / "part-r0.parquet")
+    load(store, "r1", "append", [3, 4])
+    assert pq.read_schema(store.table_dir("t") / "part-r1-00000.parquet").field("label").type in (
+        pa.large_string(),
+        pa.string(),
+    )
+    large = pa.record_batch(
+        {"id": pa.array([5], pa.int64()), "label": pa.array(["r5"], pa.large_string())}
+    )
+    writer = store.open_writer("t", "r2", "append")
+    writer.write(large)
+    writer.commit_files(None, 1)
+    assert table_ids(store) == [1, 2, 3, 4, 5]
+    read = pa.Table.from_batches(list(store.read_table("t"))).to_pydict()
+    assert read["label"] == ["r1", "r2", "r3", "r4", "r5"]
+
+
+def test_store_keeps_not_null_and_exotic_types(store: ParquetStore) -> None:
+    # NOT NULL stays `required`; types Polars would change (time64[us] -> ns, null) go through
+    # pyarrow; every file reads back with the types it was given
+    schema = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("at", pa.time64("us")),
+            pa.field("n", pa.null()),
+        ]
+    )
+    rows = pa.record_batch(
+        [
+            pa.array([1, 2], pa.int64()),
+            pa.array([1, 2], pa.time64("us")),
+            pa.nulls(2),
+        ],
+        schema=schema,
+    )
+    writer = store.open_writer("t", "r1", "replace")
+    writer.write(rows)
+    writer.commit_files(None, 2)
+    [path] = store.table_dir("t").glob("*.parquet")
+    assert pq.read_schema(path).remove_metadata().equals(schema)
+    plain = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("d", pa.float64())])
+    writer = store.open_writer("u", "r1", "replace")
+    writer.write(pa.record_batch([pa.array([1]), pa.array([0.5])], schema=plain))
+    writer.commit_files(None, 1)
+    [path] = store.table_dir("u").glob("*.parquet")
+    assert pq.read_schema(path).field("id").nullable is False
+    assert pq.read_table(path).to_pydict() == {"id": [1], "d": [0.5]}
+
+
+@pytest.mark.parametrize("compression", ["zstd", "snappy", "gzip", "lz4", "none"])
+def test_store_writes_every_compression(tmp_path: Path, compression: str) -> None:
+    store = ParquetStore(path=str(tmp_path), compression=compression)
+    load(store, "r1", "replace", [1, 2], [3])
+    [path] = store.table_dir("t").glob("*.parquet")
+    codec = pq.ParquetFile(path).metadata.row_group(0).column(0).compression
+    assert codec.lower().startswith({"none": "uncompressed"}.get(compression, compression))
+    assert table_ids(store) == [1, 2, 3]
+
+
+def test_store_encoder_failure_is_a_store_error(store: ParquetStore, tmp_path: Path) -> None:
+    writer = store.open_writer("t", "enc1", "replace")
+    writer.write(batch([1, 2]))
+    # the staging folder vanishes under the writer (a cleaned-up disk, a dropped mount)
+    shutil.rmtree(tmp_path / "_staging")
+    with pytest.raises(StoreError, match="cannot write"):
+        writer.write(batch([3, 4]))
+        writer.commit_files(None, 4)
+    writer.abort()
+    assert table_files(store) == []
+    assert not [t for t in threading.enumerate() if "enc1" in t.name]
+
+
+def test_store_abort_stops_the_encoder(store: ParquetStore, tmp_path: Path) -> None:
+    writer = store.open_writer("t", "enc1", "replace")
+    for i in range(5):
+        writer.write(batch([i]))
+    writer.abort()
+    assert not [t for t in threading.enumerate() if "enc1" in t.name]
     assert_no_staging(tmp_path)

@@ -19,12 +19,15 @@ import contextlib
 import ctypes
 import errno
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -128,7 +131,10 @@ class ParquetStore(StoreBlock):
     def read_table(self, entity: str) -> Iterator[pa.RecordBatch]:
         for path in sorted(self.table_dir(entity).glob("*.parquet")):
             with pq.ParquetFile(path) as f:
-                yield from f.iter_batches()
+                # one flavour of text and binary, whichever encoder wrote the file
+                schema = comparable(f.schema_arrow)
+                for batch in f.iter_batches():
+                    yield batch if batch.schema.equals(schema) else batch.cast(schema)
 
     def read_journal(self) -> pa.Table | None:
         files = sorted((self._root / "_journal").glob("*.parquet"))
@@ -222,7 +228,7 @@ class ParquetWriter(EntityWriter):
         self.staged = store.staging_dir(entity, run_id)
         self.files: list[str] = []
         self.bytes = 0
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: _FileWriter | None = None
         self._rows_in_file = 0
         self._schema: pa.Schema | None = None
         self._prepared = False
@@ -239,7 +245,7 @@ class ParquetWriter(EntityWriter):
                 self._roll()
             assert self._writer is not None
             if batch.num_rows:
-                self._writer.write_batch(batch)
+                self._writer.write(batch)
                 self._rows_in_file += batch.num_rows
             faults.point("stage.after_batch")
         except OSError as exc:
@@ -291,12 +297,12 @@ class ParquetWriter(EntityWriter):
         self._close()
         name = run_file_name(self.run_id, len(self.files))
         assert self._schema is not None
-        self._writer = pq.ParquetWriter(
-            self.staged / name,
-            self._schema,
-            compression=self.store.compression,
-            compression_level=self.store.compression_level,
-        )
+        path = self.staged / name
+        codec, level = self.store.compression, self.store.compression_level
+        if _polars_writes(self._schema, codec, level):
+            self._writer = _PolarsFile(path, self._schema, codec, level)
+        else:
+            self._writer = _ArrowFile(path, self._schema, codec, level)
         self.files.append(name)
         self._rows_in_file = 0
 
@@ -304,11 +310,10 @@ class ParquetWriter(EntityWriter):
         if self._writer is None:
             return
         writer, self._writer = self._writer, None
-        try:
+        if quiet:
+            writer.abort()
+        else:
             writer.close()
-        except Exception:
-            if not quiet:
-                raise
 
     def _check_schema(self, schema: pa.Schema) -> pa.Schema:
         """On append, the new files must read as one dataset with the published ones."""
@@ -317,11 +322,13 @@ class ParquetWriter(EntityWriter):
         published = sorted(self.store.table_dir(self.entity).glob("*.parquet"))
         if not published:
             return schema
-        existing = pq.read_schema(published[-1])
-        if existing.remove_metadata().equals(schema.remove_metadata()):
+        # files written by Polars hold large_string where pyarrow's hold string: compare the
+        # logical types, which every reader sees as the same column
+        existing = comparable(pq.read_schema(published[-1]))
+        if existing.equals(comparable(schema)):
             return schema
         before = {f.name: str(f.type) for f in existing}
-        after = {f.name: str(f.type) for f in schema}
+        after = {f.name: str(f.type) for f in comparable(schema)}
         changes = [f"+{n} {t}" for n, t in after.items() if n not in before]
         changes += [f"-{n} {t}" for n, t in before.items() if n not in after]
         changes += [
@@ -344,6 +351,189 @@ class ParquetWriter(EntityWriter):
         except (KeyError, pa.ArrowException) as exc:
             msg = f"a batch does not match the schema of the run: {first_line(exc)}"
             raise StoreError(msg, entity=self.entity) from exc
+
+
+# -- encoding one file ------------------------------------------------------------------------
+
+
+class _FileWriter(Protocol):
+    def write(self, batch: pa.RecordBatch) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class _ArrowFile:
+    """One Parquet file encoded by pyarrow (one column at a time): for what Polars cannot write."""
+
+    def __init__(self, path: Path, schema: pa.Schema, codec: str, level: int | None) -> None:
+        self._writer = pq.ParquetWriter(path, schema, compression=codec, compression_level=level)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+_END = object()
+#: batches handed over but not yet encoded; Polars buffers at most about one row group more
+_QUEUED_BATCHES = 2
+
+
+class _PolarsFile:
+    """One Parquet file encoded by Polars' streaming sink, which encodes columns in parallel.
+
+    The sink pulls batches through an Arrow C stream on its own thread; `write` hands each
+    batch over through a small bounded queue, so memory stays bounded. The file is created
+    here, as pyarrow's writer does, and the sink writes to that open file, so a cleaned-up
+    staging folder is never created again behind recovery's back. An error of the sink
+    surfaces at the next `write` or at `close`; the file is complete only after `close`.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, codec: str, level: int | None) -> None:
+        self._file = path.open("wb")
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        self._error: BaseException | None = None
+        self._aborted = False
+        reader = pa.RecordBatchReader.from_batches(schema, self._batches())
+        # nullability is kept (NOT NULL columns stay `required`); text and binary are written
+        # as large types, which `comparable` treats as equal to pyarrow's
+        written = pa.schema(
+            pa.field(f.name, _POLARS_OUT.get(f.type, f.type), f.nullable, f.metadata)
+            for f in schema
+        )
+        self._thread = threading.Thread(
+            target=self._sink,
+            args=(pl.scan_arrow_c_stream(reader), written, codec, level),
+            name=f"hygge-parquet-{path.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        while (item := self._queue.get()) is not _END:
+            if self._aborted:
+                msg = "the write was aborted"
+                raise RuntimeError(msg)
+            yield item
+
+    def _sink(self, lf: pl.LazyFrame, schema: pa.Schema, codec: str, level: int | None) -> None:
+        try:
+            lf.sink_parquet(
+                self._file,
+                compression=_POLARS_CODECS[codec.lower()],
+                compression_level=level,
+                arrow_schema=schema,
+                engine="streaming",
+            )
+        except BaseException as exc:
+            self._error = exc
+
+    def _put(self, item: Any) -> None:
+        while True:
+            self._raise()
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    self._raise()
+                    raise OSError(errno.EIO, "the Parquet encoder stopped early") from None
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            if isinstance(exc, OSError):
+                raise exc
+            msg = f"cannot write Parquet: {first_line(exc)}"
+            raise OSError(errno.EIO, msg) from exc
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._put(batch)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._put(_END)
+            self._thread.join()
+        self._raise()
+        self._file.close()
+
+    def abort(self) -> None:
+        self._aborted = True
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_END)
+        while self._thread.is_alive():
+            # unblock a sink waiting on the queue; it stops at the next batch it takes
+            with contextlib.suppress(queue.Full):
+                self._queue.put(_END, timeout=0.2)
+            self._thread.join(timeout=0.2)
+        self._error = None
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+_POLARS_CODECS: dict[str, Literal["lz4", "uncompressed", "snappy", "gzip", "brotli", "zstd"]] = {
+    "zstd": "zstd",
+    "snappy": "snappy",
+    "gzip": "gzip",
+    "lz4": "lz4",
+    "brotli": "brotli",
+    "none": "uncompressed",
+    "uncompressed": "uncompressed",
+}
+_LEVELLED = {"zstd", "gzip", "brotli"}
+_POLARS_OUT = {
+    pa.string(): pa.large_string(),
+    pa.string_view(): pa.large_string(),
+    pa.binary(): pa.large_binary(),
+    pa.binary_view(): pa.large_binary(),
+}
+_SMALL = {
+    pa.large_string(): pa.string(),
+    pa.string_view(): pa.string(),
+    pa.large_binary(): pa.binary(),
+    pa.binary_view(): pa.binary(),
+}
+
+
+def comparable(schema: pa.Schema) -> pa.Schema:
+    """`schema` as readers see it: no metadata, one flavour of text and binary.
+
+    Polars writes large_string and large_binary where pyarrow writes string and binary; files
+    of either read as the same table, so appends may mix them.
+    """
+    return pa.schema(pa.field(f.name, _SMALL.get(f.type, f.type), f.nullable) for f in schema)
+
+
+def _polars_type(t: pa.DataType) -> bool:
+    """Types Polars writes exactly as pyarrow would (same Parquet type, same Arrow type back)."""
+    if pa.types.is_timestamp(t):
+        # Polars has no second unit and keeps only named zones; UTC and naive are what Homes give
+        return t.unit != "s" and t.tz in (None, "UTC")
+    if pa.types.is_decimal(t):
+        return isinstance(t, pa.Decimal128Type)
+    return (
+        pa.types.is_integer(t)
+        or t in (pa.float32(), pa.float64(), pa.bool_(), pa.date32())
+        or t in _POLARS_OUT
+        or t in _SMALL
+    )
+
+
+def _polars_writes(schema: pa.Schema, codec: str, level: int | None) -> bool:
+    """Whether this file goes through Polars' parallel encoder (else pyarrow's)."""
+    codec = codec.lower()
+    if codec not in _POLARS_CODECS or (level is not None and codec not in _LEVELLED):
+        return False
+    names = schema.names
+    unique = bool(names) and len(set(names)) == len(names)
+    return unique and all(_polars_type(f.type) for f in schema)
 
 
 def _remove_staging(staged: Path) -> None:
