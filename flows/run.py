@@ -204,7 +204,10 @@ class _Scheduler:
                 }
                 self.running[self.runner.submit(self.mover, params)] = (new, None)
                 self.started[new.plan.name] = utc_now()
-            timeout = max(self.deferred[0][0] - now, 0.0) if self.deferred else None
+            # wake for a due publish only when a slot could take it; else wait for a finish
+            timeout = (
+                max(self.deferred[0][0] - now, 0.0) if self.deferred and self._free() else None
+            )
             if not self.running:
                 time.sleep(timeout or 0.0)
                 continue

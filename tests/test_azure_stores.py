@@ -256,7 +256,14 @@ def _cli(spec: Path, api_url: str, fault: str | None = None) -> subprocess.Compl
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "point", ["publish.after_prepare", "publish.between_files@1", "publish.before_mark"]
+    "point",
+    [
+        "stage.after_batch@3",
+        "publish.after_prepare",
+        "publish.between_files@1",
+        "publish.before_mark",
+        "flow.before_ledger",
+    ],
 )
 def test_kill_mid_publish_then_rerun_is_exact(
     azurite: Azurite, tmp_path: Path, spec_name: str, prefect_server: str, point: str
@@ -283,3 +290,60 @@ def test_kill_mid_publish_then_rerun_is_exact(
     assert got["id"].n_unique() == got.height  # nothing doubled
     assert_equals_source(got, db)  # nothing lost
     assert ledger_of(spec)["events"]["watermark"]["value"] == "2024-05-01T12:03:39"
+
+
+def test_staged_files_stay_invisible_until_committed(azurite: Azurite) -> None:
+    """A file being written exists only as staged blocks: no listing or read shows it until
+    its block list is committed, and then it appears whole."""
+    from blocks import AdlsStore
+    from blocks.stores.blob_parquet import BlobParquetWriter
+
+    cont = azurite.new_container()
+    store = AdlsStore(
+        container=cont,
+        credentials={"connection_string": azurite.connection_string},  # type: ignore[arg-type]
+        block_size_mb=1,
+        compression="none",
+    )
+    writer = store.open_writer("wide", "run-1", "replace")
+    assert isinstance(writer, BlobParquetWriter)
+    text = [os.urandom(16).hex() for _ in range(50_000)]  # incompressible: ~1.6 MB a batch
+    batch = pa.record_batch({"id": list(range(50_000)), "s": text})
+    for _ in range(4):
+        writer.write(batch)
+    writer.files.close()  # every block staged, nothing committed
+    c = container(azurite, cont)
+    [key] = writer.files.keys
+    assert not list(c.list_blobs(name_starts_with="wide/"))
+    assert not c.get_blob_client(key).exists()
+    assert len(c.get_blob_client(key).get_block_list("uncommitted")[1]) >= 3
+    manifest = writer.commit_files(None, 200_000)
+    assert manifest.state == "published"
+    assert read_folder(c, "wide").height == 200_000
+
+
+def test_sas_tokens_never_show_in_messages(azurite: Azurite) -> None:
+    """A SAS connection string: descriptions and lock errors name the place, not the token."""
+    import datetime as dt
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from blocks import AdlsStore
+    from hygge_tasks.errors import StoreError
+    from tests.azurite import ACCOUNT
+
+    cont = azurite.new_container()
+    sas = generate_container_sas(
+        ACCOUNT,
+        cont,
+        account_key=KEY,
+        permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
+        expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    )
+    creds = {"connection_string": f"BlobEndpoint={azurite.blob_url};SharedAccessSignature={sas}"}
+    store = AdlsStore(container=cont, path="lake", credentials=creds)  # type: ignore[arg-type]
+    signature = dict(p.split("=", 1) for p in sas.split("&"))["sig"]
+    assert signature not in store.describe("orders")
+    with store.exclusive("run-A"), pytest.raises(StoreError) as info, store.exclusive("run-B"):
+        pass
+    assert "another hygge run" in str(info.value) and signature not in str(info.value)

@@ -8,6 +8,7 @@ the order of operations), not what it does with it.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
@@ -331,13 +332,15 @@ def test_the_wait_holds_no_concurrency_slot(
     assert (stamp["a"] - stamp["b"]).total_seconds() >= 6
 
 
-def _cli(spec: Path, api_url: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    spec: Path, api_url: str, fault: str | None = None, *args: str
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_API_URL": api_url}
     env.pop("HYGGE_FAULT", None)
     if fault:
         env["HYGGE_FAULT"] = f"{fault}:kill"
     return subprocess.run(
-        [sys.executable, "-m", "flows.run", "--spec", str(spec)],
+        [sys.executable, "-m", "flows.run", "--spec", str(spec), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -346,10 +349,26 @@ def _cli(spec: Path, api_url: str, fault: str | None = None) -> subprocess.Compl
     )
 
 
+def _manifests(c: ContainerClient, folder: str) -> list[dict[str, Any]]:
+    prefix = f"{ITEM}/Files/_hygge/_manifests/{folder}/"
+    return [
+        json.loads(c.download_blob(b.name).readall()) for b in c.list_blobs(name_starts_with=prefix)
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("point", "full_drop"),
-    [("publish.between_files@1", False), ("publish.between_swap_renames", True)],
+    ("point", "full_drop", "consumed"),
+    [
+        ("publish.between_files@1", False, False),
+        # killed before the run was marked published; Fabric then consumed all but the last
+        # file: recovery must count the consumed ones as published, not start again from 1
+        ("publish.before_mark", False, True),
+        ("flow.before_ledger", False, False),
+        ("publish.after_prepare", True, False),  # staged, not dropped: the table stands
+        ("publish.between_swap_renames", True, False),  # dropped, the wait not yet recorded
+        ("publish.between_files@1", True, False),  # killed while copying the new table in
+    ],
 )
 def test_kill_then_rerun_keeps_numbering_and_rows(
     azurite: Azurite,
@@ -358,37 +377,109 @@ def test_kill_then_rerun_keeps_numbering_and_rows(
     prefect_server: str,
     point: str,
     full_drop: bool,
+    consumed: bool,
 ) -> None:
-    """SIGKILL mid-publish (incremental) or right after the drop (full_drop); the rerun
-    finishes the interrupted run: numbering stays continuous, every row lands once."""
+    """SIGKILL mid-publish (incremental) or around the drop (full_drop); an ordinary
+    incremental rerun finishes the interrupted run: numbering stays continuous, no number is
+    reused, every row lands once, and a dropped table is republished only after the wait."""
     ws = azurite.new_container()
     db = make_events_db(tmp_path / "src.db", events_rows(0, 300))
-    spec = om_spec(spec_name, db, azurite, ws, max_rows_per_file=100, lease_seconds=15)
+    spec = om_spec(
+        spec_name, db, azurite, ws, max_rows_per_file=100, lease_seconds=15, drop_wait_seconds=3
+    )
     spec["defaults"]["batch_size"] = 50
     spec["lock_wait_seconds"] = 40
     spec["retries"] = 0
-    if full_drop:
-        spec["run_type"] = "full_drop"
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     assert _cli(path, prefect_server).returncode == 0
     make_events_db(db, events_rows(300, 250))
-    killed = _cli(path, prefect_server, fault=point)
+    killed = _cli(path, prefect_server, point, *(["--full-drop"] if full_drop else []))
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    c = container(azurite, ws)
+    if consumed:
+        for name in data_files(c, "events")[:-1]:
+            c.delete_blob(f"{LZ}/events/{name}")
     rerun = _cli(path, prefect_server)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    c = container(azurite, ws)
     names = data_files(c, "events")
     numbers = [int(re.match(r"(\d{20})", n).group(1)) for n in names]  # type: ignore[union-attr]
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # continuous
-    table = pa.concat_tables([read(c, "events", n) for n in names])
-    ids = table.column("id").to_pylist()
-    if full_drop:
-        # the kill came after the drop: the rerun's recovery published the staged table,
-        # then the rerun (full_drop again) replaced it: one copy of every row, from 1
-        assert numbers[0] == 1 and sorted(ids) == list(range(550))
+    ids = pa.concat_tables([read(c, "events", n) for n in names]).column("id").to_pylist()
+    assert len(ids) == len(set(ids))  # nothing doubled
+    if consumed:
+        assert numbers == [6] and ids == list(range(500, 550))  # nothing renumbered or resent
     else:
-        # the killed run's files were finished by recovery, so the rerun had nothing new
-        assert sorted(set(ids)) == list(range(550))
-        assert len(ids) == len(set(ids))
+        assert numbers[0] == 1 and sorted(ids) == list(range(550))  # nothing lost
+    if full_drop and point != "publish.after_prepare":
+        # recovery published the staged table, and only after Fabric's wait
+        [dropped] = [m for m in _manifests(c, "events") if m["extra"].get("had_table")]
+        assert dropped["extra"]["had_table"] is True
+        first = c.get_blob_client(f"{LZ}/events/{names[0]}").get_blob_properties()
+        ready = dt.datetime.fromisoformat(dropped["extra"]["ready_at"])
+        assert first.last_modified >= ready.replace(microsecond=0)
     assert ledger_of(spec)["events"]["watermark"]["value"] == "2024-05-01T12:01:49"
+
+
+def test_a_transient_failure_mid_publish_keeps_visible_files(
+    azurite: Azurite, tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files Fabric may already have read are never deleted or renumbered: the entity is not
+    retried in that run, and the next run finishes and commits them."""
+    ws = azurite.new_container()
+    db = make_events_db(tmp_path / "src.db", events_rows(0, 100))
+    spec = om_spec(spec_name, db, azurite, ws, max_rows_per_file=100)
+    spec["defaults"]["batch_size"] = 50
+    spec["retries"] = 2
+    assert run_flow(spec).is_completed()
+    make_events_db(db, events_rows(100, 250))
+    monkeypatch.setenv("HYGGE_FAULT", "publish.between_files@1:transient")
+    state = run_flow(spec)
+    monkeypatch.delenv("HYGGE_FAULT")
+    assert state.is_failed()
+    with pytest.raises(Exception, match="next run finishes and commits them"):
+        state.result()
+    c = container(azurite, ws)
+    # abort finished publishing what it could: files 2-4 stay, none deleted or repeated
+    assert data_files(c, "events") == [f"{i:020d}.parquet" for i in (1, 2, 3, 4)]
+    state = run_flow(spec)
+    assert state.is_completed(), state.message
+    assert summary_row(state, "events")["rows"] == 0  # recovery committed the run
+    ids = (
+        pa.concat_tables([read(c, "events", n) for n in data_files(c, "events")])
+        .column("id")
+        .to_pylist()
+    )
+    assert sorted(ids) == list(range(350)) and len(ids) == 350
+
+
+def test_the_writer_refuses_a_type_change_on_its_own(azurite: Azurite) -> None:
+    """The landing zone's newest file is the reference, even without a ledger schema (an
+    older ledger, another tool's files): int32 -> int64 is refused before any upload."""
+    from blocks import OpenMirroringStore
+    from hygge_tasks.errors import StoreError
+
+    ws = azurite.new_container()
+    store = OpenMirroringStore(
+        workspace=ws,
+        item=ITEM,
+        credentials={"connection_string": azurite.connection_string},  # type: ignore[arg-type]
+        key_columns=["id"],
+    )
+    first = store.open_writer("nums", "run-1", "append")
+    first.write(
+        pa.record_batch({"id": pa.array([1, 2], pa.int64()), "n": pa.array([1, 2], pa.int32())})
+    )
+    first.commit_files(None, 2)
+    second = store.open_writer("nums", "run-2", "append")
+    wider = pa.record_batch({"id": pa.array([3], pa.int64()), "n": pa.array([3], pa.int64())})
+    with pytest.raises(StoreError, match=r"n: int32 -> int64.*Fabric would stop replicating"):
+        second.write(wider)
+    second.abort()
+    c = container(azurite, ws)
+    assert data_files(c, "nums") == ["00000000000000000001.parquet"]
+    # the unchanged schema still appends, numbered after the refused attempt's nothing
+    third = store.open_writer("nums", "run-3", "append")
+    third.write(pa.record_batch({"id": pa.array([4], pa.int64()), "n": pa.array([4], pa.int32())}))
+    third.commit_files(None, 1)
+    assert data_files(c, "nums")[-1] == "00000000000000000002.parquet"

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -26,6 +27,7 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -112,7 +114,8 @@ def store_error(exc: BaseException, action: str, *, entity: str | None = None) -
     if code == "ContainerNotFound":
         msg = f"{action}: the container does not exist; create it or fix `container`/`workspace`"
         return StoreError(msg, entity=entity)
-    if isinstance(exc, ServiceRequestError | ServiceResponseError) or status in _TRANSIENT_STATUS:
+    dropped = isinstance(exc, ServiceRequestError | ServiceResponseError | IncompleteReadError)
+    if dropped or status in _TRANSIENT_STATUS:
         msg = f"{action}: the storage service did not answer ({detail}); will retry"
         return TransientStoreError(msg, entity=entity)
     if isinstance(exc, StoreError):
@@ -135,7 +138,8 @@ class BlobArea:
         return join(self.root, *parts)
 
     def url(self) -> str:
-        return f"{self.container.url}/{self.root}"
+        """Where the area is, for messages: never with a SAS token's query string."""
+        return f"{self.container.url.split('?', 1)[0]}/{self.root}"
 
     def blobs(self, *parts: str) -> list[Any]:
         prefix = self.key(*parts) + "/"
@@ -172,10 +176,20 @@ class BlobArea:
         blobs = sorted((b.name for b in self.blobs(*parts)), key=lambda n: (-n.count("/"), n))
         for name in blobs:
             self.delete(name)
+        # on hierarchical namespaces (ADLS Gen2, OneLake) the emptied directory is an entry too
+        with contextlib.suppress(HttpResponseError):
+            self.delete(self.key(*parts))
         return len(blobs)
 
     def commit(self, name: str, block_ids: list[str]) -> None:
         """Make a file of staged blocks visible, in one step."""
+        if _container_key(self.container) in _LOST_LEASES:
+            msg = (
+                "this run lost its lease on the Store's lock (the storage account did not answer "
+                "the renewals), so another run may be writing: nothing more is published; the "
+                "next run finishes what this one prepared"
+            )
+            raise StoreError(msg)
         self.container.get_blob_client(name).commit_block_list(
             [BlobBlock(block_id=b) for b in block_ids]
         )
@@ -345,11 +359,19 @@ def lease_lock(
     stop = threading.Event()
 
     def renew() -> None:
+        renewed = time.monotonic()
         while not stop.wait(lease_seconds / 3):
-            with contextlib.suppress(AzureError):
+            try:
                 lease.renew()
+                renewed = time.monotonic()
+            except AzureError as exc:
+                _log.warning("could not renew the Store's lease: %s", first_line(exc))
+                if time.monotonic() - renewed >= lease_seconds:
+                    # another run may hold it now: stop publishing into this container
+                    _LOST_LEASES.add(_container_key(area.container))
 
     keeper = threading.Thread(target=renew, name="hygge-lease", daemon=True)
+    _LOST_LEASES.discard(_container_key(area.container))
     keeper.start()
     try:
         yield
@@ -358,6 +380,14 @@ def lease_lock(
         keeper.join(timeout=5)
         with contextlib.suppress(AzureError):
             lease.release()
+
+
+_LOST_LEASES: set[str] = set()
+_log = logging.getLogger("hygge.store")
+
+
+def _container_key(container: ContainerClient) -> str:
+    return str(container.url.split("?", 1)[0])
 
 
 def _holder(blob: Any) -> str:

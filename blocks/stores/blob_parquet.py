@@ -307,16 +307,20 @@ class BlobFiles:
                 self._flush()
 
     def _flush(self) -> None:
-        """Write the gathered batches as one row group (or more, past `row_group_rows`)."""
+        """Write the gathered batches as row groups, starting a new file at the row limit."""
         if not self._pending:
             return
-        if self._rows_in_file >= self.store.max_rows_per_file:
-            self._roll()
-        assert self._writer is not None
         table = pa.Table.from_batches(self._pending, schema=self.schema)
-        self._writer.write_table(table, row_group_size=self.store.row_group_rows)
-        self._rows_in_file += table.num_rows
         self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+        limit = self.store.max_rows_per_file
+        while table.num_rows:
+            if self._rows_in_file >= limit:
+                self._roll()
+            assert self._writer is not None
+            part = table.slice(0, limit - self._rows_in_file)
+            self._writer.write_table(part, row_group_size=self.store.row_group_rows)
+            self._rows_in_file += part.num_rows
+            table = table.slice(part.num_rows)
 
     def close(self) -> None:
         """Finish the current file and wait for all its blocks to be staged."""
@@ -444,7 +448,10 @@ class BlobParquetWriter(EntityWriter):
             if manifest.mode == "replace" and all(
                 self.area.exists(self.area.key(self.entity, n)) for n in manifest.files
             ):
-                return  # the new table is in and old files may be gone: recovery finishes it
+                # the new table is in and old files may be gone: finish (drop the old files)
+                # rather than leave readers a doubled table; else recovery finishes it
+                self.store.publish(manifest)
+                return
             self.store.roll_back(manifest)
 
     def _check_schema(self, schema: pa.Schema) -> pa.Schema:

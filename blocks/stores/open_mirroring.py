@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from azure.core.exceptions import AzureError, ResourceExistsError
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from blocks.base import EntityWriter, WriteMode, utc_now
 from blocks.stores._blob import (
@@ -131,6 +131,14 @@ class OpenMirroringStore(BlobStoreBase):
     source_type: str = Field(default="hygge", description="sourceInfo.sourceType.")
     source_version: str | None = Field(default=None, description="sourceInfo.sourceVersion.")
 
+    @field_validator("compression")
+    @classmethod
+    def _fabric_codec(cls, v: str) -> str:
+        if v.lower() not in ("zstd", "snappy", "gzip", "none", "uncompressed"):
+            msg = "Open Mirroring reads Parquet compressed with zstd, snappy or gzip, or none"
+            raise ValueError(msg)
+        return v
+
     # -- areas -------------------------------------------------------------------------------
 
     def _default_url(self) -> str | None:
@@ -180,14 +188,19 @@ class OpenMirroringStore(BlobStoreBase):
             meta["isUpsertDefaultRowMarker"] = True
         return meta
 
-    def check_keys(self, entity: str) -> None:
-        """Key columns are required, and can never change for an existing table."""
+    def check_keys(self, entity: str, mode: WriteMode = "append") -> None:
+        """Key columns are required, and can never change for an existing table.
+
+        A replace drops the table, so it may bring new key columns.
+        """
         if not self.key_columns:
             msg = (
                 "Open Mirroring needs the table's key columns: set `key_columns: [...]` on the "
                 "entity (they go into _metadata.json and cannot change later)"
             )
             raise ConfigError(msg, entity=entity)
+        if mode == "replace":
+            return
         area = self.area()
         current = area.get_json(area.key(self.table_folder(entity), "_metadata.json"))
         if current is not None and current.get("keyColumns") != list(self.key_columns):
@@ -222,15 +235,16 @@ class OpenMirroringStore(BlobStoreBase):
     # -- writing -----------------------------------------------------------------------------
 
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> MirroringWriter:
-        self.check_keys(entity)
         try:
+            self.check_keys(entity, mode)
             self.ensure_partner_events()
             return MirroringWriter(self, entity, run_id, mode)
         except AzureError as exc:
             raise store_error(exc, "cannot open the landing zone", entity=entity) from exc
 
     def manifest_key(self, entity: str, run_id: str) -> str:
-        return self.state().key("_manifests", entity, f"{run_id}.json")
+        # by table folder, not entity name: two specs may mirror `customers` into two schemas
+        return self.state().key("_manifests", self.table_folder(entity), f"{run_id}.json")
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.state().put(
@@ -242,12 +256,20 @@ class OpenMirroringStore(BlobStoreBase):
         return None if raw is None else Manifest.from_json(raw.decode())
 
     def publish_append(self, manifest: Manifest) -> None:
-        """Commit the run's numbered files in order; safe to repeat."""
+        """Commit the run's numbered files in order; safe to repeat.
+
+        A file that is there, or numbered below one that is there, was committed before (Fabric
+        may since have consumed and removed it): it is never written again.
+        """
         area = self.area()
         self.ensure_metadata(manifest.entity)
         blocks: dict[str, int] = manifest.extra["blocks"]
         folder = self.table_folder(manifest.entity)
+        present = self.numbers(manifest.entity)
+        top = present[-1] if present else 0
         for i, name in enumerate(manifest.files):
+            if _number(name) <= top:
+                continue
             if i:
                 faults.point("publish.between_files")
             area.commit(area.key(folder, name), block_ids(manifest.run_id, name, blocks[name]))
@@ -257,26 +279,47 @@ class OpenMirroringStore(BlobStoreBase):
 
     def drop_table(self, manifest: Manifest) -> None:
         """Delete the table folder (Fabric then drops the table) and start the wait."""
-        manifest.state = "dropping"
-        self.save_manifest(manifest)
         folder = self.table_folder(manifest.entity)
+        if manifest.state != "dropping":
+            self._supersede(manifest)
+            # decided once, before deleting: a rerun after a kill mid-delete still waits
+            manifest.extra["had_table"] = bool(self.area().blobs(folder))
+            manifest.state = "dropping"
+            self.save_manifest(manifest)
         # the service may hold the folder while it reads: retry with backoff
-        deleted = with_retries(lambda: self.area().delete_folder(folder))
+        with_retries(lambda: self.area().delete_folder(folder))
         faults.point("publish.between_swap_renames")
         # nothing was there (a first load): Fabric has no table to drop, nothing to wait for
-        wait = self.drop_wait_seconds if deleted else 0.0
+        wait = self.drop_wait_seconds if manifest.extra.get("had_table", True) else 0.0
         ready = utc_now() + dt.timedelta(seconds=wait)
         manifest.state = "waiting"
         manifest.extra["ready_at"] = ready.isoformat()
         self.save_manifest(manifest)
 
+    def _supersede(self, manifest: Manifest) -> None:
+        """Forget older unfinished replaces of the table: this one replaces them all."""
+        state = self.state()
+        folder = self.table_folder(manifest.entity)
+        for name in state.names("_manifests", folder):
+            raw = state.get_bytes(state.key("_manifests", folder, name))
+            other = Manifest.from_json(raw.decode()) if raw else None
+            if (
+                other is not None
+                and other.run_id != manifest.run_id
+                and other.mode == "replace"
+                and other.state in ("prepared", "dropping", "waiting", "publishing")
+            ):
+                for key in other.extra.get("staged", []):
+                    state.delete(key)
+                state.delete(state.key("_manifests", folder, name))
+
     def finish(self, entity: str, run_id: str) -> Manifest:
         """Publish a replace whose wait is over: fresh numbering from 1, each file atomic."""
-        manifest = self.load_manifest(entity, run_id)
-        if manifest is None:
-            msg = f"run {run_id} has no manifest to finish"
-            raise StoreError(msg, entity=entity)
         try:
+            manifest = self.load_manifest(entity, run_id)
+            if manifest is None:
+                msg = f"run {run_id} has no manifest to finish"
+                raise StoreError(msg, entity=entity)
             if manifest.state == "dropping":
                 self.drop_table(manifest)
             if manifest.state == "waiting":
@@ -285,6 +328,9 @@ class OpenMirroringStore(BlobStoreBase):
                 self.save_manifest(manifest)
             if manifest.state == "publishing":
                 self._copy_in(manifest)
+            if manifest.state not in ("published", "committed"):
+                msg = f"run {run_id} cannot be finished from state {manifest.state!r}"
+                raise StoreError(msg, entity=entity)
             return manifest
         except AzureError as exc:
             raise store_error(exc, "cannot publish the new table", entity=entity) from exc
@@ -293,12 +339,14 @@ class OpenMirroringStore(BlobStoreBase):
         area, state = self.area(), self.state()
         self.ensure_metadata(manifest.entity)
         staged = manifest.extra["staged"]
+        present = self.numbers(manifest.entity)
+        top = present[-1] if present else 0
         for i, key in enumerate(staged):
+            if i + 1 <= top:
+                continue  # copied before an interruption (and maybe consumed since)
             if i:
                 faults.point("publish.between_files")
             target = area.container.get_blob_client(self.file_key(manifest.entity, i + 1))
-            if target.exists():
-                continue  # copied before an interruption
             source = state.container.get_blob_client(key).download_blob(
                 max_concurrency=self.upload_parallelism
             )
@@ -326,10 +374,13 @@ class OpenMirroringStore(BlobStoreBase):
 
     def _recover(self, entity: str) -> list[Manifest]:
         state = self.state()
+        folder = self.table_folder(entity)
         pending: list[Manifest] = []
         committed: list[str] = []
-        for name in state.names("_manifests", entity):
-            raw = state.get_bytes(state.key("_manifests", entity, name))
+        for name in state.names("_manifests", folder):
+            if "/" in name:
+                continue  # another table's folder nested below this name
+            raw = state.get_bytes(state.key("_manifests", folder, name))
             if raw is None:
                 continue
             manifest = Manifest.from_json(raw.decode())
@@ -344,9 +395,9 @@ class OpenMirroringStore(BlobStoreBase):
             else:
                 committed.append(name)
         for name in committed[:-_KEEP_COMMITTED]:
-            state.delete(state.key("_manifests", entity, name))
+            state.delete(state.key("_manifests", folder, name))
         if not pending:
-            state.delete_folder("_staging", entity)  # leftovers of runs that never prepared
+            state.delete_folder("_staging", folder)  # leftovers of runs that never prepared
         return pending
 
     def _finish_or_undo(self, manifest: Manifest) -> bool:
@@ -357,10 +408,14 @@ class OpenMirroringStore(BlobStoreBase):
             return False
         folder = self.table_folder(manifest.entity)
         blocks = manifest.extra["blocks"]
+        present = self.numbers(manifest.entity)
+        top = present[-1] if present else 0
         for name in manifest.files:
+            if _number(name) <= top:
+                continue  # committed (and possibly consumed by Fabric since)
             key = area.key(folder, name)
             wanted = set(block_ids(manifest.run_id, name, blocks[name]))
-            if not area.exists(key) and not wanted <= area.staged_ids(key):
+            if not wanted <= area.staged_ids(key):
                 self.roll_back(manifest)
                 return False
         self.publish_append(manifest)
@@ -440,7 +495,8 @@ class MirroringWriter(EntityWriter):
             self.files = BlobFiles(store, self.area, run_id, name_of, entity)
         else:
             self.first = 1
-            staging = lambda i: self.state.key("_staging", entity, run_id, run_file_name(run_id, i))  # noqa: E731
+            folder = store.table_folder(entity)
+            staging = lambda i: self.state.key("_staging", folder, run_id, run_file_name(run_id, i))  # noqa: E731
             self.files = BlobFiles(store, self.state, run_id, staging, entity)
         self._schema: pa.Schema | None = None
         self._prepared = False
@@ -500,11 +556,25 @@ class MirroringWriter(EntityWriter):
             return
         try:
             manifest = self.store.load_manifest(self.entity, self.run_id)
-            if manifest is not None and manifest.state == "prepared":
-                self.store.roll_back(manifest)
-            # dropping/waiting: the old table is going; the next run's recovery finishes it
+            if manifest is None or manifest.state != "prepared":
+                return  # dropping/waiting: the old table is going; recovery finishes it
+            present = self.store.numbers(self.entity) if self.mode == "append" else []
+            if not present or present[-1] < _number(manifest.files[0]):
+                self.store.roll_back(manifest)  # nothing of it is visible: undo, retry cleanly
+                return
         except AzureError:
-            pass
+            return
+        # some files are visible to Fabric (it may have read them): never take them back, and
+        # never let a retry reuse their numbers. Finish publishing now if the service lets us,
+        # else the next run's recovery does; either way that run commits the watermark.
+        with contextlib.suppress(AzureError, StoreError):
+            self.store.publish_append(manifest)
+        msg = (
+            "publishing stopped after some of this run's files became visible to Fabric; they "
+            "are kept (never rewritten or renumbered) and the next run finishes and commits "
+            "them, so this entity is not retried now"
+        )
+        raise StoreError(msg, entity=self.entity)
 
     def _marked(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Canonical column types, and `__rowMarker__` appended as the last column."""
@@ -527,7 +597,13 @@ class MirroringWriter(EntityWriter):
                 )
                 raise StoreError(msg, entity=self.entity)
             flag = pc.fill_null(batch.column(self.store.delete_column).cast(pa.bool_()), False)
-            marker = pc.if_else(flag, pa.scalar(DELETE, pa.int32()), marker)
+            if self.mode == "replace":
+                # a rebuilt table starts empty: deleted rows are simply left out
+                keep = pc.invert(flag)
+                arrays = [pc.filter(a, keep) for a in arrays]
+                marker = pc.filter(marker, keep)
+            else:
+                marker = pc.if_else(flag, pa.scalar(DELETE, pa.int32()), marker)
         arrays.append(marker)
         fields.append(pa.field(MARKER, pa.int32(), nullable=False))
         return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
@@ -544,6 +620,11 @@ class MirroringWriter(EntityWriter):
         except StoreError as exc:
             msg = f"{exc.msg}; Fabric would stop replicating this table on such a change"
             raise StoreError(msg, entity=self.entity) from exc
+
+
+def _number(name: str) -> int:
+    m = _NUMBERED.match(name)
+    return int(m.group(1)) if m else 0
 
 
 def _sleep_until(ready_at: str | None) -> None:
