@@ -93,6 +93,14 @@ def test_example_spec_moves_the_shop_exactly(
     for attempt in (1, 2):
         done = run_spec(spec, env, prefect_server)
         assert done.returncode == 0, f"run {attempt}: {done.stdout}\n{done.stderr}"
+    # the run journal lives in the Store too: --history reads it back (no server needed)
+    history = subprocess.run(
+        [sys.executable, "-m", "flows.run", "--spec", str(REPO / "deployments" / spec),
+         "--history"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert history.returncode == 0, history.stderr
+    assert sum(" orders " in line for line in history.stdout.splitlines()) == 2  # two runs
     c = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(
         container
     )

@@ -17,7 +17,6 @@ mid-publish is finished by the next one (staged blocks live for a week).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import io
@@ -120,8 +119,27 @@ class BlobStoreBase(StoreBlock):
         container = client.get_container_client(self._container_name())
         return BlobArea(container, self._root() if root is None else root)
 
+    def state_area(self) -> BlobArea:
+        """Where the Store's own records live (journal; lock and manifests in subclasses)."""
+        return self.area()
+
     def lock_id(self) -> str:
         return f"blob:{self.area().url()}"
+
+    def write_journal(self, run_id: str, records: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(records, buf)
+        area = self.state_area()
+        area.put(area.key("_journal", f"{run_id}.parquet"), buf.getvalue())
+
+    def read_journal(self) -> pa.Table | None:
+        area = self.state_area()
+        tables = [
+            pq.read_table(pa.BufferReader(data))
+            for name in area.names("_journal")
+            if (data := area.get_bytes(area.key("_journal", name)))
+        ]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
     def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
         return lease_lock(self.area(), owner, wait_seconds, self.lease_seconds)
@@ -239,23 +257,6 @@ class BlobParquetStore(BlobStoreBase):
         area = self.area()
         names = [n for n in area.names(entity) if n.endswith(".parquet") and "/" not in n]
         return footer_schema(area, area.key(entity, names[-1])) if names else None
-
-    def write_journal(self, run_id: str, records: pa.Table) -> None:
-        buf = io.BytesIO()
-        pq.write_table(records, buf)
-        area = self.area()
-        area.put(area.key("_journal", f"{run_id}.parquet"), buf.getvalue())
-
-    def read_journal(self) -> pa.Table | None:
-        area = self.area()
-        tables = []
-        for name in area.names("_journal"):
-            data = area.get_bytes(area.key("_journal", name))
-            if data:
-                tables.append(pq.read_table(pa.BufferReader(data)))
-        if not tables:
-            return None
-        return pa.concat_tables(tables, promote_options="permissive")
 
 
 class BlobFiles:
@@ -522,7 +523,3 @@ def _secret(credentials: AzureBlobStorageCredentials | None) -> str | None:
         return None
     parts = [credentials.connection_string, credentials.client_secret]
     return "|".join(p.get_secret_value() for p in parts if p is not None)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

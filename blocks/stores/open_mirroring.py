@@ -153,6 +153,9 @@ class OpenMirroringStore(BlobStoreBase):
     def state(self) -> BlobArea:
         return self.area(join(self.item, self.state_path))
 
+    def state_area(self) -> BlobArea:
+        return self.state()
+
     def table_folder(self, entity: str) -> str:
         """The table's folder relative to the landing zone."""
         return f"{self.table_schema}.schema/{entity}" if self.table_schema else entity
@@ -450,27 +453,6 @@ class OpenMirroringStore(BlobStoreBase):
         area = self.area()
         for n in self.numbers(entity):
             yield from _iter_blob(area, self.file_key(entity, n))
-
-    def write_journal(self, run_id: str, records: pa.Table) -> None:
-        import io
-
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(records, buf)
-        state = self.state()
-        state.put(state.key("_journal", f"{run_id}.parquet"), buf.getvalue())
-
-    def read_journal(self) -> pa.Table | None:
-        import pyarrow.parquet as pq
-
-        state = self.state()
-        tables = [
-            pq.read_table(pa.BufferReader(data))
-            for name in state.names("_journal")
-            if (data := state.get_bytes(state.key("_journal", name)))
-        ]
-        return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
 class MirroringWriter(EntityWriter):
