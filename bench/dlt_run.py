@@ -37,6 +37,11 @@ def _dlt(resource: Any, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def _psycopg2(dsn: str) -> str:
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; dlt's docs use psycopg2
+    return dsn.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
 def run(name: str, args: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
     import pyarrow.parquet as pq
@@ -62,7 +67,7 @@ def run(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if group in ("sqlite", "postgres"):
         from dlt.sources.sql_database import sql_table
 
-        uri = f"sqlite:///{src}" if group == "sqlite" else args["dsn"]
+        uri = f"sqlite:///{src}" if group == "sqlite" else _psycopg2(args["dsn"])
         resource = sql_table(
             credentials=uri, table="orders", backend="connectorx", chunk_size=BATCH
         )

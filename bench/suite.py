@@ -109,8 +109,19 @@ def size_label(rows: int) -> str:
 # -- running one process ------------------------------------------------------------------------
 
 
+TIME = Path("/usr/bin/time")
+TIME_MARK = "BENCH-TIME "
+
+
 def measure(cmd: list[str], env: dict[str, str], timeout: float = 3600) -> dict[str, Any]:
-    """Run `cmd`; its BENCH-RESULT, wall seconds and peak RSS (MB) of the process."""
+    """Run `cmd`; its BENCH-RESULT, wall seconds and peak RSS (MB) of the process.
+
+    Peak RSS comes from GNU `/usr/bin/time` where installed: the process is forked from that
+    small program. A child forked straight from this (large) process would start its high-water
+    mark at ours, since Linux carries it over `vfork` + `exec`; `wait4` is the fallback.
+    """
+    if TIME.exists():
+        cmd = [str(TIME), "-f", f"{TIME_MARK}%M", *cmd]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT, text=True)
@@ -130,11 +141,12 @@ def measure(cmd: list[str], env: dict[str, str], timeout: float = 3600) -> dict[
     lines = [ln for ln in stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode or not lines:
         tail = "\n".join((stderr or stdout).strip().splitlines()[-15:])
-        msg = f"{' '.join(cmd[:4])} failed (exit {proc.returncode}):\n{tail}"
+        msg = f"{' '.join(cmd[:7])} failed (exit {proc.returncode}):\n{tail}"
         raise RuntimeError(msg)
     result: dict[str, Any] = json.loads(lines[-1][len(MARK) :])
     result["command_seconds"] = wall
-    result["peak_mb"] = usage.ru_maxrss / 1024  # kB on Linux
+    peak_kb = [int(ln.split()[-1]) for ln in stderr.splitlines() if ln.startswith(TIME_MARK)]
+    result["peak_mb"] = (peak_kb[-1] if peak_kb else usage.ru_maxrss) / 1024  # kB on Linux
     return result
 
 
@@ -230,10 +242,27 @@ def start_postgres(parquet: Path) -> Any:
     return server
 
 
-class PrefectServer:
-    """`prefect server start` in the background, with its own home and database."""
+def prefect_database() -> tuple[Any, str]:
+    """A throwaway PostgreSQL with an empty `prefect` database, and its asyncpg URL."""
+    import adbc_driver_postgresql.dbapi as pg
 
-    def __init__(self, home: Path) -> None:
+    from tests.pg_server import start_server
+
+    server = start_server()
+    with pg.connect(server.uri, autocommit=True) as conn:
+        conn.cursor().execute("CREATE DATABASE prefect")
+    base = server.uri.replace("postgresql://", "postgresql+asyncpg://", 1).rsplit("/", 1)[0]
+    return server, f"{base}/prefect"
+
+
+class PrefectServer:
+    """`prefect server start` in the background, with its own home and database.
+
+    The database is SQLite in `home` (Prefect's default), or the PostgreSQL at `database_url`
+    (`postgresql+asyncpg://...`, Prefect's production set-up).
+    """
+
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -246,6 +275,8 @@ class PrefectServer:
             "DO_NOT_TRACK": "1",
         }
         env.pop("PREFECT_API_URL", None)
+        if database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
         cmd = [
             sys.executable, "-m", "prefect", "server", "start",
             "--host", "127.0.0.1", "--port", str(self.port),
@@ -321,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no `prefect server start`: hygge uses PREFECT_API_URL or a temporary server",
     )
+    parser.add_argument(
+        "--prefect-db",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the started server's database: Prefect's default SQLite, or a throwaway PostgreSQL",
+    )
     parser.add_argument("--work", help="where generated sources are kept (default: $TMPDIR)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -342,14 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         "RUNTIME__DLTHUB_TELEMETRY": "false",
     }
     print(machine_line(sizes, args.repeat))
-    server = pg = None
+    server = pg = prefect_pg = None
     results: list[Result] = []
     many: dict[str, Any] | None = None
     try:
         if not args.no_server:
-            server = PrefectServer(work / "prefect-home")
+            url = None
+            if args.prefect_db == "postgres":
+                prefect_pg, url = prefect_database()
+            server = PrefectServer(work / f"prefect-home-{args.prefect_db}", url)
             env["PREFECT_API_URL"] = server.url
-            print(f"prefect server: {server.url} (started by the suite)")
+            print(f"prefect server: {server.url} (started by the suite; {args.prefect_db})")
         elif env.get("PREFECT_API_URL"):
             print(f"prefect server: {env['PREFECT_API_URL']}")
         else:
@@ -383,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             pg.stop()
         if server is not None:
             server.stop()
+        if prefect_pg is not None:
+            prefect_pg.stop()
     add_ratios(results)
     print()
     print(render(results))
