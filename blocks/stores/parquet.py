@@ -11,6 +11,11 @@ Appends publish each file by `rename` into the entity folder. A replace (full_dr
 complete new table and exchanges it with the old folder in one `renameat2(RENAME_EXCHANGE)`
 call, so readers see the old table or the new one; where the kernel or filesystem lacks it,
 two renames are used and recovery finishes a swap interrupted between them.
+
+Files are encoded by Polars' streaming Parquet sink (columns in parallel), fed batch by batch
+through a bounded queue; types Polars would write differently go through pyarrow's writer.
+Polars writes text as `large_string` where pyarrow writes `string`: both read as the same table,
+and appends compare schemas by logical type (`comparable`).
 """
 
 from __future__ import annotations
