@@ -49,13 +49,23 @@ class WatermarkLedger(Block):
         return ledger
 
     def commit(self, name: str, entity: str, entry: dict[str, Any] | None) -> None:
-        """Set one entity's entry and save the ledger (the only write path)."""
-        if entry is None:
-            self.value.pop(entity, None)
-        else:
-            self.value[entity] = entry
+        """Set one entity's entry and save the ledger."""
+        self.commit_many(name, {entity: entry})
+
+    def commit_many(self, name: str, entries: dict[str, dict[str, Any] | None]) -> None:
+        """Set several entities' entries and save the ledger once (the only write path).
+
+        One save costs several API calls and grows with the ledger, so the flow commits the
+        entities that finished close together in one save.
+        """
+        for entity, entry in entries.items():
+            if entry is None:
+                self.value.pop(entity, None)
+            else:
+                self.value[entity] = entry
         try:
             self.save(name, overwrite=True)
         except Exception as exc:
             msg = f"cannot save the watermark ledger {name!r}: {exc}"
-            raise LedgerError(msg, entity=entity) from exc
+            one = next(iter(entries)) if len(entries) == 1 else None
+            raise LedgerError(msg, entity=one) from exc
