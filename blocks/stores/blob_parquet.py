@@ -41,8 +41,9 @@ from blocks.stores._blob import (
     service_client,
     store_error,
 )
+from blocks.stores._schema import appendable, conform
 from hygge_tasks import faults
-from hygge_tasks.errors import StoreError, first_line
+from hygge_tasks.errors import StoreError
 from hygge_tasks.publish import Manifest, run_file_name
 
 _KEEP_COMMITTED = 10
@@ -463,36 +464,6 @@ class BlobParquetWriter(EntityWriter):
         if existing is None:
             return schema
         return appendable(existing, schema, self.entity)
-
-
-def appendable(existing: pa.Schema, schema: pa.Schema, entity: str) -> pa.Schema:
-    """The schema new files must have to read as one table with `existing` (or an error)."""
-    if existing.remove_metadata().equals(schema.remove_metadata()):
-        return schema
-    before = {f.name: str(f.type) for f in existing}
-    after = {f.name: str(f.type) for f in schema}
-    changes = [f"+{n} {t}" for n, t in after.items() if n not in before]
-    changes += [f"-{n} {t}" for n, t in before.items() if n not in after]
-    changes += [
-        f"{n}: {before[n]} -> {t}" for n, t in after.items() if n in before and before[n] != t
-    ]
-    if not changes:
-        return existing  # same columns, other order or metadata: keep the table's order
-    msg = (
-        f"the source schema no longer matches the published table ({'; '.join(changes)}); "
-        "run this entity with --full-drop to rebuild the table with the new schema"
-    )
-    raise StoreError(msg, entity=entity)
-
-
-def conform(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBatch:
-    try:
-        return pa.RecordBatch.from_arrays(
-            [batch.column(f.name).cast(f.type) for f in schema], schema=schema
-        )
-    except (KeyError, pa.ArrowException) as exc:
-        msg = f"a batch does not match the schema of the run: {first_line(exc)}"
-        raise StoreError(msg, entity=entity) from exc
 
 
 def footer_schema(area: BlobArea, key: str) -> pa.Schema:

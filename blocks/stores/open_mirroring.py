@@ -47,14 +47,8 @@ from blocks.stores._blob import (
     store_error,
     with_retries,
 )
-from blocks.stores.blob_parquet import (
-    BlobFiles,
-    BlobStoreBase,
-    _iter_blob,
-    appendable,
-    conform,
-    footer_schema,
-)
+from blocks.stores._schema import SMALL, appendable, conform
+from blocks.stores.blob_parquet import BlobFiles, BlobStoreBase, _iter_blob, footer_schema
 from hygge_tasks import faults
 from hygge_tasks.errors import ConfigError, StoreError
 from hygge_tasks.publish import Manifest, run_file_name
@@ -63,14 +57,6 @@ MARKER = "__rowMarker__"
 INSERT, DELETE, UPSERT = 0, 2, 4
 _NUMBERED = re.compile(r"^(\d{20})\.parquet$")
 _KEEP_COMMITTED = 10
-#: Arrow types that name the same column type in Parquet, written one way so that files of one
-#: table never disagree (a type change stops Fabric replicating the table)
-_CANONICAL = {
-    pa.large_string(): pa.string(),
-    pa.string_view(): pa.string(),
-    pa.large_binary(): pa.binary(),
-    pa.binary_view(): pa.binary(),
-}
 
 
 class OpenMirroringStore(BlobStoreBase):
@@ -565,7 +551,7 @@ class MirroringWriter(EntityWriter):
             raise StoreError(msg, entity=self.entity)
         arrays, fields = [], []
         for f, col in zip(batch.schema, batch.columns, strict=True):
-            canonical = _CANONICAL.get(f.type)
+            canonical = SMALL.get(f.type)  # one flavour: no flip-flops between runs
             if canonical is not None:
                 col, f = col.cast(canonical), f.with_type(canonical)
             arrays.append(col)

@@ -39,6 +39,7 @@ from pydantic import Field
 
 from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
 from blocks.stores._local_lock import exclusive
+from blocks.stores._schema import SMALL, appendable, comparable, conform
 from hygge_tasks import faults
 from hygge_tasks.errors import StoreError, TransientStoreError, first_line, is_transient
 from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_atomic
@@ -327,35 +328,13 @@ class ParquetWriter(EntityWriter):
         published = sorted(self.store.table_dir(self.entity).glob("*.parquet"))
         if not published:
             return schema
-        # files written by Polars hold large_string where pyarrow's hold string: compare the
-        # logical types, which every reader sees as the same column
-        existing = comparable(pq.read_schema(published[-1]))
-        if existing.equals(comparable(schema)):
-            return schema
-        before = {f.name: str(f.type) for f in existing}
-        after = {f.name: str(f.type) for f in comparable(schema)}
-        changes = [f"+{n} {t}" for n, t in after.items() if n not in before]
-        changes += [f"-{n} {t}" for n, t in before.items() if n not in after]
-        changes += [
-            f"{n}: {before[n]} -> {t}" for n, t in after.items() if n in before and before[n] != t
-        ]
-        if not changes:
-            return existing  # same columns, other order or metadata: keep the table's order
-        msg = (
-            f"the source schema no longer matches the published table ({'; '.join(changes)}); "
-            "run this entity with --full-drop to rebuild the table with the new schema"
-        )
-        raise StoreError(msg, entity=self.entity)
+        # files written by Polars hold large_string where pyarrow's hold string: `appendable`
+        # compares the logical types, which every reader sees as the same column
+        return appendable(pq.read_schema(published[-1]), schema, self.entity)
 
     def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         assert self._schema is not None
-        try:
-            return pa.RecordBatch.from_arrays(
-                [batch.column(f.name).cast(f.type) for f in self._schema], schema=self._schema
-            )
-        except (KeyError, pa.ArrowException) as exc:
-            msg = f"a batch does not match the schema of the run: {first_line(exc)}"
-            raise StoreError(msg, entity=self.entity) from exc
+        return conform(batch, self._schema, self.entity)
 
 
 # -- encoding one file ------------------------------------------------------------------------
@@ -499,21 +478,6 @@ _POLARS_OUT = {
     pa.binary(): pa.large_binary(),
     pa.binary_view(): pa.large_binary(),
 }
-_SMALL = {
-    pa.large_string(): pa.string(),
-    pa.string_view(): pa.string(),
-    pa.large_binary(): pa.binary(),
-    pa.binary_view(): pa.binary(),
-}
-
-
-def comparable(schema: pa.Schema) -> pa.Schema:
-    """`schema` as readers see it: no metadata, one flavour of text and binary.
-
-    Polars writes large_string and large_binary where pyarrow writes string and binary; files
-    of either read as the same table, so appends may mix them.
-    """
-    return pa.schema(pa.field(f.name, _SMALL.get(f.type, f.type), f.nullable) for f in schema)
 
 
 def _polars_type(t: pa.DataType) -> bool:
@@ -527,7 +491,7 @@ def _polars_type(t: pa.DataType) -> bool:
         pa.types.is_integer(t)
         or t in (pa.float32(), pa.float64(), pa.bool_(), pa.date32())
         or t in _POLARS_OUT
-        or t in _SMALL
+        or t in SMALL
     )
 
 
