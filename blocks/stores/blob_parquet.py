@@ -372,7 +372,36 @@ class BlobFiles:
         self._rows_in_file = 0
 
 
-class BlobParquetWriter(EntityWriter):
+class StagedBlobWriter(EntityWriter):
+    """What every Blob-API writer does per batch: check the schema once, conform, stage."""
+
+    entity: str
+    files: BlobFiles
+    _schema: pa.Schema | None
+    #: where uploads go, for error messages
+    where = "the Store"
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        try:
+            batch = self._prepare(batch)
+            if self._schema is None:
+                self._schema = self._check_schema(batch.schema)
+            if batch.schema != self._schema:
+                batch = conform(batch, self._schema, self.entity)
+            self.files.write(batch)
+            faults.point("stage.after_batch")
+        except AzureError as exc:
+            raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
+
+    def _prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """What the Store adds or changes in each batch before staging (nothing here)."""
+        return batch
+
+    def _check_schema(self, schema: pa.Schema) -> pa.Schema:
+        raise NotImplementedError
+
+
+class BlobParquetWriter(StagedBlobWriter):
     """Stages one entity's batches as blocks of Parquet files for one run."""
 
     def __init__(self, store: BlobParquetStore, entity: str, run_id: str, mode: WriteMode) -> None:
@@ -388,19 +417,8 @@ class BlobParquetWriter(EntityWriter):
             lambda i: self.area.key(entity, run_file_name(run_id, i)),
             entity,
         )
-        self._schema: pa.Schema | None = None
+        self._schema = None
         self._prepared = False
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        try:
-            if self._schema is None:
-                self._schema = self._check_schema(batch.schema)
-            if batch.schema != self._schema:
-                batch = conform(batch, self._schema, self.entity)
-            self.files.write(batch)
-            faults.point("stage.after_batch")
-        except AzureError as exc:
-            raise store_error(exc, "cannot upload to the Store", entity=self.entity) from exc
 
     def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
         try:

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from azure.core.exceptions import AzureError, ResourceExistsError
 from pydantic import Field, field_validator
 
-from blocks.base import EntityWriter, WriteMode, utc_now
+from blocks.base import WriteMode, utc_now
 from blocks.stores._blob import (
     ONELAKE_URL,
     BlobArea,
@@ -47,8 +47,14 @@ from blocks.stores._blob import (
     store_error,
     with_retries,
 )
-from blocks.stores._schema import SMALL, appendable, conform
-from blocks.stores.blob_parquet import BlobFiles, BlobStoreBase, _iter_blob, footer_schema
+from blocks.stores._schema import SMALL, appendable
+from blocks.stores.blob_parquet import (
+    BlobFiles,
+    BlobStoreBase,
+    StagedBlobWriter,
+    _iter_blob,
+    footer_schema,
+)
 from hygge_tasks import faults
 from hygge_tasks.errors import ConfigError, StoreError
 from hygge_tasks.publish import Manifest, run_file_name
@@ -441,8 +447,10 @@ class OpenMirroringStore(BlobStoreBase):
             yield from _iter_blob(area, self.file_key(entity, n))
 
 
-class MirroringWriter(EntityWriter):
+class MirroringWriter(StagedBlobWriter):
     """Stages one entity's run for the landing zone: numbered files, row markers last."""
+
+    where = "the landing zone"
 
     def __init__(self, store: OpenMirroringStore, entity: str, run_id: str, mode: WriteMode):
         self.store = store
@@ -466,20 +474,8 @@ class MirroringWriter(EntityWriter):
             folder = store.table_folder(entity)
             staging = lambda i: self.state.key("_staging", folder, run_id, run_file_name(run_id, i))  # noqa: E731
             self.files = BlobFiles(store, self.state, run_id, staging, entity)
-        self._schema: pa.Schema | None = None
+        self._schema = None
         self._prepared = False
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        try:
-            batch = self._marked(batch)
-            if self._schema is None:
-                self._schema = self._check_schema(batch.schema)
-            if batch.schema != self._schema:
-                batch = conform(batch, self._schema, self.entity)
-            self.files.write(batch)
-            faults.point("stage.after_batch")
-        except AzureError as exc:
-            raise store_error(exc, "cannot upload to the landing zone", entity=self.entity) from exc
 
     def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
         try:
@@ -544,7 +540,7 @@ class MirroringWriter(EntityWriter):
         )
         raise StoreError(msg, entity=self.entity)
 
-    def _marked(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def _prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Canonical column types, and `__rowMarker__` appended as the last column."""
         if MARKER in batch.schema.names:
             msg = f"the source has a column named {MARKER!r}, which Open Mirroring reserves"
