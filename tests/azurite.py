@@ -17,8 +17,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
 
 AZURITE_VERSION = "3.35.0"
 NODE_DIR = Path(__file__).resolve().parents[1] / ".ci" / "node"
@@ -42,6 +46,13 @@ class Azurite:
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint={self.blob_url};"
         )
+
+    def container(self, name: str) -> ContainerClient:
+        """A client for one container, with the emulator's key (for checks and set-up)."""
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient.from_connection_string(self.connection_string)
+        return service.get_container_client(name)
 
     def new_container(self) -> str:
         from azure.storage.blob import BlobServiceClient

@@ -22,7 +22,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from flows.example import ensure_example_data
 from tests.azurite import Azurite
-from tests.test_cli import source_table
+from tests.test_cli import assert_matches_sqlite, source_table
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {
@@ -56,23 +56,8 @@ def read_prefix(c: ContainerClient, prefix: str) -> pl.DataFrame:
 
 def assert_same(got: pl.DataFrame, want: pl.DataFrame, table: str) -> None:
     keys = KEYS[table]
-    got, want = got.sort(keys), want.sort(keys)
     assert got.columns == want.columns, table
-    assert got.height == want.height, table
-    # the Store has real types: compare as text against SQLite's own storage (as test_cli)
-    for col in want.columns:
-        g = got[col]
-        if g.dtype == pl.Datetime:
-            g = g.dt.strftime("%Y-%m-%d %H:%M:%S")
-        elif g.dtype == pl.Boolean:
-            g = g.cast(pl.Int64)
-        elif g.dtype == pl.Date:
-            g = g.cast(pl.String)
-        expected = want[col].to_list()
-        if isinstance(g.dtype, pl.Decimal):
-            g = g.cast(pl.String)
-            expected = [f"{v:.2f}" for v in expected]
-        assert g.to_list() == expected, f"{table}.{col}"
+    assert_matches_sqlite(got.sort(keys), want.sort(keys), table)
 
 
 @pytest.mark.slow

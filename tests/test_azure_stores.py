@@ -23,15 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import ContainerClient
 
 from tests.azurite import KEY, Azurite
 from tests.conftest import ledger_of, make_events_db, run_flow, source_events
 from tests.flow_helpers import events_rows, summary_row
-
-
-def container(az: Azurite, name: str) -> ContainerClient:
-    return BlobServiceClient.from_connection_string(az.connection_string).get_container_client(name)
 
 
 def read_folder(c: ContainerClient, prefix: str) -> pl.DataFrame:
@@ -86,7 +82,7 @@ def test_adls_full_then_incremental_equals_source(
     state = run_flow(spec)
     assert state.is_completed(), state.message
     assert summary_row(state, "events")["rows"] == 1000
-    c = container(azurite, cont)
+    c = azurite.container(cont)
     assert_equals_source(read_folder(c, "lake/raw/events"), db)
 
     make_events_db(db, events_rows(1000, 301))
@@ -130,7 +126,7 @@ def test_onelake_layout_and_readback(azurite: Azurite, tmp_path: Path, spec_name
     assert run_flow(spec).is_completed()
     make_events_db(db, events_rows(500, 50))
     assert run_flow(spec).is_completed()
-    c = container(azurite, workspace)
+    c = azurite.container(workspace)
     assert_equals_source(read_folder(c, "Shop.Lakehouse/Files/bronze/events"), db)
     top = {b.name.split("/")[3] for b in c.list_blobs(name_starts_with="Shop.Lakehouse/Files/")}
     assert top == {"events", "events_copy", "_manifests", "_journal", "_hygge.lock"}
@@ -141,7 +137,7 @@ def test_full_drop_replaces_every_file(azurite: Azurite, tmp_path: Path, spec_na
     db = make_events_db(tmp_path / "src.db", events_rows(0, 400))
     spec = adls_spec(spec_name, db, azurite, cont, max_rows_per_file=150)
     assert run_flow(spec).is_completed()
-    c = container(azurite, cont)
+    c = azurite.container(cont)
     first = {b.name for b in c.list_blobs(name_starts_with="lake/raw/events/")}
     assert len(first) == 3  # 400 rows, 150 per file
     state = run_flow(spec, run_type="full_drop")
@@ -178,7 +174,7 @@ def test_files_are_uploaded_in_blocks_and_appear_whole(
     }
     state = run_flow(spec)
     assert state.is_completed(), state.message
-    c = container(azurite, cont)
+    c = azurite.container(cont)
     [name] = [b.name for b in c.list_blobs(name_starts_with="wide/")]
     committed, uncommitted = c.get_blob_client(name).get_block_list("all")
     assert len(committed) >= 6 and not uncommitted
@@ -285,7 +281,7 @@ def test_kill_mid_publish_then_rerun_is_exact(
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     rerun = _cli(path, prefect_server)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    c = container(azurite, cont)
+    c = azurite.container(cont)
     got = read_folder(c, "lake/raw/events")
     assert got["id"].n_unique() == got.height  # nothing doubled
     assert_equals_source(got, db)  # nothing lost
@@ -312,7 +308,7 @@ def test_staged_files_stay_invisible_until_committed(azurite: Azurite) -> None:
     for _ in range(4):
         writer.write(batch)
     writer.files.close()  # every block staged, nothing committed
-    c = container(azurite, cont)
+    c = azurite.container(cont)
     [key] = writer.files.keys
     assert not list(c.list_blobs(name_starts_with="wide/"))
     assert not c.get_blob_client(key).exists()

@@ -38,6 +38,26 @@ def source_table(db: Path, table: str) -> pl.DataFrame:
         return pl.from_arrow(cur.fetch_arrow_table())  # type: ignore[return-value]
 
 
+def assert_matches_sqlite(got: pl.DataFrame, want: pl.DataFrame, table: str) -> None:
+    """Rows in the same order, value by value: the Store has real types, so compare them as
+    text against SQLite's own storage."""
+    assert got.height == want.height, table
+    for col in want.columns:
+        g = got[col]
+        if g.dtype == pl.Datetime:
+            g = g.dt.strftime("%Y-%m-%d %H:%M:%S")
+        elif g.dtype == pl.Boolean:
+            g = g.cast(pl.Int64)
+        elif g.dtype == pl.Date:
+            g = g.cast(pl.String)
+        expected = want[col].to_list()
+        if isinstance(g.dtype, pl.Decimal):
+            # SQLite holds DECIMAL(p,2) as REAL; the Store holds the exact 2-digit decimal
+            g = g.cast(pl.String)
+            expected = [f"{v:.2f}" for v in expected]
+        assert g.to_list() == expected, f"{table}.{col}"
+
+
 def lake_rows(lake: Path, table: str) -> int:
     return int(pl.scan_parquet(lake / table / "*.parquet").select(pl.len()).collect().item())
 
@@ -63,22 +83,7 @@ def test_example_runs_twice_and_the_lake_holds_exactly_the_source(
     ]:
         got = pl.read_parquet(sorted((lake / table).glob("*.parquet"))).sort(key)
         want = source_table(db, table).sort(key)
-        assert got.height == want.height, table
-        # the lake has real types: compare as text against SQLite's own storage
-        for col in want.columns:
-            g = got[col]
-            if g.dtype == pl.Datetime:
-                g = g.dt.strftime("%Y-%m-%d %H:%M:%S")
-            elif g.dtype == pl.Boolean:
-                g = g.cast(pl.Int64)
-            elif g.dtype == pl.Date:
-                g = g.cast(pl.String)
-            expected = want[col].to_list()
-            if isinstance(g.dtype, pl.Decimal):
-                # SQLite holds DECIMAL(p,2) as REAL; the lake holds the exact 2-digit decimal
-                g = g.cast(pl.String)
-                expected = [f"{v:.2f}" for v in expected]
-            assert g.to_list() == expected, f"{table}.{col}"
+        assert_matches_sqlite(got, want, table)
     assert lake_rows(lake, "orders") == 1_000_000
 
     second = run_cli([], tmp_path, prefect_server)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import ContainerClient
 
 from tests.azurite import Azurite
 from tests.conftest import ledger_of, make_events_db, run_flow
@@ -35,10 +35,6 @@ from tests.flow_helpers import events_rows, summary_row
 
 ITEM = "Shop.MountedRelationalDatabase"
 LZ = f"{ITEM}/Files/LandingZone"
-
-
-def container(az: Azurite, name: str) -> ContainerClient:
-    return BlobServiceClient.from_connection_string(az.connection_string).get_container_client(name)
 
 
 def om_spec(name: str, db: Path, az: Azurite, ws: str, **store: Any) -> dict[str, Any]:
@@ -88,7 +84,7 @@ def test_layout_follows_the_contract(azurite: Azurite, tmp_path: Path, spec_name
     )
     state = run_flow(spec)
     assert state.is_completed(), state.message
-    c = container(azurite, ws)
+    c = azurite.container(ws)
 
     partner = json.loads(c.download_blob(f"{LZ}/_partnerEvents.json").readall())
     assert partner == {
@@ -123,7 +119,7 @@ def test_incremental_numbering_markers_and_stable_schema(
     spec = om_spec(spec_name, db, azurite, ws, max_rows_per_file=100)
     spec["defaults"]["batch_size"] = 50  # files roll between batches: 100 rows each
     assert run_flow(spec).is_completed()
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     assert data_files(c, "events") == [f"{i:020d}.parquet" for i in (1, 2, 3)]
 
     make_events_db(db, events_rows(300, 250))
@@ -169,7 +165,7 @@ def test_insert_marker_and_deletes_by_config(
     con.commit()
     con.close()
     assert run_flow(spec).is_completed()
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     second = read(c, "customers", "00000000000000000002.parquet")
     markers = dict(zip(second["id"].to_pylist(), second["__rowMarker__"].to_pylist(), strict=True))
     assert markers == {i: (2 if i % 5 == 0 else 0) for i in range(10, 20)}
@@ -193,7 +189,7 @@ def test_key_columns_are_required_and_cannot_change(
     state = run_flow(spec)
     with pytest.raises(Exception, match=r"keyColumns \['id'\] .* cannot change key columns"):
         state.result()
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     assert data_files(c, "events") == ["00000000000000000001.parquet"]  # nothing written
     assert json.loads(c.download_blob(f"{LZ}/events/_metadata.json").readall()) == {
         "keyColumns": ["id"]
@@ -236,7 +232,7 @@ def test_a_type_change_is_refused_before_writing(
     message = str(info.value)
     assert re.search(r"\bn\b.*int32.*int64", message), message
     assert "Fabric Open Mirroring stops replicating" in message and "--full-drop" in message
-    assert data_files(container(azurite, ws), "nums") == ["00000000000000000001.parquet"]
+    assert data_files(azurite.container(ws), "nums") == ["00000000000000000001.parquet"]
 
 
 def test_full_drop_stages_first_then_drops_then_renumbers(
@@ -249,7 +245,7 @@ def test_full_drop_stages_first_then_drops_then_renumbers(
     assert run_flow(spec).is_completed()
     make_events_db(db, events_rows(400, 100))
     assert run_flow(spec).is_completed()
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     before = data_files(c, "events")
     assert before == [f"{i:020d}.parquet" for i in range(1, 5)]
 
@@ -321,7 +317,7 @@ def test_the_wait_holds_no_concurrency_slot(
     started = time.monotonic()
     assert run_flow(spec).is_completed()  # a's table is dropped: a waits 8 s, b moves meanwhile
     assert time.monotonic() - started < 8 + 20  # the waits did not add up
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     stamp = {
         n: c.get_blob_client(f"{LZ}/{n}/00000000000000000001.parquet")
         .get_blob_properties()
@@ -396,7 +392,7 @@ def test_kill_then_rerun_keeps_numbering_and_rows(
     make_events_db(db, events_rows(300, 250))
     killed = _cli(path, prefect_server, point, *(["--full-drop"] if full_drop else []))
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     if consumed:
         for name in data_files(c, "events")[:-1]:
             c.delete_blob(f"{LZ}/events/{name}")
@@ -439,7 +435,7 @@ def test_a_transient_failure_mid_publish_keeps_visible_files(
     assert state.is_failed()
     with pytest.raises(Exception, match="next run finishes and commits them"):
         state.result()
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     # abort finished publishing what it could: files 2-4 stay, none deleted or repeated
     assert data_files(c, "events") == [f"{i:020d}.parquet" for i in (1, 2, 3, 4)]
     state = run_flow(spec)
@@ -476,7 +472,7 @@ def test_the_writer_refuses_a_type_change_on_its_own(azurite: Azurite) -> None:
     with pytest.raises(StoreError, match=r"n: int32 -> int64.*Fabric would stop replicating"):
         second.write(wider)
     second.abort()
-    c = container(azurite, ws)
+    c = azurite.container(ws)
     assert data_files(c, "nums") == ["00000000000000000001.parquet"]
     # the unchanged schema still appends, numbered after the refused attempt's nothing
     third = store.open_writer("nums", "run-3", "append")
