@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.base import EntityWriter, StoreBlock
 from hygge_tasks.errors import HyggeError, first_line
+from hygge_tasks.views import SMALL, unviewed
 
 DriftPolicy = Literal["fail", "warn", "evolve"]
 _INT_DIGITS = {8: 3, 16: 5, 32: 10, 64: 20}
@@ -66,7 +67,8 @@ class SchemaDriftError(HyggeError):
 
 def remember(schema: pa.Schema, absent: Iterable[str] = ()) -> dict[str, Any]:
     """A JSON-able record of `schema`: exact (Arrow IPC) and readable (names, types)."""
-    schema = _plain(schema)
+    # the large types stand for the views: a ledger reads the same whichever a Home handed over
+    schema = unviewed(_plain(schema))
     return {
         "arrow": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
         "columns": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
@@ -129,11 +131,27 @@ def diff(old: pa.Schema, absent: set[str], new: pa.Schema) -> Drift:
         n = after.get(name)
         if n is None:
             continue
-        if o.type != n.type:
+        if _logical(o.type) != _logical(n.type):
             drift.retyped.append((o, n))
         elif o.nullable != n.nullable and name not in absent:
             drift.nullability.append((o, n))
     return drift
+
+
+def _logical(t: pa.DataType) -> pa.DataType:
+    """One flavour of text and binary: small, large and view types are one column to readers."""
+    return SMALL.get(t, t)
+
+
+def _flavoured(target: pa.Schema, source: pa.Schema) -> pa.Schema:
+    """`target` with the source's own type where the two differ only in flavour (small, large
+    or view text), so batches pass through without a cast."""
+    given = {f.name: f.type for f in source}
+
+    def same(f: pa.Field) -> bool:
+        return f.name in given and _logical(given[f.name]) == _logical(f.type)
+
+    return pa.schema([f.with_type(given[f.name]) if same(f) else f for f in target])
 
 
 def widens(old: pa.DataType, new: pa.DataType) -> bool:
@@ -202,6 +220,11 @@ class SchemaGuard:
     def check(self, source: pa.Schema) -> None:
         """Compare the source with the remembered schema; raise or decide per the policy."""
         source = _plain(source)
+        self._decide(source)
+        assert self.target is not None
+        self.target = _flavoured(self.target, source)
+
+    def _decide(self, source: pa.Schema) -> None:
         if self.previous is None or "arrow" not in self.previous:
             self.target, self.remembered = source, remember(source)
             return

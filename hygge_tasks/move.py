@@ -26,6 +26,7 @@ from hygge_tasks.errors import is_transient
 from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
+from hygge_tasks.views import unview
 from hygge_tasks.watermark import BoundaryFilter, Watermark
 
 
@@ -122,7 +123,7 @@ def move(
     progress = EntityProgress(plan.name, logger, home.estimate_rows(request))
     writer: EntityWriter | None = None
     mode: WriteMode = plan.mode
-    carry = False
+    carry = computes = False
     rows = carried = 0
     try:
         for batch in home.read(request):
@@ -133,7 +134,11 @@ def move(
                 carry = guard.rewrite and plan.mode == "append"
                 mode = "replace" if carry else plan.mode
                 writer = store.open_writer(plan.name, run_id, mode)
+                # pyarrow's compute kernels take no views; a plain load passes them through
+                computes = boundary is not None or polisher is not None or carry
             batch = guard.conform(batch)
+            if computes:
+                batch = unview(batch)
             if boundary is not None:
                 batch = boundary.admit(batch)  # on the source's names, before polishing
             if polisher is not None:

@@ -318,6 +318,34 @@ def test_staged_files_stay_invisible_until_committed(azurite: Azurite) -> None:
     assert read_folder(c, "wide").height == 200_000
 
 
+def test_views_from_file_homes_land_as_large_types(azurite: Azurite) -> None:
+    """File Homes hand text over as views; the lake's files hold the large types every reader
+    (Spark, Fabric, older pyarrow) knows."""
+    from blocks import AdlsStore
+
+    cont = azurite.new_container()
+    store = AdlsStore(
+        container=cont,
+        credentials={"connection_string": azurite.connection_string},  # type: ignore[arg-type]
+    )
+    writer = store.open_writer("v", "run-1", "replace")
+    batch = pa.record_batch(
+        {
+            "id": pa.array([1, 2]),
+            "s": pa.array(["ä", None], pa.string_view()),
+            "b": pa.array([b"x", b""], pa.binary_view()),
+        }
+    )
+    writer.write(batch)
+    writer.commit_files(None, 2)
+    c = azurite.container(cont)
+    [blob] = [b.name for b in c.list_blobs(name_starts_with="v/") if b.name.endswith(".parquet")]
+    table = pq.read_table(io.BytesIO(c.download_blob(blob).readall()))
+    assert table.schema.field("s").type == pa.large_string()
+    assert table.schema.field("b").type == pa.large_binary()
+    assert table.to_pydict() == {"id": [1, 2], "s": ["ä", None], "b": [b"x", b""]}
+
+
 def test_sas_tokens_never_show_in_messages(azurite: Azurite) -> None:
     """A SAS connection string: descriptions and lock errors name the place, not the token."""
     import datetime as dt

@@ -386,6 +386,31 @@ def test_diff_ignores_order_and_known_absences() -> None:
     assert not diff(old, set(), old)
 
 
+def test_text_flavours_are_one_column_to_the_guard() -> None:
+    # a ledger remembers `large_string` (the file Homes' type before they handed views over) or
+    # `string` (pyarrow's); the source now hands `string_view`: no drift, and the batches pass
+    # through in their own flavour, without a cast
+    for remembered in (pa.large_string(), pa.string()):
+        old = pa.schema([("id", pa.int64()), ("name", remembered), ("raw", pa.large_binary())])
+        source = pa.schema(
+            [("id", pa.int64()), ("name", pa.string_view()), ("raw", pa.binary_view())]
+        )
+        assert not diff(old, set(), source)
+        guard = SchemaGuard("e", "fail", remember(old))
+        guard.check(source)
+        assert guard.target == source and guard.note is None
+        rows = pa.record_batch(
+            [pa.array([1]), pa.array(["a"], pa.string_view()), pa.array([b"x"], pa.binary_view())],
+            schema=source,
+        )
+        assert guard.conform(rows) is rows
+    # a view is remembered as its large type: the ledger reads the same whatever the Home gave
+    entry = remember(pa.schema([("name", pa.string_view()), ("raw", pa.binary_view())]))
+    assert [c["type"] for c in entry["columns"]] == ["large_string", "large_binary"]
+    # a real type change is still drift
+    assert diff(pa.schema([("a", pa.string())]), set(), pa.schema([("a", pa.int64())]))
+
+
 @pytest.mark.parametrize(
     ("old", "new", "ok"),
     [

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 from polars.testing import assert_frame_equal
 
+from blocks import CsvHome, ParquetHome
+from blocks.base import ReadRequest
 from tests.conftest import ledger_of, read_lake, run_flow
 from tests.flow_helpers import file_spec_for as spec_for
 from tests.flow_helpers import write_parquet as write
@@ -73,6 +76,40 @@ def test_parquet_home_reads_a_file_a_directory_and_a_glob(tmp_path: Path, spec_n
     assert_frame_equal(read_lake(lake, "daily").sort("id"), rows(200, 15))
     assert_frame_equal(read_lake(lake, "subset").sort("id"), rows(170, 5).select("id", "label"))
     assert set(ledger_of(spec)) == {"single", "folder", "daily", "subset"}
+
+
+def test_file_homes_hand_text_over_as_views_and_nested_columns_as_before(
+    tmp_path: Path, spec_name: str
+) -> None:
+    # flat files leave Polars as views (no copy of the text); a nested or categorical column
+    # keeps the whole file on the large types, which every step computes on
+    flat = write(rows(0, 5), tmp_path / "flat.parquet")
+    nested_rows = rows(0, 5).with_columns(
+        tags=pl.Series([["a", "b"], [], None, ["ü"], ["c"]], dtype=pl.List(pl.String)),
+        kind=pl.Series(["x", "y", "x", None, "y"], dtype=pl.Categorical),
+    )
+    nested = write(nested_rows, tmp_path / "nested.parquet")
+    home = ParquetHome()
+    [batch] = home.read(ReadRequest(entity="flat", path=str(flat)))
+    assert batch.schema.field("label").type == pa.string_view()
+    [batch] = home.read(ReadRequest(entity="nested", path=str(nested)))
+    assert batch.schema.field("label").type == pa.large_string()
+    [batch] = CsvHome().read(ReadRequest(entity="csv", path=str(_csv(tmp_path, rows(0, 3)))))
+    assert batch.schema.field("label").type == pa.string_view()
+
+    lake = tmp_path / "lake"
+    entities = [{"name": "flat", "path": str(flat)}, {"name": "nested", "path": str(nested)}]
+    state = run_flow(spec_for(spec_name, {"type": "parquet"}, lake, entities))
+    assert rows_by_entity(state) == {"flat": 5, "nested": 5}
+    assert_frame_equal(read_lake(lake, "flat"), rows(0, 5))
+    assert_frame_equal(read_lake(lake, "nested"), nested_rows, check_dtypes=False)
+    assert read_lake(lake, "nested")["kind"].cast(pl.String).to_list() == ["x", "y", "x", None, "y"]
+
+
+def _csv(folder: Path, df: pl.DataFrame) -> Path:
+    path = folder / "rows.csv"
+    df.write_csv(path)
+    return path
 
 
 def test_parquet_directory_incremental_loads_only_the_new_rows(

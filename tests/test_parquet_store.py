@@ -465,6 +465,32 @@ def test_store_keeps_not_null_and_exotic_types(store: ParquetStore) -> None:
     assert pq.read_table(path).to_pydict() == {"id": [1], "d": [0.5]}
 
 
+def test_store_writes_views_as_the_large_types(store: ParquetStore) -> None:
+    # the file Homes hand text over as views (no copy); the files hold the types every reader
+    # knows, through either encoder (`at`, a time column, sends the second file through pyarrow)
+    views = pa.schema([("id", pa.int64()), ("s", pa.string_view()), ("b", pa.binary_view())])
+    arrays = [
+        pa.array([1, 2], pa.int64()),
+        pa.array(["a", None], pa.string_view()),
+        pa.array([b"x", b"yz"], pa.binary_view()),
+    ]
+    for entity, extra in (("polars", []), ("arrow", [pa.field("at", pa.time64("us"))])):
+        schema = pa.schema([*views, *extra])
+        columns = [*arrays, *(pa.array([1, 2], f.type) for f in extra)]
+        writer = store.open_writer(entity, "r1", "replace")
+        writer.write(pa.record_batch(columns, schema=schema))
+        writer.commit_files(None, 2)
+        [path] = store.table_dir(entity).glob("*.parquet")
+        read = pq.read_table(path)
+        assert read.schema.field("s").type == pa.large_string(), entity
+        assert read.schema.field("b").type == pa.large_binary(), entity
+        assert read.select(["id", "s", "b"]).to_pydict() == {
+            "id": [1, 2],
+            "s": ["a", None],
+            "b": [b"x", b"yz"],
+        }
+
+
 @pytest.mark.parametrize("compression", ["zstd", "snappy", "gzip", "lz4", "none"])
 def test_store_writes_every_compression(tmp_path: Path, compression: str) -> None:
     store = ParquetStore(path=str(tmp_path), compression=compression)

@@ -118,14 +118,16 @@ def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterato
             lf = lf.filter(pl.sql_expr(request.where))
         lf = since_filter(lf, request)
         schema: pa.Schema | None = None
+        # flat frames leave as views, without copying their text (`hygge_tasks.views`)
+        compat = pl.CompatLevel.newest() if _flat(lf.collect_schema()) else None
         for frame in lf.collect_batches(chunk_size=request.batch_size):
-            table = frame.to_arrow()
+            table = frame.to_arrow(compat_level=compat)
             if schema is None:
                 schema = table.schema
             yield from table.cast(schema).to_batches(max_chunksize=request.batch_size)
         if schema is None:
             # no rows: still hand over the schema, so an empty table can be published
-            schema = lf.head(0).collect().to_arrow().schema
+            schema = lf.head(0).collect().to_arrow(compat_level=compat).schema
             yield pa.RecordBatch.from_pylist([], schema=schema)
     except HomeError:
         raise
@@ -137,3 +139,11 @@ def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterato
     ) as exc:
         msg = f"could not read {what}: {first_line(exc)}"
         raise HomeError(msg, entity=request.entity) from exc
+
+
+def _flat(schema: pl.Schema) -> bool:
+    """No nested, categorical or object columns: their view forms have fewer Arrow kernels."""
+    return not any(
+        dtype.is_nested() or isinstance(dtype, (pl.Categorical, pl.Enum, pl.Object))
+        for dtype in schema.dtypes()
+    )

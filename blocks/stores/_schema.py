@@ -5,15 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 from hygge_tasks.errors import StoreError, first_line
+from hygge_tasks.views import SMALL
 
-#: types that name the same column to every reader (Parquet stores them alike): Polars writes
-#: the large flavours where pyarrow writes the small ones
-SMALL = {
-    pa.large_string(): pa.string(),
-    pa.string_view(): pa.string(),
-    pa.large_binary(): pa.binary(),
-    pa.binary_view(): pa.binary(),
-}
+__all__ = ["SMALL", "appendable", "comparable", "conform"]
 
 
 def comparable(schema: pa.Schema) -> pa.Schema:

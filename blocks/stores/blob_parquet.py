@@ -45,6 +45,7 @@ from blocks.stores._schema import appendable, conform
 from hygge_tasks import faults
 from hygge_tasks.errors import StoreError
 from hygge_tasks.publish import Manifest, run_file_name
+from hygge_tasks.views import unview
 
 _KEEP_COMMITTED = 10
 _MB = 1024 * 1024
@@ -394,8 +395,9 @@ class StagedBlobWriter(EntityWriter):
             raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
 
     def _prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """What the Store adds or changes in each batch before staging (nothing here)."""
-        return batch
+        """What the Store adds or changes in each batch before staging: pyarrow encodes these
+        files, so views become the large types every reader knows."""
+        return unview(batch)
 
     def _check_schema(self, schema: pa.Schema) -> pa.Schema:
         raise NotImplementedError

@@ -43,6 +43,7 @@ from blocks.stores._schema import SMALL, appendable, comparable, conform
 from hygge_tasks import faults
 from hygge_tasks.errors import StoreError, TransientStoreError, first_line, is_transient
 from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_atomic
+from hygge_tasks.views import unview, unviewed
 
 _KEEP_COMMITTED = 10
 
@@ -352,10 +353,12 @@ class _ArrowFile:
     """One Parquet file encoded by pyarrow (one column at a time): for what Polars cannot write."""
 
     def __init__(self, path: Path, schema: pa.Schema, codec: str, level: int | None) -> None:
+        # large types, not views: what every reader (and older pyarrow) knows
+        schema = unviewed(schema)
         self._writer = pq.ParquetWriter(path, schema, compression=codec, compression_level=level)
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+        self._writer.write_batch(unview(batch))
 
     def close(self) -> None:
         self._writer.close()
