@@ -120,7 +120,7 @@ def move(
         type_change_refusal=store.type_change_refusal,
         logger=logger,
     )
-    progress = EntityProgress(plan.name, logger, home.estimate_rows(request))
+    progress = EntityProgress(plan.name, logger, lambda: home.estimate_rows(request))
     writer: EntityWriter | None = None
     mode: WriteMode = plan.mode
     carry = computes = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -14,10 +15,15 @@ _LOG_EVERY_SECONDS = 5.0
 class EntityProgress:
     """Reports rows and rows/s while an entity moves; quiet for fast entities."""
 
-    def __init__(self, entity: str, logger: Any, expected_rows: int | None = None) -> None:
+    def __init__(
+        self, entity: str, logger: Any, estimate: Callable[[], int | None] | None = None
+    ) -> None:
         self.entity = entity
         self.logger = logger
-        self.expected = expected_rows
+        # asked for only when the first progress line is due: an entity that finishes within
+        # `_LOG_EVERY_SECONDS` never pays for the count (a SQL round trip, Parquet footers)
+        self._estimate = estimate
+        self.expected: int | None = None
         self.start = time.perf_counter()
         self._last = self.start
         self._artifact: Any = None
@@ -40,6 +46,9 @@ class EntityProgress:
             self._update(100.0)
 
     def _report(self, rows: int) -> None:
+        if self._estimate is not None:
+            estimate, self._estimate = self._estimate, None
+            self.expected = estimate()
         if not self.expected:
             return  # no honest percentage to show; the log lines carry the counts
         pct = min(99.0, 100.0 * rows / self.expected)

@@ -67,3 +67,28 @@ def test_sqlite_text_timestamp_bound_keeps_ties_and_nulls(tmp_path: Path) -> Non
     table = pa.Table.from_batches(list(home.read(req)))
     # a superset of `ts >= bound` plus NULLs; the engine filters exactly (test_watermark.py)
     assert sorted(table.column("id").to_pylist()) == [2, 3, 4, 5]
+
+
+def test_sqlite_row_estimate_reads_no_table(tmp_path: Path) -> None:
+    # the estimate only feeds progress percentages: the largest rowid (one b-tree descent), not
+    # a COUNT(*) over the table; empty tables, tables without rowids and views give none
+    db = tmp_path / "est.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (id INTEGER, name TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"n{i}") for i in range(1, 1001)])
+    con.execute("DELETE FROM t WHERE id <= 10")
+    con.execute("CREATE TABLE empty (id INTEGER)")
+    con.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID")
+    con.execute("CREATE VIEW v AS SELECT * FROM t")
+    con.commit()
+    con.close()
+    home = SqliteHome(path=str(db))
+
+    def estimate(table: str) -> int | None:
+        return home.estimate_rows(ReadRequest(entity=table, table=table))
+
+    assert estimate("t") == 1000  # 990 rows: deleted rows make it an overcount
+    assert estimate("empty") is None
+    assert estimate("kv") is None
+    assert estimate("v") is None
+    assert estimate("missing") is None

@@ -101,9 +101,12 @@ class SqliteHome(HomeBlock):
             return None
         try:
             uri = f"file:{Path(self.path).resolve()}?mode=ro"
+            # the largest rowid: one b-tree descent, where COUNT(*) reads the whole table
+            # (0.3 s for 10M rows, 1.5 s from a cold cache); deleted rows make it an overcount
             with contextlib.closing(sqlite3.connect(uri, uri=True)) as con:
-                row = con.execute(f"SELECT COUNT(*) FROM {quote_ident(request.table)}").fetchone()
-            return int(row[0])
+                table = quote_ident(request.table)
+                row = con.execute(f"SELECT MAX(rowid) FROM {table}").fetchone()
+            return None if row[0] is None else int(row[0])  # NULL: empty, or a view
         except sqlite3.Error:
             return None
 
