@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pytest
 from polars.testing import assert_frame_equal
 
 from blocks import CsvHome, ParquetHome
@@ -104,6 +105,19 @@ def test_file_homes_hand_text_over_as_views_and_nested_columns_as_before(
     assert_frame_equal(read_lake(lake, "flat"), rows(0, 5))
     assert_frame_equal(read_lake(lake, "nested"), nested_rows, check_dtypes=False)
     assert read_lake(lake, "nested")["kind"].cast(pl.String).to_list() == ["x", "y", "x", None, "y"]
+
+
+def test_file_homes_bound_polars_read_ahead_unless_the_user_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # read-ahead only holds memory while the Store encodes (bench/RESULTS.md: peak RSS)
+    monkeypatch.delenv("POLARS_ROW_GROUP_PREFETCH_SIZE", raising=False)
+    monkeypatch.setenv("POLARS_CSV_CHUNK_PREFETCH_LIMIT", "8")  # the user's choice
+    src = write(rows(0, 200), tmp_path / "r.parquet")
+    got = list(ParquetHome().read(ReadRequest(entity="e", path=str(src), batch_size=64)))
+    assert sum(b.num_rows for b in got) == 200
+    assert os.environ["POLARS_ROW_GROUP_PREFETCH_SIZE"] == "1"
+    assert os.environ["POLARS_CSV_CHUNK_PREFETCH_LIMIT"] == "8"
 
 
 def _csv(folder: Path, df: pl.DataFrame) -> Path:
