@@ -108,6 +108,23 @@ def run(name: str, args: dict[str, Any]) -> dict[str, Any]:
             pl.scan_arrow_c_stream(stream).sink_parquet(target, compression="zstd")
         cur.close()
         conn.close()
+    elif kind == "read_only":
+        # the source read in full by the fastest streaming reader, nothing written: no tool
+        # that reads this source can move it faster
+        if group in ("parquet", "parquet_parts", "csv"):
+            pattern = f"{src}/*.parquet" if Path(src).is_dir() else src
+            lf = (
+                pl.scan_csv(src, infer_schema_length=10_000, try_parse_dates=True)
+                if group == "csv"
+                else pl.scan_parquet(pattern)
+            )
+            rows = sum(frame.height for frame in lf.collect_batches(chunk_size=BATCH))
+        else:
+            conn, cur, reader = _adbc_reader(group, src, args)
+            rows = sum(batch.num_rows for batch in reader)
+            cur.close()
+            conn.close()
+        return {"rows": rows, "seconds": time.perf_counter() - start}
     else:
         msg = f"unknown workload {name!r}"
         raise SystemExit(msg)

@@ -32,13 +32,16 @@ def test_bench_suite_smoke_reports_every_workload(prefect_server: str, tmp_path:
         "parquet.hygge",
         "parquet.polars_sink",
         "parquet.pyarrow",
+        "parquet.read_only",
         "parquet_parts.hygge",
         "parquet_parts.polars_sink",
         "csv.hygge",
         "csv.polars_sink",
+        "csv.read_only",
         "sqlite.hygge",
         "sqlite.adbc_pyarrow",
         "sqlite.adbc_polars",
+        "sqlite.read_only",
         "many.hygge",
     }
     for r in results:
