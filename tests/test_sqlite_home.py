@@ -7,10 +7,12 @@ import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
+import blocks.homes.sqlite as sqlite_home
 from blocks import SqliteHome
 from blocks.base import ReadRequest, Since
 from hygge_tasks.errors import ConfigError
@@ -92,3 +94,109 @@ def test_sqlite_row_estimate_reads_no_table(tmp_path: Path) -> None:
     assert estimate("kv") is None
     assert estimate("v") is None
     assert estimate("missing") is None
+
+
+# -- split reads: rowid ranges on their own connections -------------------------------------
+
+
+def _orders_db(path: Path, rows: int, wal: bool = False) -> Path:
+    con = sqlite3.connect(path)
+    if wal:
+        con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE t (id INTEGER NOT NULL, ts DATETIME, amount DECIMAL(12,2), s TEXT)")
+    con.executemany(
+        "INSERT INTO t VALUES (?, ?, ?, ?)",
+        [(i, f"2024-05-01 12:{i % 60:02d}:00", i / 100, f"r{i}") for i in range(rows)],
+    )
+    con.execute("DELETE FROM t WHERE id % 7 = 3")  # gaps in the rowids
+    con.commit()
+    con.close()
+    return path
+
+
+class _Ranges:
+    """Counts the ranges a read opens and can commit a write after the first: a real write
+    from a real connection, at the one moment that matters."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, db: Path, write: str | None = None):
+        self.opened = 0
+        real = SqliteHome.open_range
+
+        def open_range(home: SqliteHome, *args: Any, **kwargs: Any) -> Any:
+            reader = real(home, *args, **kwargs)
+            self.opened += 1
+            if write and self.opened == 1:
+                con = sqlite3.connect(db)
+                con.executescript(write)
+                con.close()
+            return reader
+
+        monkeypatch.setattr(SqliteHome, "open_range", open_range)
+        monkeypatch.setattr(sqlite_home, "PARALLEL_MIN_ROWS", 500)
+        monkeypatch.setattr(sqlite_home.os, "cpu_count", lambda: 2)
+
+
+def _ids(home: SqliteHome, request: ReadRequest) -> list[int]:
+    return sorted(pa.Table.from_batches(list(home.read(request)))["id"].to_pylist())
+
+
+def test_sqlite_large_table_reads_split_into_rowid_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _orders_db(tmp_path / "big.sqlite", 3_000)
+    ranges = _Ranges(monkeypatch, db)
+    since = Since("ts", dt.datetime(2024, 5, 1, 12, 30))
+    for request in (
+        ReadRequest(entity="e", table="t", batch_size=256),
+        ReadRequest(entity="e", table="t", batch_size=256, where="id < 2500", since=since),
+    ):
+        ranges.opened = 0
+        split = pa.Table.from_batches(list(SqliteHome(path=str(db)).read(request)))
+        assert ranges.opened == 2
+        one = pa.Table.from_batches(list(SqliteHome(path=str(db), read_threads=1).read(request)))
+        assert ranges.opened == 2  # one connection: no ranges
+        assert split.schema == one.schema
+        assert split.sort_by("id").equals(one.sort_by("id"))
+    # every row exactly once: 3,000 less the deleted sevenths
+    assert _ids(SqliteHome(path=str(db)), ReadRequest(entity="e", table="t")) == [
+        i for i in range(3_000) if i % 7 != 3
+    ]
+
+
+def test_sqlite_split_read_falls_back_when_a_write_lands_between_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # row 1 moves from the first range to the end of the table between the two ranges'
+    # snapshots: read as two ranges it would come twice; the Home reads on one connection
+    db = _orders_db(tmp_path / "live.sqlite", 3_000, wal=True)
+    move = "DELETE FROM t WHERE id = 1; INSERT INTO t VALUES (1, '2024-05-02 00:00:00', 9, 'x');"
+    ranges = _Ranges(monkeypatch, db, write=move)
+    ids = _ids(SqliteHome(path=str(db)), ReadRequest(entity="e", table="t", batch_size=256))
+    assert ranges.opened == 2
+    assert ids == [i for i in range(3_000) if i % 7 != 3]
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE t (rowid INTEGER, id INTEGER)",  # the name means the column
+        "CREATE TABLE t (id INTEGER, other)",  # no declared type: ranges could infer apart
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT) WITHOUT ROWID",
+    ],
+)
+def test_sqlite_reads_on_one_connection_when_ranges_cannot_be_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ddl: str
+) -> None:
+    db = tmp_path / "odd.sqlite"
+    con = sqlite3.connect(db)
+    con.execute(ddl)
+    width = len(con.execute("SELECT * FROM t").description)
+    con.executemany(
+        f"INSERT INTO t VALUES ({', '.join('?' * width)})",
+        [tuple([i] * width) for i in range(2_000)],
+    )
+    con.commit()
+    con.close()
+    ranges = _Ranges(monkeypatch, db)
+    assert len(_ids(SqliteHome(path=str(db)), ReadRequest(entity="e", table="t"))) == 2_000
+    assert ranges.opened == 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import decimal
+import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
 from blocks.homes import _sql
+from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import SQLITE, Binder, qmark
 from hygge_tasks.errors import HomeError, TransientHomeError, first_line
 from hygge_tasks.watermark import NanoTimestamp
@@ -45,6 +47,14 @@ class SqliteHome(HomeBlock):
 
     path: str = Field(description="Path of the SQLite database file.")
 
+    read_threads: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Table reads of at least 500,000 rows are split into this many rowid ranges, "
+        "each read on its own connection in its own thread (1: one connection).",
+    )
+
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
         import adbc_driver_sqlite.dbapi as adbc
 
@@ -52,36 +62,47 @@ class SqliteHome(HomeBlock):
         if not db.is_file():
             msg = f"SQLite database {self.path!r} does not exist (looked from {Path.cwd()})"
             raise HomeError(msg, entity=request.entity)
-        sql, params = self.build_select(request)
+        opened: list[Any] = []
         try:
-            # read-only: a typo'd path must never create an empty database
-            conn = adbc.connect(f"file:{db.resolve()}?mode=ro")
-        except adbc.Error as exc:
-            msg = f"cannot open SQLite database {self.path!r}: {exc}"
-            raise HomeError(msg, entity=request.entity) from exc
-        try:
+            conn = self._connect(db, request.entity)
+            opened.append(conn)
+            columns: list[tuple[str, pa.DataType | None]] | None = None
             target = None
             if request.table:
                 declared = self._declared_columns(conn, request)
                 target = {n: t for n, t in declared if t is not None}
                 wanted = request.columns or [n for n, _ in declared]
-                sql = _with_sentinel(sql, [(n, target.get(n)) for n in wanted])
-            cur = conn.cursor()
-            cur.adbc_statement.set_options(
-                **{"adbc.sqlite.query.batch_rows": str(request.batch_size)}
-            )
-            cur.execute(sql, parameters=params or None)
-            reader = cur.fetch_record_batch()
-            driver_schema = reader.schema
-            if target is not None:
+                columns = [(n, target.get(n)) for n in wanted]
+            readers: list[Any] = []
+            if columns:
+                ranges = self._ranges(conn, request, columns)
+                readers = self._open_ranges(db, request, ranges, columns, opened) if ranges else []
+            if not readers:
+                sql, params = self.build_select(request)
+                readers = [_execute(conn, sql, params, columns, request.batch_size, opened)]
+            driver_schema = readers[0].schema
+            if columns is not None:
                 driver_schema = driver_schema.remove(driver_schema.get_field_index(_SENTINEL))
             schema = _merge(driver_schema, target)
+
+            def stream(reader: Any) -> Callable[[], Iterator[pa.RecordBatch]]:
+                def batches() -> Iterator[pa.RecordBatch]:
+                    for batch in reader:
+                        if columns is not None:
+                            batch = _drop_sentinel(batch)
+                        yield _cast(batch, schema, request.entity)
+
+                return batches
+
+            merged = (
+                merge_streams([stream(r) for r in readers])
+                if len(readers) > 1
+                else stream(readers[0])()
+            )
             sent = False
-            for batch in reader:
-                if target is not None:
-                    batch = _drop_sentinel(batch)
+            for batch in merged:
                 sent = True
-                yield _cast(batch, schema, request.entity)
+                yield batch
             if not sent:
                 yield pa.RecordBatch.from_pylist([], schema=schema)
         except adbc.OperationalError as exc:
@@ -94,7 +115,105 @@ class SqliteHome(HomeBlock):
             msg = f"SQLite read failed: {first_line(exc)}"
             raise HomeError(msg, entity=request.entity) from exc
         finally:
-            conn.close()
+            for c in reversed(opened):
+                with contextlib.suppress(Exception):
+                    c.close()
+
+    def _connect(self, db: Path, entity: str) -> Any:
+        import adbc_driver_sqlite.dbapi as adbc
+
+        try:
+            # read-only: a typo'd path must never create an empty database
+            return adbc.connect(f"file:{db.resolve()}?mode=ro")
+        except adbc.Error as exc:
+            msg = f"cannot open SQLite database {self.path!r}: {exc}"
+            raise HomeError(msg, entity=entity) from exc
+
+    def _ranges(
+        self, conn: Any, request: ReadRequest, columns: list[tuple[str, pa.DataType | None]]
+    ) -> list[str]:
+        """Rowid-range predicates that split a large table read, or [] to read on one connection.
+
+        Only for tables with a rowid (and no column that takes its name) whose every column
+        has a declared type: each range's driver infers types from its own first rows, which
+        must not differ.
+        """
+        threads = min(self.read_threads, os.cpu_count() or 1)
+        names = {n.lower() for n, _ in columns}
+        if threads < 2 or names & _ROWID_NAMES or any(t is None for _, t in columns):
+            return []
+        cur = conn.cursor()
+        try:
+            cur.execute(f"SELECT MIN(rowid), MAX(rowid) FROM {quote_ident(request.table or '')}")
+            low, high = cur.fetchone()
+        except Exception:  # WITHOUT ROWID tables and views: read on one connection
+            return []
+        finally:
+            cur.close()
+        if low is None or high - low + 1 < 2 * PARALLEL_MIN_ROWS:
+            return []
+        parts = min(threads, (high - low + 1) // PARALLEL_MIN_ROWS)
+        points = _sql.split_points(int(low), int(high), parts)
+        # open at both ends: rows written after the split points were chosen still land in one
+        bounds: list[tuple[int | None, int | None]] = list(
+            zip([None, *points], [*points, None], strict=True)
+        )
+        return [
+            " AND ".join(
+                ([f"rowid >= {lo}"] if lo is not None else [])
+                + ([f"rowid < {hi}"] if hi is not None else [])
+            )
+            for lo, hi in bounds
+        ]
+
+    def _open_ranges(
+        self,
+        db: Path,
+        request: ReadRequest,
+        ranges: list[str],
+        columns: list[tuple[str, pa.DataType | None]],
+        opened: list[Any],
+    ) -> list[Any]:
+        """Start one statement per range, each on its own connection, all on one snapshot.
+
+        Each statement's snapshot begins at its execute (the driver reads its first batch
+        there). If no write was committed between the first execute and the last, every
+        range reads the same database state; `PRAGMA data_version` on a separate connection
+        tells. Otherwise [] is returned and the table is read on one connection: a row moved
+        between ranges by a concurrent write must not be read twice or missed.
+        """
+        uri = f"file:{db.resolve()}?mode=ro"
+        first = len(opened)  # what this method opens, to close again if it falls back
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as monitor:
+            before = monitor.execute("PRAGMA data_version").fetchone()[0]
+            readers = []
+            for predicate in ranges:
+                conn = self._connect(db, request.entity)
+                opened.append(conn)
+                sql, params = self.build_select(request, [predicate])
+                readers.append(
+                    self.open_range(conn, sql, params, columns, request.batch_size, opened)
+                )
+            after = monitor.execute("PRAGMA data_version").fetchone()[0]
+        if before == after:
+            return readers
+        for resource in reversed(opened[first:]):
+            with contextlib.suppress(Exception):
+                resource.close()
+        del opened[first:]
+        return []
+
+    def open_range(
+        self,
+        conn: Any,
+        sql: str,
+        params: list[Any],
+        columns: list[tuple[str, pa.DataType | None]],
+        batch_rows: int,
+        opened: list[Any],
+    ) -> Any:
+        """Execute one range's statement (a seam the tests use to commit a write midway)."""
+        return _execute(conn, sql, params, columns, batch_rows, opened)
 
     def estimate_rows(self, request: ReadRequest) -> int | None:
         if not request.table or not Path(self.path).is_file():
@@ -114,7 +233,9 @@ class SqliteHome(HomeBlock):
         what = f"table {request.table}" if request.table else "query"
         return f"sqlite {self.path} {what}"
 
-    def build_select(self, request: ReadRequest) -> tuple[str, list[Any]]:
+    def build_select(
+        self, request: ReadRequest, extra: Sequence[str] = ()
+    ) -> tuple[str, list[Any]]:
         """The SELECT for a request, with the incremental bound as a bound parameter.
 
         Built by the shared SQL builders (`blocks.homes._sql`); SQLite casts no bound: the
@@ -126,6 +247,7 @@ class SqliteHome(HomeBlock):
         if request.since is not None:
             kind = _sql.value_kind(request.since.value)
             predicates.append(_sql.since_predicate(SQLITE, request.since, kind, None, binder))
+        predicates += extra
         return _sql.final_select(SQLITE, request, select_list, predicates), binder.values
 
     def _declared_columns(
@@ -143,6 +265,32 @@ class SqliteHome(HomeBlock):
 
 
 _SENTINEL = "__hygge_sentinel__"
+#: names that, taken by a column, mean that column instead of the row id
+_ROWID_NAMES = {"rowid", "oid", "_rowid_"}
+#: the fewest rows per range of a split read: below, threads cost more than they bring
+PARALLEL_MIN_ROWS = 250_000
+
+
+def _execute(
+    conn: Any,
+    sql: str,
+    params: list[Any],
+    columns: list[tuple[str, pa.DataType | None]] | None,
+    batch_rows: int,
+    opened: list[Any],
+) -> Any:
+    """Run `sql` (behind the typed sentinel row for table reads) and return its batch reader.
+
+    The cursor joins `opened`: the reader reads only while its cursor lives, and the caller
+    closes both.
+    """
+    if columns is not None:
+        sql = _with_sentinel(sql, columns)
+    cur = conn.cursor()
+    opened.append(cur)
+    cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+    cur.execute(sql, parameters=params or None)
+    return cur.fetch_record_batch()
 
 
 def _with_sentinel(sql: str, columns: list[tuple[str, pa.DataType | None]]) -> str:
