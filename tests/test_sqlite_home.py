@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -200,3 +201,20 @@ def test_sqlite_reads_on_one_connection_when_ranges_cannot_be_trusted(
     ranges = _Ranges(monkeypatch, db)
     assert len(_ids(SqliteHome(path=str(db)), ReadRequest(entity="e", table="t"))) == 2_000
     assert ranges.opened == 0
+
+
+def test_sqlite_split_read_stops_cleanly_when_the_consumer_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a Store failing mid-move closes the read: the range threads stop and every connection
+    # closes, so nothing keeps holding the database
+    db = _orders_db(tmp_path / "big.sqlite", 3_000)
+    ranges = _Ranges(monkeypatch, db)
+    batches = SqliteHome(path=str(db)).read(ReadRequest(entity="e", table="t", batch_size=64))
+    assert next(batches).num_rows > 0 and ranges.opened == 2
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("hygge-partition")]
+    con = sqlite3.connect(db, timeout=0)  # a writer gets in at once: no reader holds a lock
+    con.execute("DELETE FROM t")
+    con.commit()
+    con.close()

@@ -8,7 +8,7 @@ import decimal
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class SqliteHome(HomeBlock):
             msg = f"SQLite database {self.path!r} does not exist (looked from {Path.cwd()})"
             raise HomeError(msg, entity=request.entity)
         opened: list[Any] = []
+        merged: Iterator[pa.RecordBatch] | None = None
         try:
             conn = self._connect(db, request.entity)
             opened.append(conn)
@@ -115,6 +116,8 @@ class SqliteHome(HomeBlock):
             msg = f"SQLite read failed: {first_line(exc)}"
             raise HomeError(msg, entity=request.entity) from exc
         finally:
+            if isinstance(merged, Generator):
+                merged.close()  # stops the range threads before their connections close
             for c in reversed(opened):
                 with contextlib.suppress(Exception):
                     c.close()
@@ -184,19 +187,22 @@ class SqliteHome(HomeBlock):
         """
         uri = f"file:{db.resolve()}?mode=ro"
         first = len(opened)  # what this method opens, to close again if it falls back
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as monitor:
-            before = monitor.execute("PRAGMA data_version").fetchone()[0]
-            readers = []
-            for predicate in ranges:
-                conn = self._connect(db, request.entity)
-                opened.append(conn)
-                sql, params = self.build_select(request, [predicate])
-                readers.append(
-                    self.open_range(conn, sql, params, columns, request.batch_size, opened)
-                )
-            after = monitor.execute("PRAGMA data_version").fetchone()[0]
-        if before == after:
-            return readers
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as monitor:
+                before = monitor.execute("PRAGMA data_version").fetchone()[0]
+                readers = []
+                for predicate in ranges:
+                    conn = self._connect(db, request.entity)
+                    opened.append(conn)
+                    sql, params = self.build_select(request, [predicate])
+                    readers.append(
+                        self.open_range(conn, sql, params, columns, request.batch_size, opened)
+                    )
+                after = monitor.execute("PRAGMA data_version").fetchone()[0]
+            if before == after:
+                return readers
+        except sqlite3.Error:
+            pass  # the check itself failed (busy, say): no split, the one-connection read decides
         for resource in reversed(opened[first:]):
             with contextlib.suppress(Exception):
                 resource.close()
