@@ -218,3 +218,23 @@ def test_sqlite_split_read_stops_cleanly_when_the_consumer_stops(
     con.execute("DELETE FROM t")
     con.commit()
     con.close()
+
+
+def test_sqlite_each_range_seeks_by_rowid(tmp_path: Path) -> None:
+    # a range that scanned the whole table (an `OR rowid IS NULL` arm does that) would read
+    # the table once per range: slower than one connection
+    db = _orders_db(tmp_path / "plan.sqlite", 100)
+    since = Since("ts", dt.datetime(2024, 5, 1, 12, 30))
+    request = ReadRequest(entity="e", table="t", where="id > 3", since=since)
+    selects = SqliteHome(path=str(db)).build_selects(request, [30, 60])
+    con = sqlite3.connect(db)
+    plans = [con.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall() for sql, params in selects]
+    rows = [len(con.execute(sql, params).fetchall()) for sql, params in selects]
+    whole = con.execute(*SqliteHome(path=str(db)).build_select(request)).fetchall()
+    con.close()
+    assert [p[0][3] for p in plans] == [
+        "SEARCH t USING INTEGER PRIMARY KEY (rowid<?)",
+        "SEARCH t USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        "SEARCH t USING INTEGER PRIMARY KEY (rowid>?)",
+    ]
+    assert sum(rows) == len(whole) > 0

@@ -185,6 +185,12 @@ class Binder:
         self._placeholder = placeholder
         self._to_param = to_param or param_text
 
+    def copy(self) -> Binder:
+        """A binder holding the same values, whose binds leave this one's alone (a range each)."""
+        new = Binder(self._placeholder, self._to_param)
+        new.values = list(self.values)
+        return new
+
     def bind(self, value: Any, sql_type: str | None) -> str:
         self.values.append(self._to_param(value))
         mark = self._placeholder(len(self.values))
@@ -336,11 +342,14 @@ def range_predicates(
     bounds: list[Any],
     sql_type: str | None,
     binder_for: Callable[[], Binder],
+    nullable: bool = True,
 ) -> list[tuple[str, Binder]]:
     """One predicate per partition covering every row exactly once (NULLs in the first).
 
     `bounds` are the n-1 inner split points; the first range is open below and the last open
     above, so rows written after the split points were chosen still land in one partition.
+    A column that cannot be NULL (SQLite's rowid) gets no `IS NULL` arm, which would turn the
+    first range's index seek into a scan of the whole table.
     """
     col = dialect.quote(column)
     out: list[tuple[str, Binder]] = []
@@ -352,7 +361,7 @@ def range_predicates(
         if i < len(bounds):
             parts.append(f"{col} < {binder.bind(bounds[i], sql_type)}")
         pred = " AND ".join(parts) if parts else "1 = 1"
-        pred = f"({pred} OR {col} IS NULL)" if i == 0 else f"({pred})"
+        pred = f"({pred} OR {col} IS NULL)" if i == 0 and nullable else f"({pred})"
         out.append((pred, binder))
     return out
 

@@ -258,7 +258,7 @@ class MssqlHome(HomeBlock):
         points = _sql.split_points(rows[0]["lo"], rows[0]["hi"], granted) if rows else []
         if not points:
             return single
-        copy = lambda: _copy(binder)  # noqa: E731
+        copy = binder.copy
         ranges = _sql.range_predicates(
             self.dialect, col, points, self.dialect.cast_type(part_kind, arrow), copy
         )
@@ -335,12 +335,6 @@ class MssqlHome(HomeBlock):
 
 def _freetds_encrypt(encrypt: str) -> str:
     return {"yes": "require", "no": "request", "strict": "strict"}[encrypt]
-
-
-def _copy(binder: Binder) -> Binder:
-    new = Binder(qmark)
-    new.values = list(binder.values)
-    return new
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBatch:

@@ -215,7 +215,7 @@ class PostgresHome(HomeBlock):
             ]
         out = []
         ranges = _sql.range_predicates(
-            POSTGRES, col, points, POSTGRES.cast_type(kind, arrow), lambda: _copy(binder)
+            POSTGRES, col, points, POSTGRES.cast_type(kind, arrow), binder.copy
         )
         for pred, part_binder in ranges:
             sql = _sql.final_select(POSTGRES, request, select_list, [*predicates, pred])
@@ -361,12 +361,6 @@ def _guc_binder() -> Binder:
     return Binder(
         lambda i: f"current_setting('hygge.p{i}')", lambda v: _sql.param_text(v, fraction_digits=6)
     )
-
-
-def _copy(binder: Binder) -> Binder:
-    new = _guc_binder()
-    new.values = list(binder.values)
-    return new
 
 
 def _set_params(cur: Any, binder: Binder) -> None:

@@ -8,7 +8,7 @@ import decimal
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +134,8 @@ class SqliteHome(HomeBlock):
 
     def _ranges(
         self, conn: Any, request: ReadRequest, columns: list[tuple[str, pa.DataType | None]]
-    ) -> list[str]:
-        """Rowid-range predicates that split a large table read, or [] to read on one connection.
+    ) -> list[tuple[str, list[Any]]]:
+        """One SELECT per rowid range of a large table read, or [] to read on one connection.
 
         Only for tables with a rowid (and no column that takes its name) whose every column
         has a declared type: each range's driver infers types from its own first rows, which
@@ -156,24 +156,13 @@ class SqliteHome(HomeBlock):
         if low is None or high - low + 1 < 2 * PARALLEL_MIN_ROWS:
             return []
         parts = min(threads, (high - low + 1) // PARALLEL_MIN_ROWS)
-        points = _sql.split_points(int(low), int(high), parts)
-        # open at both ends: rows written after the split points were chosen still land in one
-        bounds: list[tuple[int | None, int | None]] = list(
-            zip([None, *points], [*points, None], strict=True)
-        )
-        return [
-            " AND ".join(
-                ([f"rowid >= {lo}"] if lo is not None else [])
-                + ([f"rowid < {hi}"] if hi is not None else [])
-            )
-            for lo, hi in bounds
-        ]
+        return self.build_selects(request, _sql.split_points(int(low), int(high), parts))
 
     def _open_ranges(
         self,
         db: Path,
         request: ReadRequest,
-        ranges: list[str],
+        ranges: list[tuple[str, list[Any]]],
         columns: list[tuple[str, pa.DataType | None]],
         opened: list[Any],
     ) -> list[Any]:
@@ -191,10 +180,9 @@ class SqliteHome(HomeBlock):
             with contextlib.closing(sqlite3.connect(uri, uri=True)) as monitor:
                 before = monitor.execute("PRAGMA data_version").fetchone()[0]
                 readers = []
-                for predicate in ranges:
+                for sql, params in ranges:
                     conn = self._connect(db, request.entity)
                     opened.append(conn)
-                    sql, params = self.build_select(request, [predicate])
                     readers.append(
                         self.open_range(conn, sql, params, columns, request.batch_size, opened)
                     )
@@ -239,22 +227,32 @@ class SqliteHome(HomeBlock):
         what = f"table {request.table}" if request.table else "query"
         return f"sqlite {self.path} {what}"
 
-    def build_select(
-        self, request: ReadRequest, extra: Sequence[str] = ()
-    ) -> tuple[str, list[Any]]:
+    def build_select(self, request: ReadRequest) -> tuple[str, list[Any]]:
         """The SELECT for a request, with the incremental bound as a bound parameter.
 
         Built by the shared SQL builders (`blocks.homes._sql`); SQLite casts no bound: the
         value is bound as SQLite compares it (`_sql_param`), since timestamps are text here.
         """
+        select_list, predicates, binder = self._select_parts(request)
+        return _sql.final_select(SQLITE, request, select_list, predicates), binder.values
+
+    def build_selects(self, request: ReadRequest, points: list[int]) -> list[tuple[str, list[Any]]]:
+        """The request's SELECT once per rowid range between `points` (open at both ends)."""
+        select_list, predicates, binder = self._select_parts(request)
+        ranges = _sql.range_predicates(SQLITE, "rowid", points, None, binder.copy, nullable=False)
+        return [
+            (_sql.final_select(SQLITE, request, select_list, [*predicates, pred]), b.values)
+            for pred, b in ranges
+        ]
+
+    def _select_parts(self, request: ReadRequest) -> tuple[list[str], list[str], Binder]:
         select_list = [SQLITE.quote(c) for c in request.columns] if request.columns else ["*"]
         binder = Binder(qmark, to_param=_sql_param)
         predicates = []
         if request.since is not None:
             kind = _sql.value_kind(request.since.value)
             predicates.append(_sql.since_predicate(SQLITE, request.since, kind, None, binder))
-        predicates += extra
-        return _sql.final_select(SQLITE, request, select_list, predicates), binder.values
+        return select_list, predicates, binder
 
     def _declared_columns(
         self, conn: Any, request: ReadRequest
