@@ -43,7 +43,7 @@ from blocks.stores._schema import SMALL, appendable, comparable, conform
 from hygge_tasks import faults
 from hygge_tasks.errors import StoreError, TransientStoreError, first_line, is_transient
 from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_atomic
-from hygge_tasks.views import unview, unviewed
+from hygge_tasks.views import VIEWS, unview, unviewed
 
 _KEEP_COMMITTED = 10
 
@@ -475,12 +475,8 @@ _POLARS_CODECS: dict[str, Literal["lz4", "uncompressed", "snappy", "gzip", "brot
     "uncompressed": "uncompressed",
 }
 _LEVELLED = {"zstd", "gzip", "brotli"}
-_POLARS_OUT = {
-    pa.string(): pa.large_string(),
-    pa.string_view(): pa.large_string(),
-    pa.binary(): pa.large_binary(),
-    pa.binary_view(): pa.large_binary(),
-}
+#: what Polars writes each text and binary flavour as: the large types (views included)
+_POLARS_OUT = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary(), **VIEWS}
 
 
 def _polars_type(t: pa.DataType) -> bool:
