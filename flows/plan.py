@@ -157,3 +157,13 @@ def _plan(
     if not store.has_data(entity.name):
         return plan("replace", "destination is empty: reloading from the start")
     return plan("append", "incremental", previous)
+
+
+def resolve_blocks(spec: FlowSpec) -> tuple[HomeBlock, StoreBlock]:
+    """The spec's Home and Store, saved or inline, checked to be of the right kind."""
+    from blocks import HOMES, STORES
+
+    home = resolve_block(spec.home, HOMES, "home")
+    store = resolve_block(spec.store, STORES, "store")
+    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    return home, store

@@ -247,3 +247,8 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
             where.append("field " + ".".join(str(p) for p in loc))
         lines.append(f"  - {', '.join(where) or 'spec'}: {err['msg']}")
     return "\n".join(dict.fromkeys(lines))
+
+
+def load_any(spec: str | Path | dict[str, Any]) -> FlowSpec:
+    """A spec given as a YAML file's path or as a mapping (a flow parameter)."""
+    return parse_spec(spec, "spec parameter") if isinstance(spec, dict) else load_spec(spec)
