@@ -38,8 +38,14 @@ class Target:
     saved_blocks: bool  # the spec names saved blocks: resolving it needs the Prefect API
 
 
-def _targets(args: argparse.Namespace, example: bool) -> list[Target]:
-    """The specs named by --spec, else the project found from here, else the example."""
+def _targets(
+    args: argparse.Namespace, example: bool, prestart: Callable[[], None] | None = None
+) -> list[Target]:
+    """The specs named by --spec, else the project found from here, else the example.
+
+    `prestart` is called before the example's database is built, so that a Prefect server
+    that has to start can create its own database meanwhile.
+    """
     from flows.spec import load_spec
 
     if args.spec:
@@ -74,6 +80,8 @@ def _targets(args: argparse.Namespace, example: bool) -> list[Target]:
     )
     from flows.example import ensure_example_data
 
+    if prestart is not None:
+        prestart()
     ensure_example_data()
     return [Target("example", str(EXAMPLE_SPEC), args.entities, False)]
 
@@ -108,8 +116,16 @@ def _api() -> None:
 # -- commands ---------------------------------------------------------------------------------
 
 
+def _prestart() -> None:
+    """Launch the local server (if one will be needed) without waiting for it."""
+    from flows import local_server
+
+    if local_server.enabled() and local_server.configured_api_url() is None:
+        local_server.start(wait=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    targets = _targets(args, example=True)
+    targets = _targets(args, example=True, prestart=_prestart)
     _preflight(targets, saved=False)
     if args.dry_run:
         from flows.preview import dry_run
