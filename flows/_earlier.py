@@ -217,6 +217,7 @@ def block(
     if isinstance(value, str):
         if ref := _REF.match(value):
             return value, _ref_class(value, ref.group(1), root, file, role), {}
+        _not_a_misspelt_ref(value, root, file, role)
         path = _absolute(root, value)
         inferred = _home_type(Path(path), file, role) if role == "home" else _store_path(path, file)
         return {"type": inferred, "path": path}, kinds[inferred], {}
@@ -262,6 +263,18 @@ def _ref_class(value: str, slug: str, root: Path, file: Path, role: str) -> type
         )
         raise ConfigError(msg)
     return SLUGS[slug]
+
+
+def _not_a_misspelt_ref(value: str, root: Path, file: Path, role: str) -> None:
+    """Refuse `sqlite-hom/shop`: a path only by a typo, if nothing of that name exists."""
+    first, slash, rest = value.partition("/")
+    close = difflib.get_close_matches(first, list(SLUGS), n=1, cutoff=0.8)
+    if slash and rest and "/" not in rest and close and not (root / first).exists():
+        msg = (
+            f"{file}: `{role}` {value!r} names an unknown block type {first!r}; did you mean "
+            f"{close[0]!r}? (write './{value}' if it is a path)"
+        )
+        raise ConfigError(msg)
 
 
 def _absolute(root: Path, path: str) -> str:

@@ -23,45 +23,34 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect.blocks.core import Block
 
-from blocks import HOMES, STORES, HomeBlock, StoreBlock
+from blocks import HOMES, STORES
 from flows import _earlier
-from flows._earlier import FILE_SUFFIXES, check_keys, mapping
+from flows._earlier import check_keys, mapping
+from flows._entities import ENTITY_FIELDS, JOURNAL, FlowEntities, put, run_type
 from flows.plan import resolve_block, with_overrides
-from flows.spec import EntitySpec, FlowSpec, expand_env, parse_spec, read_yaml
+from flows.spec import FlowSpec, expand_env, parse_spec, read_yaml
 from hygge_tasks.errors import ConfigError
 
 PROJECT_FILE = "hygge.yml"
 FLOW_FILE = "flow.yml"
-_ENTITY_FIELDS = {f.alias or n for n, f in EntitySpec.model_fields.items()}
 _FLOW_KEYS = (set(FlowSpec.model_fields) - {"name"}) | {"name", "watermark", "full_drop"}
-_SOURCE = ("path", "table", "query")
 _OURS = ("name", "defaults", "home", "store")
 _PROJECT_REFUSED = {
     "connections": "save each connection as a block (`mssql-home/<name>`, "
     "`postgres-home/<name>`) and write `home: <type>-home/<name>` in the flow.yml",
-    "journal": "the run journal is always written beside the data (`--history` reads it); "
-    "remove it",
+    "journal": JOURNAL,
 }
 _FLOW_REFUSED = {
-    "journal": _PROJECT_REFUSED["journal"],
+    "journal": JOURNAL,
     "options": "write each setting as a key of the flow.yml (e.g. `concurrency`)",
     "queue_size": "read-ahead is bounded by the Homes themselves; remove it",
     "timeout": "remove it (SQL Homes have their own `query_timeout`)",
 } | {
     k: "an entity setting: write it under `defaults:` (every entity) or in an entity"
-    for k in _ENTITY_FIELDS - _FLOW_KEYS
-}
-_ENTITY_REFUSED = {
-    "journal": _PROJECT_REFUSED["journal"],
-    "options": "write each setting as a key of the entity (e.g. `batch_size`)",
-    "if_exists": "write `run_type: full_drop` to replace a table on every run",
-    "parallel_workers": "write `concurrency:` in the flow.yml (entities moving at once)",
-    "timeout": _FLOW_REFUSED["timeout"],
-    "folder_deletion_wait_seconds": "the Store decides how long a replace waits; remove it",
+    for k in ENTITY_FIELDS - _FLOW_KEYS
 }
 
 
@@ -136,7 +125,7 @@ def load_project(path: Path) -> Project:
     if file.is_dir():
         file = file / PROJECT_FILE
     root = file.parent
-    raw = mapping(expand_env(read_yaml(file, "project file"), str(file)), file, "")
+    raw = mapping(expand_env(read_yaml(file, "project file") or {}, str(file)), file, "")
     check_keys(raw, file, "", {"name", "flows_dir", "options"}, _PROJECT_REFUSED)
     name = raw.get("name", root.name)
     flows_dir = raw.get("flows_dir", "flows")
@@ -198,7 +187,7 @@ def _distinct(flows: dict[str, FlowSpec], file: Path) -> None:
 
 def _load_flow(project: str, root: Path, flow_dir: Path, concurrency: int) -> FlowSpec:
     file = flow_dir / FLOW_FILE
-    raw = mapping(expand_env(read_yaml(file, "flow file"), str(file)), file, "")
+    raw = mapping(expand_env(read_yaml(file, "flow file") or {}, str(file)), file, "")
     check_keys(raw, file, "", _FLOW_KEYS, _FLOW_REFUSED)
     if raw.get("name", flow_dir.name) != flow_dir.name:
         msg = (
@@ -212,22 +201,22 @@ def _load_flow(project: str, root: Path, flow_dir: Path, concurrency: int) -> Fl
             raise ConfigError(msg)
     home, home_cls, home_extra = _earlier.block(raw["home"], root, file, "home")
     store, store_cls, store_extra = _earlier.block(raw["store"], root, file, "store")
-    reader = _Entities(file, root, home, home_cls, store_cls)
+    reader = FlowEntities(file, root, home, home_cls, store_cls)
 
     # today's keys pass through; `name` is the project's, `defaults` is translated below
     out = {k: v for k, v in raw.items() if k in FlowSpec.model_fields and k not in _OURS}
     if "full_drop" in raw:
-        _put(out, "run_type", _run_type(raw["full_drop"], file, "full_drop"), file, "full_drop")
+        put(out, "run_type", run_type(raw["full_drop"], file, "full_drop"), file, "full_drop")
     defaults, defaults_earlier = reader.entity(
         mapping(raw.get("defaults") or {}, file, "defaults"), file, "defaults."
     )
     for key, value in [*home_extra.items(), *store_extra.items()]:
         source = f"{'home' if key == 'batch_size' else 'store'}.{key}"
         value = _earlier.polish(value, file, source) if key == "polish" else value
-        _put(defaults, key, value, file, source)
+        put(defaults, key, value, file, source)
     if "watermark" in raw:
         wm, defaults_earlier = _earlier.watermark(raw["watermark"], file, "watermark")
-        _put(defaults, "watermark", wm, file, "watermark")
+        put(defaults, "watermark", wm, file, "watermark")
 
     entities = reader.all(flow_dir, raw.get("entities"))
     if not entities:
@@ -256,20 +245,6 @@ def _load_flow(project: str, root: Path, flow_dir: Path, concurrency: int) -> Fl
     return spec
 
 
-def _put(out: dict[str, Any], key: str, value: Any, file: Path, source: str) -> None:
-    if key in out:
-        msg = f"{file}: `{source}` and `{key}` both set `{key}`; keep one"
-        raise ConfigError(msg)
-    out[key] = value
-
-
-def _run_type(value: Any, file: Path, key: str) -> str:
-    if not isinstance(value, bool):
-        msg = f"{file}: `{key}` must be true or false, not {value!r}"
-        raise ConfigError(msg)
-    return "full_drop" if value else "incremental"
-
-
 def _check_overrides(spec: FlowSpec, file: Path) -> None:
     """Build inline blocks, with each entity's settings applied, so bad values fail now."""
     blocks: list[tuple[Block, str]] = []
@@ -287,143 +262,3 @@ def _check_overrides(spec: FlowSpec, file: Path) -> None:
             except ConfigError as exc:
                 msg = f"{file}: entity {entity.name!r}: {role} settings: {exc}"
                 raise ConfigError(msg) from exc
-
-
-class _Entities:
-    """Reads one flow's entities (flow.yml list, entities/ files) in today's spelling."""
-
-    def __init__(
-        self,
-        file: Path,
-        root: Path,
-        home: str | dict[str, Any],
-        home_cls: type[Block],
-        store_cls: type[Block],
-    ) -> None:
-        self.file, self.root, self.home = file, root, home
-        self.kind = getattr(home_cls, "spec_type", "")
-        self.home_fields = set(home_cls.model_fields) - _ENTITY_FIELDS
-        self.store_fields = set(store_cls.model_fields) - _ENTITY_FIELDS
-        assert issubclass(home_cls, HomeBlock) and issubclass(store_cls, StoreBlock)
-
-    def all(self, flow_dir: Path, listed: Any) -> list[tuple[dict[str, Any], bool]]:
-        folder = flow_dir / "entities"
-        files = sorted(folder.glob("*.yml")) if folder.is_dir() else []
-        for odd in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            msg = f"{odd}: entity files end in .yml; rename it to {odd.stem}.yml"
-            raise ConfigError(msg)
-        if listed is not None and files:
-            msg = (
-                f"{self.file}: `entities` is listed here and {str(folder)!r} holds entity "
-                "files; keep one of the two"
-            )
-            raise ConfigError(msg)
-        if listed is not None and not isinstance(listed, list):
-            msg = f"{self.file}: `entities` must be a list of names or mappings"
-            raise ConfigError(msg)
-        out = []
-        for i, item in enumerate(listed or []):
-            if isinstance(item, str):
-                out.append(({"name": item}, False))
-                continue
-            data = mapping(item, self.file, f"entities[{i}]")
-            label = data.get("name", i)
-            out.append(self.entity(data, self.file, f"entities[{label}]."))
-        for f in files:
-            data = mapping(expand_env(read_yaml(f, "entity file"), str(f)), f, "")
-            out.append(self.entity({"name": f.stem, **data}, f, ""))
-        return out
-
-    def entity(self, data: dict[str, Any], file: Path, prefix: str) -> tuple[dict[str, Any], bool]:
-        """An entity (or `defaults`) in today's keys, and whether its watermark is earlier-style."""
-        valid = {*_ENTITY_FIELDS, *self.home_fields, *self.store_fields, "home", "store"}
-        valid.add("full_drop")
-        refuse = dict(_ENTITY_REFUSED)
-        if prefix == "defaults.":
-            valid.discard("name")
-            refuse["name"] = "defaults apply to every entity; give each entity its own `name`"
-        check_keys(data, file, prefix, valid, refuse)
-        out: dict[str, Any] = {}
-        earlier = False
-        for key, value in data.items():
-            where = prefix + key
-            if key == "watermark":
-                wm, earlier = _earlier.watermark(value, file, where)
-                _put(out, key, wm, file, where)
-            elif key == "polish":
-                _put(out, key, _earlier.polish(value, file, where), file, where)
-            elif key == "full_drop":
-                _put(out, "run_type", _run_type(value, file, where), file, where)
-            elif key in ("home", "store"):
-                self._nested(key, mapping(value, file, where), out, file, where)
-            else:
-                _put(out, key, value, file, where)
-        return out, earlier
-
-    def _nested(
-        self, role: str, data: dict[str, Any], out: dict[str, Any], file: Path, where: str
-    ) -> None:
-        """The earlier entity-level `home: {path, table, ...}` and `store: {polish, ...}`."""
-        mine, other = (
-            (self.home_fields, self.store_fields)
-            if role == "home"
-            else (self.store_fields, self.home_fields)
-        )
-        own = {*_SOURCE} if role == "home" else {"polish"}
-        valid = own | (mine - other)
-        refuse = {
-            "table": "a Store writes each entity under the entity's name; rename the entity",
-        }
-        check_keys(data, file, where + ".", valid, refuse if role == "store" else None)
-        for key, value in data.items():
-            if key == "polish":
-                value = _earlier.polish(value, file, f"{where}.polish")
-            _put(out, key, value, file, f"{where}.{key}")
-
-    def by_name(self, entity: dict[str, Any], defaults: dict[str, Any]) -> None:
-        """Give an entity with no `path`, `table` or `query` the one its name implies."""
-        name = entity.get("name")
-        base = self.home.get("path") if isinstance(self.home, dict) else None
-        if isinstance(self.home, dict) and base is None and self.kind in FILE_SUFFIXES:
-            # an inline file Home without a path reads entity paths from the working
-            # directory: anchor them at the project root instead
-            for holder in (entity, defaults):
-                if isinstance(holder.get("path"), str):
-                    holder["path"] = str(self.root / holder["path"])
-        if not isinstance(name, str) or any(k in entity or k in defaults for k in _SOURCE):
-            return
-        if self.kind not in FILE_SUFFIXES:
-            entity["table"] = name
-            return
-        if base is None:
-            # a saved Home joins the name with its own path
-            entity["path"] = name if isinstance(self.home, str) else str(self.root / name)
-            return
-        folder = Path(base)
-        if folder.is_file() or folder.suffix.lower() in FILE_SUFFIXES[self.kind]:
-            msg = (
-                f"{self.file}: entity {name!r} has no `path`, and the Home's path {base!r} is a "
-                "file; give the entity a `path` (or make the Home's path a folder)"
-            )
-            raise ConfigError(msg)
-        found = [name + s for s in FILE_SUFFIXES[self.kind] if (folder / (name + s)).is_file()]
-        if (folder / name).is_dir():
-            found.append(name)
-        if len(found) > 1:
-            msg = (
-                f"{self.file}: entity {name!r} could read any of {', '.join(found)} under "
-                f"{base!r}; give it a `path`"
-            )
-            raise ConfigError(msg)
-        entity["path"] = found[0] if found else name
-
-    def implicit(self, flow: str) -> tuple[dict[str, Any], bool]:
-        """The one entity of a flow that lists none: its file Home's whole path."""
-        base = self.home.get("path") if isinstance(self.home, dict) else None
-        if self.kind not in FILE_SUFFIXES or base is None:
-            msg = (
-                f"{self.file}: no entities; list them under `entities:` or as files in "
-                f"{str(self.file.parent / 'entities')!r}"
-            )
-            raise ConfigError(msg)
-        return {"name": flow, "path": base}, False

@@ -464,3 +464,107 @@ def test_select_refuses_unknown_names(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         two_flows.select(flows, entities)
+
+
+# -- bare paths and names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("home", "files", "kind", "entity"),
+    [
+        pytest.param("in/x.parquet", {}, "parquet", ("f", "in/x.parquet"), id="parquet-file"),
+        pytest.param("in/x.csv", {}, "csv", ("f", "in/x.csv"), id="csv-file"),
+        pytest.param("in/x.db", {}, "sqlite", ("events", "events"), id="db"),
+        pytest.param("in/x.sqlite3", {}, "sqlite", ("events", "events"), id="sqlite3"),
+        pytest.param(
+            "in", {"in/events/a.csv": "id\n1\n"}, "csv", ("events", "events"), id="csv-dir"
+        ),
+        pytest.param(
+            "in", {"in/events.csv": "id\n"}, "csv", ("events", "events.csv"), id="csv-e-file"
+        ),
+        pytest.param("in", {}, "parquet", ("events", "events"), id="missing-dir"),
+    ],
+)
+def test_bare_home_path_gives_type_and_entity_paths(
+    tmp_path: Path, home: str, files: dict[str, str], kind: str, entity: tuple[str, str]
+) -> None:
+    # a file Home's flow lists no entities (its one entity reads the file); the others name one
+    listed = "" if Path(home).suffix in (".parquet", ".csv") else "entities: [events]\n"
+    flow = f"home: {home}\nstore: lake\n{listed}"
+    hygge_yml = write(tmp_path, {"hygge.yml": "name: p\n", "flows/f/flow.yml": flow, **files})
+    spec = load_project(hygge_yml).flows["f"]
+    assert spec.home == {"type": kind, "path": str(tmp_path / home)}
+    name, source = entity
+    got = spec.entities[0]
+    assert (got.name, got.table if kind == "sqlite" else got.path) == (
+        name,
+        str(tmp_path / source) if name == "f" else source,
+    )
+
+
+def test_entities_by_name_need_a_folder_home(tmp_path: Path) -> None:
+    hygge_yml = write(tmp_path, {**BASE, "flows/f/flow.yml": "home: in/x.csv\nstore: lake\n"})
+    with pytest.raises(ConfigError, match=r"entity 'events' has no `path`, and the Home's path"):
+        load_project(hygge_yml)
+
+
+def test_saved_block_references_stay_references(tmp_path: Path) -> None:
+    flow = "home: sqlite-home/shop\nstore: parquet-store/lake\n"
+    spec = load_project(write(tmp_path, {**BASE, "flows/f/flow.yml": flow})).flows["f"]
+    assert (spec.home, spec.store) == ("sqlite-home/shop", "parquet-store/lake")
+    assert spec.entities[0].table == "events"
+
+
+@pytest.mark.parametrize(
+    ("files", "match"),
+    [
+        pytest.param(
+            {"flows/f/flow.yml": "home: ${NO_SUCH_VAR_HYGGE}\nstore: lake\n"},
+            r"flows/f/flow\.yml, field home: environment variable 'NO_SUCH_VAR_HYGGE' is not set",
+            id="env",
+        ),
+        pytest.param(
+            {"flows/f/flow.yml": "home: sqlite-hom/shop\nstore: lake\n"},
+            r"`home` 'sqlite-hom/shop' names an unknown block type 'sqlite-hom'; did you mean "
+            r"'sqlite-home'\? \(write './sqlite-hom/shop' if it is a path\)",
+            id="slug",
+        ),
+        pytest.param(
+            {"flows/f/flow.yml": "home: parquet-store/lake\nstore: lake\n"},
+            r"`home` 'parquet-store/lake' is a parquet-store block, not a home",
+            id="role",
+        ),
+        pytest.param(
+            {"flows/F/flow.yml": "home: a.db\nstore: lake\n", "flows/F/entities/e.yml": ""},
+            r"hygge\.yml: flows 'F' and 'f' would share the name 'p_f'; rename one",
+            id="collision",
+        ),
+        pytest.param(
+            {"flows/f/entities/other.yaml": "name: x\n"},
+            r"other\.yaml: entity files end in \.yml; rename it to other\.yml",
+            id="yaml-suffix",
+        ),
+    ],
+)
+def test_project_mistakes_name_the_file(tmp_path: Path, files: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_project(write(tmp_path, {**BASE, **files}))
+
+
+def test_a_flow_without_entities_reads_its_csv_folder(tmp_path: Path, spec_name: str) -> None:
+    write(
+        tmp_path,
+        {
+            "hygge.yml": f"name: {spec_name}\n",
+            "flows/drops/flow.yml": "home: inbox\nstore: lake\n",
+            "inbox/2024/jan.csv": "id,city\n1,Aarhus\n2,Odense\n",
+            "inbox/2024/feb.csv": "id,city\n3,Vejle\n",
+        },
+    )
+    spec = load_project(tmp_path / "hygge.yml").flows["drops"]
+    assert spec.home == {"type": "csv", "path": str(tmp_path / "inbox")}
+    assert [(e.name, e.path) for e in spec.entities] == [("drops", str(tmp_path / "inbox"))]
+    state = run(spec)
+    assert state.is_completed(), state.message
+    lake = read_lake(tmp_path / "lake", "drops").sort("id")
+    assert lake["city"].to_list() == ["Aarhus", "Odense", "Vejle"]
