@@ -142,8 +142,10 @@ def load_project(path: Path) -> Project:
         {"continue_on_error": "remove it: each flow of a run reports its own result"},
     )
     concurrency = options.get("concurrency", FlowSpec.model_fields["concurrency"].default)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        msg = f"{file}: `options.concurrency` must be a whole number from 1, not {concurrency!r}"
+    whole = isinstance(concurrency, int) and not isinstance(concurrency, bool)
+    if not whole or not 0 < concurrency < 65:
+        msg = f"{file}: `options.concurrency` must be a whole number from 1 to 64, not "
+        msg += repr(concurrency)
         raise ConfigError(msg)
     folder = root / flows_dir
     if not folder.is_dir():

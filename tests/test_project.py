@@ -540,6 +540,11 @@ def test_saved_block_references_stay_references(tmp_path: Path) -> None:
             id="collision",
         ),
         pytest.param(
+            {"hygge.yml": "options: {concurrency: 65}\n"},
+            r"hygge\.yml: `options\.concurrency` must be a whole number from 1 to 64, not 65",
+            id="concurrency",
+        ),
+        pytest.param(
             {"flows/f/entities/other.yaml": "name: x\n"},
             r"other\.yaml: entity files end in \.yml; rename it to other\.yml",
             id="yaml-suffix",
