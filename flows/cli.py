@@ -167,7 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from flows.project import scaffold
+    from flows.scaffold import scaffold
 
     target = Path(args.dir)
     written = scaffold(target)

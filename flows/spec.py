@@ -205,24 +205,29 @@ def parse_spec(data: Any, source: str = "spec") -> FlowSpec:
 
 def load_spec(path: str | Path) -> FlowSpec:
     """Read and validate a YAML spec file."""
+    return parse_spec(read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path, what: str = "spec file") -> Any:
+    """The parsed YAML of a file; every reading problem is a `ConfigError` naming the file."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        msg = f"spec file {str(p)!r} is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        msg = f"{what} {str(p)!r} is not UTF-8 text: {exc.reason} at byte {exc.start}"
         raise ConfigError(msg) from exc
     except FileNotFoundError as exc:
-        msg = f"spec file {str(p)!r} does not exist (looked from {Path.cwd()})"
+        msg = f"{what} {str(p)!r} does not exist (looked from {Path.cwd()})"
         raise ConfigError(msg) from exc
     except OSError as exc:
-        msg = f"cannot read spec file {str(p)!r}: {exc.strerror}"
+        msg = f"cannot read {what} {str(p)!r}: {exc.strerror}"
         raise ConfigError(msg) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         msg = f"{p}: not valid YAML: {exc}"
         raise ConfigError(msg) from exc
-    return parse_spec(data, str(p))
+    return data
 
 
 def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
