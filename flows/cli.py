@@ -36,6 +36,10 @@ class Target:
     spec: str | dict[str, Any]
     entities: list[str] | None
     saved_blocks: bool  # the spec names saved blocks: resolving it needs the Prefect API
+    #: entities of this flow at once when it shares a project's concurrency with other flows
+    concurrency: int | None = None
+    #: how many of the project's flows run at once (so their shares add up to its concurrency)
+    flows_at_once: int = 1
 
 
 def _targets(
@@ -60,8 +64,17 @@ def _targets(
     if found is not None:
         project = load_project(found)
         picked = project.select(args.flows, args.entities)
+        # the flows run side by side and share the project's concurrency
+        share = max(1, project.concurrency // len(picked))
         return [
-            Target(name, spec.model_dump(mode="json", by_alias=True), ents, _names_saved(spec))
+            Target(
+                name,
+                spec.model_dump(mode="json", by_alias=True),
+                ents,
+                _names_saved(spec),
+                min(spec.concurrency, share),
+                min(len(picked), project.concurrency),
+            )
             for name, spec, ents in picked
         ]
     if args.flows:

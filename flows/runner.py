@@ -1,7 +1,8 @@
 """Runs the chosen specs as hygge flow runs from the command line, and reports them once.
 
 One spec is one flow run. A project's flows run side by side in threads, each its own flow
-run with its own ledger, at most the project's `concurrency` at once.
+run with its own ledger; together they move at most the project's `concurrency` entities at
+once (each flow gets its share, `Target.concurrency`, and at most that many flows run).
 """
 
 from __future__ import annotations
@@ -18,25 +19,24 @@ if TYPE_CHECKING:
     from flows.cli import Target
 
 
-def run_targets(
-    targets: list[Target],
-    run_type: RunType | None,
-    concurrency: int | None,
-    flows_at_once: int = 4,
-) -> int:
-    """Run every target; print each one's summary table once; 0 if all committed, else 1."""
+def run_targets(targets: list[Target], run_type: RunType | None, concurrency: int | None) -> int:
+    """Run every target; print each one's summary table once; 0 if all committed, else 1.
+
+    `concurrency` (the command line's) overrides each flow's own.
+    """
     flow_module.ECHO_SUMMARY = False  # the table is printed below, not logged as well
 
     def one(target: Target) -> tuple[str, str, bool]:
+        workers = concurrency or target.concurrency
         state = flow_module.hygge(
-            target.spec, target.entities, run_type, concurrency, return_state=True
+            target.spec, target.entities, run_type, workers, return_state=True
         )
         return target.label, *_report(state)
 
     if len(targets) == 1:
         results = [one(targets[0])]
     else:
-        with ThreadPoolExecutor(max_workers=max(1, min(flows_at_once, len(targets)))) as pool:
+        with ThreadPoolExecutor(max_workers=targets[0].flows_at_once) as pool:
             results = list(pool.map(one, targets))
     failed = 0
     for label, text, ok in results:
