@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from blocks import HomeBlock, StoreBlock, WatermarkLedger
 from blocks.base import ReadRequest, WriteMode
-from flows.spec import EntitySpec, FlowSpec, RunType
+from flows.keys import block_problems
+from flows.spec import EntitySpec, FlowSpec, RunType, setting_problem
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.move import EntityPlan
 
@@ -29,17 +30,12 @@ class EntityJob:
 def resolve_block(ref: str | dict[str, Any], kinds: Mapping[str, type[Block]], role: str) -> Block:
     """A saved block (`"sqlite-home/shop"`) or an inline one (`{type: sqlite, path: ...}`)."""
     if isinstance(ref, dict):
-        spec = dict(ref)
-        kind = spec.pop("type", None)
-        if kind not in kinds:
-            msg = f"{role}: unknown type {kind!r}; choose one of: {', '.join(sorted(kinds))}"
+        # parse_spec has already checked an inline block; a spec built another way is not
+        cls, problems = block_problems(ref, kinds, role)
+        if problems or cls is None:
+            msg = "; ".join(problems)
             raise ConfigError(msg)
-        try:
-            return kinds[kind](**spec)
-        except ValidationError as exc:
-            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            msg = f"{role} ({kind}): {fields}"
-            raise ConfigError(msg) from exc
+        return cls.model_validate({k: v for k, v in ref.items() if k != "type"})
     if "/" not in ref:
         msg = (
             f"{role}: {ref!r} is not a block reference; "
@@ -98,9 +94,9 @@ def build_jobs(
         e_store = with_overrides(store, entity, taken)
         unknown = sorted(set(entity.overrides) - taken)
         if unknown:
-            msg = (
-                f"unknown field(s) {', '.join(unknown)}: not an entity field, nor a setting of "
-                f"{type(home).__name__} or {type(store).__name__}"
+            # a saved block's settings are known only now (an inline one's at parse time)
+            msg = "; ".join(
+                f"field {k}: {setting_problem(k, type(home), type(store))}" for k in unknown
             )
             raise ConfigError(msg, entity=name)
         assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
