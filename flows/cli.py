@@ -20,9 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hygge_tasks.errors import ConfigError, HyggeError
+
+if TYPE_CHECKING:
+    from flows.spec import RunType
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
@@ -103,21 +106,24 @@ def _names_saved(spec: Any) -> bool:
     return isinstance(spec.home, str) or isinstance(spec.store, str)
 
 
-def _preflight(targets: list[Target], saved: bool) -> None:
-    """Resolve each spec's blocks and plans now, so a mistake stops everything with exit 2.
+def _preflight(targets: list[Target], api: bool, run_type: RunType | None = None) -> None:
+    """Resolve each spec's blocks and plan its entities now: a mistake stops all, exit 2.
 
-    `saved`: resolve the specs that name saved blocks too (the Prefect API is up).
+    Without the Prefect API (`api=False`) only the specs with inline blocks are planned,
+    against an empty ledger; with it, every spec against its ledger, so a saved block that
+    does not exist or a ledger that belongs to another source is found before anything runs.
     """
     from blocks import WatermarkLedger
     from flows.plan import build_jobs, resolve_blocks
     from flows.spec import load_any
 
     for target in targets:
-        if target.saved_blocks and not saved:
+        if target.saved_blocks and not api:
             continue
         plan = load_any(target.spec)
         home, store = resolve_blocks(plan)
-        build_jobs(plan, home, store, WatermarkLedger(), target.entities)
+        ledger = WatermarkLedger.load_or_new(plan.ledger_name) if api else WatermarkLedger()
+        build_jobs(plan, home, store, ledger, target.entities, run_type)
 
 
 def _api() -> None:
@@ -139,17 +145,17 @@ def _prestart() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     targets = _targets(args, example=True, prestart=_prestart)
-    _preflight(targets, saved=False)
+    _preflight(targets, api=False, run_type=args.run_type)
     if args.dry_run:
         from flows.preview import dry_run
 
         _api()
-        _preflight(targets, saved=True)
+        _preflight(targets, api=True, run_type=args.run_type)
         texts = [dry_run(t.spec, t.entities, args.run_type, args.concurrency) for t in targets]
         print("\n\n".join(texts))
         return 0
     _api()
-    _preflight(targets, saved=True)
+    _preflight(targets, api=True, run_type=args.run_type)
     from flows.runner import run_targets
 
     return run_targets(targets, args.run_type, args.concurrency)
