@@ -93,26 +93,33 @@ def build_jobs(
     jobs = []
     for name in names:
         entity = spec.entity(name)
-        taken: set[str] = set()
-        e_home = with_overrides(home, entity, taken)
-        e_store = with_overrides(store, entity, taken)
-        unknown = sorted(set(entity.overrides) - taken)
-        if unknown:
-            msg = (
-                f"unknown field(s) {', '.join(unknown)}: not an entity field, nor a setting of "
-                f"{type(home).__name__} or {type(store).__name__}"
-            )
-            raise ConfigError(msg, entity=name)
-        assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
+        e_home, e_store = entity_blocks(entity, home, store)
         e_plan = _plan(entity, e_store, ledger, run_type or entity.run_type or spec.run_type)
         jobs.append(EntityJob(replace(e_plan, loaded_at=loaded_at), e_home, e_store))
     return jobs
 
 
-def _plan(
-    entity: EntitySpec, store: StoreBlock, ledger: WatermarkLedger, run_type: RunType
-) -> EntityPlan:
-    request = ReadRequest(
+def entity_blocks(
+    entity: EntitySpec, home: HomeBlock, store: StoreBlock
+) -> tuple[HomeBlock, StoreBlock]:
+    """The Home and Store with the entity's settings for them applied; unknown ones refused."""
+    taken: set[str] = set()
+    e_home = with_overrides(home, entity, taken)
+    e_store = with_overrides(store, entity, taken)
+    unknown = sorted(set(entity.overrides) - taken)
+    if unknown:
+        msg = (
+            f"unknown field(s) {', '.join(unknown)}: not an entity field, nor a setting of "
+            f"{type(home).__name__} or {type(store).__name__}"
+        )
+        raise ConfigError(msg, entity=entity.name)
+    assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
+    return e_home, e_store
+
+
+def read_request(entity: EntitySpec) -> ReadRequest:
+    """What the entity asks its Home for, before any incremental bound."""
+    return ReadRequest(
         entity=entity.name,
         table=entity.table,
         query=entity.query,
@@ -121,6 +128,12 @@ def _plan(
         where=entity.where,
         batch_size=entity.batch_size,
     )
+
+
+def _plan(
+    entity: EntitySpec, store: StoreBlock, ledger: WatermarkLedger, run_type: RunType
+) -> EntityPlan:
+    request = read_request(entity)
     wm = entity.watermark
     entry = ledger.value.get(entity.name) or {}
     previous = entry.get("watermark")
