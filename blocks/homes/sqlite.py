@@ -121,6 +121,9 @@ class SqliteHome(HomeBlock):
                 with contextlib.suppress(Exception):
                     c.close()
 
+    def check(self, request: ReadRequest) -> None:
+        _sql.check_read(self, request)
+
     def _connect(self, db: Path, entity: str) -> Any:
         import adbc_driver_sqlite.dbapi as adbc
 
