@@ -98,6 +98,15 @@ class HomeBlock(Block, ABC):
     def describe(self, request: ReadRequest) -> str:
         """A short human description of the source, for dry runs and logs (no secrets)."""
 
+    @abstractmethod
+    def check(self, request: ReadRequest) -> None:
+        """Prove the entity can be read, reading none of its rows (`hygge check`).
+
+        Connects as a read does and confirms that the table, query or path exists and can be
+        read: a zero-row query, or the files' listing and schemas. Raises the `HomeError` a
+        read would raise, naming the cause and the fix.
+        """
+
     def estimate_rows(self, request: ReadRequest) -> int | None:
         """A cheap row count for progress reporting, or None when it would cost a scan."""
         return None
@@ -156,6 +165,15 @@ class StoreBlock(Block, ABC):
     @abstractmethod
     def describe(self, entity: str) -> str:
         """Where the entity lands, for dry runs and logs (no secrets)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Prove the Store can be written, moving no data (`hygge check`).
+
+        Writes, reads back and deletes a small probe where the Store keeps its manifests and
+        journal, and leaves nothing behind. Raises `StoreError` naming the cause and the fix
+        (unwritable folder, missing container, refused credentials).
+        """
 
     @abstractmethod
     def lock_id(self) -> str:

@@ -174,15 +174,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     targets = _targets(args, example=False)
     _api()
-    from flows.check import check_spec, render_check
+    from flows.check import all_passed, check_spec, render_check
     from flows.spec import load_any
 
-    failed = 0
+    passed = True
     for target in targets:
         lines = check_spec(load_any(target.spec), target.entities)
-        failed += sum(not line.ok for line in lines)
-        print(f"{target.label}:\n{render_check(lines)}")
-    return 1 if failed else 0
+        passed = all_passed(lines) and passed
+        print(f"{target.label}:\n{render_check(lines)}" if len(targets) > 1 else render_check(lines))
+    return 0 if passed else 1
 
 
 def cmd_init(args: argparse.Namespace) -> int:

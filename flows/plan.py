@@ -91,17 +91,7 @@ def build_jobs(
     jobs = []
     for name in names:
         entity = spec.entity(name)
-        taken: set[str] = set()
-        e_home = with_overrides(home, entity, taken)
-        e_store = with_overrides(store, entity, taken)
-        unknown = sorted(set(entity.overrides) - taken)
-        if unknown:
-            # a saved block's settings are known only now (an inline one's at parse time)
-            msg = "; ".join(
-                f"field {k}: {setting_problem(k, type(home), type(store))}" for k in unknown
-            )
-            raise ConfigError(msg, entity=name)
-        assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
+        e_home, e_store = entity_blocks(entity, home, store)
         e_plan = _plan(
             entity,
             e_home,
@@ -133,15 +123,27 @@ def identity(entity: EntitySpec, home: HomeBlock, store: StoreBlock) -> dict[str
     return {"home": home.location() + source, "store": store.describe(entity.name)}
 
 
-def _plan(
-    entity: EntitySpec,
-    home: HomeBlock,
-    store: StoreBlock,
-    ledger: WatermarkLedger,
-    run_type: RunType,
-    ledger_name: str,
-) -> EntityPlan:
-    request = ReadRequest(
+def entity_blocks(
+    entity: EntitySpec, home: HomeBlock, store: StoreBlock
+) -> tuple[HomeBlock, StoreBlock]:
+    """The Home and Store with the entity's settings for them applied; unknown ones refused."""
+    taken: set[str] = set()
+    e_home = with_overrides(home, entity, taken)
+    e_store = with_overrides(store, entity, taken)
+    unknown = sorted(set(entity.overrides) - taken)
+    if unknown:
+        # a saved block's settings are known only now (an inline one's at parse time)
+        msg = "; ".join(
+            f"field {k}: {setting_problem(k, type(home), type(store))}" for k in unknown
+        )
+        raise ConfigError(msg, entity=entity.name)
+    assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
+    return e_home, e_store
+
+
+def read_request(entity: EntitySpec) -> ReadRequest:
+    """What the entity asks its Home for, before any incremental bound."""
+    return ReadRequest(
         entity=entity.name,
         table=entity.table,
         query=entity.query,
@@ -150,6 +152,17 @@ def _plan(
         where=entity.where,
         batch_size=entity.batch_size,
     )
+
+
+def _plan(
+    entity: EntitySpec,
+    home: HomeBlock,
+    store: StoreBlock,
+    ledger: WatermarkLedger,
+    run_type: RunType,
+    ledger_name: str,
+) -> EntityPlan:
+    request = read_request(entity)
     wm = entity.watermark
     entry = ledger.value.get(entity.name) or {}
     previous = entry.get("watermark")

@@ -16,7 +16,7 @@ import pytest
 import blocks.homes.sqlite as sqlite_home
 from blocks import SqliteHome
 from blocks.base import ReadRequest, Since
-from hygge_tasks.errors import ConfigError
+from hygge_tasks.errors import ConfigError, HomeError
 from hygge_tasks.watermark import NanoTimestamp
 
 
@@ -238,3 +238,28 @@ def test_sqlite_each_range_seeks_by_rowid(tmp_path: Path) -> None:
         "SEARCH t USING INTEGER PRIMARY KEY (rowid>?)",
     ]
     assert sum(rows) == len(whole) > 0
+
+
+def test_sqlite_unknown_columns_fail_instead_of_reading_their_names(tmp_path: Path) -> None:
+    # SQLite takes a quoted name that matches no column for a text literal: without the check,
+    # `columns: [id, lable]` read a column `lable` holding 'lable' in every row
+    db = tmp_path / "s.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (id INTEGER, label TEXT)")
+    con.execute("INSERT INTO t VALUES (1, 'a')")
+    con.commit()
+    con.close()
+    home = SqliteHome(path=str(db))
+    for request, source in [
+        (ReadRequest(entity="e", table="t", columns=["id", "lable"]), "table 't'"),
+        (ReadRequest(entity="e", query="SELECT * FROM t", columns=["lable"]), "the query's result"),
+    ]:
+        said = rf"column\(s\) 'lable' not in {source} \(it has: id, label\); check .*`columns`"
+        with pytest.raises(HomeError, match=said):
+            list(home.read(request))
+    # names match case-insensitively, as SQLite matches them
+    got = pa.Table.from_batches(list(home.read(ReadRequest(entity="e", table="t", columns=["ID"]))))
+    assert got.column(0).to_pylist() == [1]
+    said = r"SQLite rejected the SQL: near \"FROM\": syntax error; check the entity's `query`"
+    with pytest.raises(HomeError, match=said):
+        list(home.read(ReadRequest(entity="e", query="SELEC id FROM t")))

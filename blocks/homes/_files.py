@@ -118,16 +118,41 @@ def since_filter(lf: pl.LazyFrame, request: ReadRequest) -> pl.LazyFrame:
 READ_AHEAD = {"POLARS_ROW_GROUP_PREFETCH_SIZE": "1", "POLARS_CSV_CHUNK_PREFETCH_LIMIT": "1"}
 
 
+#: what a damaged or mismatched input raises from a scan (a panic is a BaseException: damaged
+#: input can reach engine asserts)
+_READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, pa.ArrowException)
+
+
+def _shaped(lf: pl.LazyFrame, request: ReadRequest) -> pl.LazyFrame:
+    """The scan with the entity's `columns`, `where` and incremental bound applied."""
+    if request.columns:
+        lf = lf.select(request.columns)
+    if request.where:
+        lf = lf.filter(pl.sql_expr(request.where))
+    return since_filter(lf, request)
+
+
+def check_scan(lf: pl.LazyFrame, request: ReadRequest, what: str, *, footers: bool) -> None:
+    """`HomeBlock.check` for a file Home: run the entity's scan so that it yields no rows.
+
+    Polars resolves the schema, the entity's `columns` and its `where`, and fails as the read
+    would. With `footers` (Parquet) a filter that admits no row makes it open every file and
+    compare its schema with the first file's, reading footers only; without (CSV, which has
+    no footer) `head(0)` reads each file's header and the first file's inference rows.
+    """
+    shaped = _shaped(lf, request)
+    try:
+        (shaped.filter(pl.lit(False)) if footers else shaped.head(0)).collect()
+    except _READ_ERRORS as exc:
+        raise _read_error(exc, request, what) from exc
+
+
 def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterator[pa.RecordBatch]:
     """Run a lazy scan on Polars' streaming engine and yield Arrow batches of one schema."""
     for name, value in READ_AHEAD.items():
         os.environ.setdefault(name, value)
     try:
-        if request.columns:
-            lf = lf.select(request.columns)
-        if request.where:
-            lf = lf.filter(pl.sql_expr(request.where))
-        lf = since_filter(lf, request)
+        lf = _shaped(lf, request)
         schema: pa.Schema | None = None
         # flat frames leave as views, without copying their text (`hygge_tasks.views`)
         compat = pl.CompatLevel.newest() if _flat(lf.collect_schema()) else None
@@ -142,14 +167,12 @@ def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterato
             yield pa.RecordBatch.from_pylist([], schema=schema)
     except HomeError:
         raise
-    except (
-        pl.exceptions.PolarsError,
-        pl.exceptions.PanicException,  # a BaseException: damaged input can reach engine asserts
-        OSError,
-        pa.ArrowException,
-    ) as exc:
-        msg = f"could not read {what}: {first_line(exc)}"
-        raise HomeError(msg, entity=request.entity) from exc
+    except _READ_ERRORS as exc:
+        raise _read_error(exc, request, what) from exc
+
+
+def _read_error(exc: BaseException, request: ReadRequest, what: str) -> HomeError:
+    return HomeError(f"could not read {what}: {first_line(exc)}", entity=request.entity)
 
 
 def _flat(schema: pl.Schema) -> bool:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pyarrow as pa
 
-from blocks.base import ReadRequest, Since
+from blocks.base import HomeBlock, ReadRequest, Since
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.watermark import NanoTimestamp
 
@@ -377,3 +377,16 @@ def split_points(low: Any, high: Any, n: int) -> list[Any]:
         span = int(high) - int(low)
         points = [int(low) + span * i // n for i in range(1, n)]
     return sorted({p for p in points if low < p <= high})
+
+
+def check_read(home: HomeBlock, request: ReadRequest) -> None:
+    """`HomeBlock.check` for a SQL Home: the entity's own read, narrowed to no rows.
+
+    The read runs as in a flow run (connection, login, column description, the SELECT with the
+    entity's `columns` and `where`), with `AND 1 = 0` in its WHERE clause, which every
+    supported database folds into "no rows" without scanning. So it fails exactly where a read
+    would, with the Home's own error for the cause, and moves nothing.
+    """
+    where = f"({request.where}) AND 1 = 0" if request.where else "1 = 0"
+    for _ in home.read(replace(request, where=where, since=None, batch_size=1)):
+        pass

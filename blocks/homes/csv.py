@@ -6,6 +6,7 @@ import codecs
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +14,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
-from blocks.homes._files import resolve_files, stream_batches
+from blocks.homes._files import check_scan, resolve_files, stream_batches
 from hygge_tasks.errors import ConfigError, HomeError, first_line
 
 _POLARS_ENCODINGS = {"utf8", "utf-8", "utf8-lossy"}
@@ -68,6 +69,16 @@ class CsvHome(HomeBlock):
     )
 
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
+        with self._scan(request) as (lf, what):
+            yield from stream_batches(lf, request, what)
+
+    def check(self, request: ReadRequest) -> None:
+        with self._scan(request) as (lf, what):
+            check_scan(lf, request, what, footers=False)
+
+    @contextmanager
+    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str]]:
+        """The entity's files as one scan (transcoded to UTF-8 meanwhile); errors get a hint."""
         files = resolve_files(self.path, request.path, (".csv", ".tsv", ".txt"), request.entity)
         for f in files:
             if f.stat().st_size == 0:
@@ -94,7 +105,7 @@ class CsvHome(HomeBlock):
             )
             what = f"{str(files[0])!r}" if len(files) == 1 else f"{len(files)} CSV files"
             try:
-                yield from stream_batches(lf, request, what)
+                yield lf, what
             except HomeError as exc:
                 # the hint comes from the engine's text, not from a path that may contain "utf8"
                 hint = _hint(str(exc.__cause__ or ""))

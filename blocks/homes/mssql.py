@@ -182,6 +182,9 @@ class MssqlHome(HomeBlock):
             streams = [partial(self._stream, opts, request, sql, b, c) for sql, b, c in plan]
             yield from merge_streams(streams, queue_size=2 * len(streams))
 
+    def check(self, request: ReadRequest) -> None:
+        _sql.check_read(self, request)
+
     def describe(self, request: ReadRequest) -> str:
         what = f"table {request.table}" if request.table else "query"
         return f"mssql {self.host},{self.port}/{self.database} {what}"

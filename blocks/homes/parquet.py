@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
-from blocks.homes._files import resolve_files, stream_batches
+from blocks.homes._files import check_scan, resolve_files, stream_batches
 from hygge_tasks.errors import HomeError, first_line
 
 _SUFFIXES = (".parquet", ".parq")
@@ -44,12 +45,21 @@ class ParquetHome(HomeBlock):
     )
 
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
+        with self._scan(request) as (lf, what):
+            yield from stream_batches(lf, request, what)
+
+    def check(self, request: ReadRequest) -> None:
+        with self._scan(request) as (lf, what):
+            check_scan(lf, request, what, footers=True)
+
+    @contextmanager
+    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str]]:
+        """The entity's files as one scan, every footer checked; read errors name the file."""
         files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
         for f in files:
             _check_footer(f, request.entity)
-        lf = pl.scan_parquet(files)
         try:
-            yield from stream_batches(lf, request, _describe_files(files))
+            yield pl.scan_parquet(files), _describe_files(files)
         except HomeError as exc:
             raise _explain(exc, files, request.entity) from exc.__cause__
 

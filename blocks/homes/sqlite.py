@@ -61,7 +61,10 @@ class SqliteHome(HomeBlock):
 
         db = Path(self.path)
         if not db.is_file():
-            msg = f"SQLite database {self.path!r} does not exist (looked from {Path.cwd()})"
+            msg = (
+                f"SQLite database {self.path!r} does not exist (looked from {Path.cwd()}); "
+                "check the Home's `path`"
+            )
             raise HomeError(msg, entity=request.entity)
         opened: list[Any] = []
         merged: Iterator[pa.RecordBatch] | None = None
@@ -72,9 +75,12 @@ class SqliteHome(HomeBlock):
             target = None
             if request.table:
                 declared = self._declared_columns(conn, request)
+                _known(request, [n for n, _ in declared], f"table {request.table!r}")
                 target = {n: t for n, t in declared if t is not None}
                 wanted = request.columns or [n for n, _ in declared]
                 columns = [(n, target.get(n)) for n in wanted]
+            elif request.columns:
+                _known(request, _result_columns(conn, request), "the query's result")
             readers: list[Any] = []
             if columns:
                 ranges = self._ranges(conn, request, columns)
@@ -107,21 +113,17 @@ class SqliteHome(HomeBlock):
                 yield batch
             if not sent:
                 yield pa.RecordBatch.from_pylist([], schema=schema)
-        except adbc.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                msg = f"SQLite database is busy: {exc}"
-                raise TransientHomeError(msg, entity=request.entity) from exc
-            msg = f"SQLite read failed: {first_line(exc)}"
-            raise HomeError(msg, entity=request.entity) from exc
         except adbc.Error as exc:
-            msg = f"SQLite read failed: {first_line(exc)}"
-            raise HomeError(msg, entity=request.entity) from exc
+            raise _error(exc, request.entity) from exc
         finally:
             if isinstance(merged, Generator):
                 merged.close()  # stops the range threads before their connections close
             for c in reversed(opened):
                 with contextlib.suppress(Exception):
                     c.close()
+
+    def check(self, request: ReadRequest) -> None:
+        _sql.check_read(self, request)
 
     def _connect(self, db: Path, entity: str) -> Any:
         import adbc_driver_sqlite.dbapi as adbc
@@ -148,8 +150,13 @@ class SqliteHome(HomeBlock):
             return []
         cur = conn.cursor()
         try:
-            cur.execute(f"SELECT MIN(rowid), MAX(rowid) FROM {quote_ident(request.table or '')}")
-            low, high = cur.fetchone()
+            # two statements: SQLite answers a lone MIN or MAX of the rowid with one b-tree
+            # descent, but both in one statement with a scan of the whole table
+            table = quote_ident(request.table or "")
+            cur.execute(f"SELECT MIN(rowid) FROM {table}")
+            (low,) = cur.fetchone()
+            cur.execute(f"SELECT MAX(rowid) FROM {table}")
+            (high,) = cur.fetchone()
         except Exception:  # WITHOUT ROWID tables and views: read on one connection
             return []
         finally:
@@ -264,9 +271,52 @@ class SqliteHome(HomeBlock):
         rows = cur.fetchall()
         cur.close()
         if not rows:
-            msg = f"table {request.table!r} does not exist in {self.path!r}"
+            msg = (
+                f"table {request.table!r} does not exist in SQLite database {self.path!r}; "
+                "check the entity's `table`"
+            )
             raise HomeError(msg, entity=request.entity)
         return [(name, arrow_type_for(declared or "")) for _cid, name, declared, *_ in rows]
+
+
+def _error(exc: Exception, entity: str) -> HomeError:
+    """A driver error as a HomeError that says what to fix (transient while the file is busy)."""
+    import adbc_driver_sqlite.dbapi as adbc
+
+    text = first_line(exc).split("Failed to prepare query: ", 1)[-1]
+    if isinstance(exc, adbc.OperationalError) and ("locked" in text or "busy" in text):
+        return TransientHomeError(f"SQLite database is busy: {text}", entity=entity)
+    if isinstance(exc, adbc.ProgrammingError):
+        msg = f"SQLite rejected the SQL: {text}; check the entity's `query`, `columns` and `where`"
+        return HomeError(msg, entity=entity)
+    return HomeError(f"SQLite read failed: {text}", entity=entity)
+
+
+def _result_columns(conn: Any, request: ReadRequest) -> list[str]:
+    """The column names a query returns, from a run of it that returns no rows."""
+    cur = conn.cursor()
+    try:
+        cur.execute(f"SELECT * FROM {_sql.source_sql(SQLITE, request)} LIMIT 0")
+        return list(cur.fetch_arrow_table().schema.names)
+    finally:
+        cur.close()
+
+
+def _known(request: ReadRequest, available: list[str], source: str) -> None:
+    """Refuse `columns` the source lacks.
+
+    SQLite reads a quoted name that matches no column as a text literal: a misspelled column
+    would arrive as a column holding its own name in every row.
+    """
+    have = {a.lower() for a in available}  # SQLite matches names case-insensitively
+    missing = [c for c in request.columns or [] if c.lower() not in have]
+    if missing:
+        shown = ", ".join(available[:20]) + (", ..." if len(available) > 20 else "")
+        msg = (
+            f"column(s) {', '.join(map(repr, missing))} not in {source} (it has: {shown}); "
+            "check the entity's `columns`"
+        )
+        raise HomeError(msg, entity=request.entity)
 
 
 _SENTINEL = "__hygge_sentinel__"

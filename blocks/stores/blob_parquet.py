@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -52,6 +53,7 @@ _MB = 1024 * 1024
 #: a row group also closes at this much Arrow data, so wide rows keep memory bounded
 _ROW_GROUP_BYTES = 128 * _MB
 _clients: dict[str, Any] = {}
+_PROBE = b"written by hygge check, removed at once"
 
 
 class BlobStoreBase(StoreBlock):
@@ -124,6 +126,23 @@ class BlobStoreBase(StoreBlock):
     def state_area(self) -> BlobArea:
         """Where the Store's own records live (journal; lock and manifests in subclasses)."""
         return self.area()
+
+    def check(self) -> None:
+        area = self.state_area()
+        # beside the manifest and journal folders: no reader lists this level
+        key = area.key(f".hygge-check-{uuid.uuid4().hex}")
+        action = f"cannot write and remove a probe in {area.url()}"
+        try:
+            area.put(key, _PROBE, overwrite=False)
+            try:
+                listed = [b.name for b in area.container.list_blobs(name_starts_with=key)]
+                if area.get_bytes(key) != _PROBE or listed != [key]:
+                    msg = f"{action}: the probe did not read back as written; try again"
+                    raise StoreError(msg)
+            finally:
+                area.delete(key)
+        except AzureError as exc:
+            raise store_error(exc, action) from exc
 
     def lock_id(self) -> str:
         return f"blob:{self.area().url()}"

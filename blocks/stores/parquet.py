@@ -27,6 +27,7 @@ import os
 import queue
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -46,6 +47,7 @@ from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_a
 from hygge_tasks.views import VIEWS, unview, unviewed
 
 _KEEP_COMMITTED = 10
+_PROBE = '{"written_by": "hygge check", "removed": "at once"}'
 
 
 class ParquetStore(StoreBlock):
@@ -116,6 +118,24 @@ class ParquetStore(StoreBlock):
         manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
         manifest.state = "committed"
         write_json_atomic(path, manifest.to_json())
+
+    def check(self) -> None:
+        # where manifests live (recovery lists `_manifests/<entity>/`, never this level)
+        probe = self._root / "_manifests" / f".hygge-check-{uuid.uuid4().hex}.json"
+        created = [d for d in [probe.parent, *probe.parent.parents] if not d.exists()]
+        try:
+            write_json_atomic(probe, _PROBE)
+            if probe.read_text(encoding="utf-8") != _PROBE:
+                msg = f"a probe written to {str(probe.parent)!r} read back changed; check the disk"
+                raise StoreError(msg)
+        except OSError as exc:
+            raise _os_error(exc, None, probe.parent, during_run=False) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+            for folder in created:  # deepest first: only what the probe created, only if empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def lock_id(self) -> str:
         return f"parquet:{self._root.resolve()}"
@@ -576,7 +596,9 @@ _OS_REASONS = {
 }
 
 
-def _os_error(exc: OSError, entity: str, where: Path) -> StoreError:
+def _os_error(
+    exc: OSError, entity: str | None, where: Path, *, during_run: bool = True
+) -> StoreError:
     reason, advice = _OS_REASONS.get(exc.errno or 0, (exc.strerror or str(exc), ""))
     path = Path(exc.filename) if exc.filename else where
     if exc.errno == errno.ENOTDIR:
@@ -589,7 +611,8 @@ def _os_error(exc: OSError, entity: str, where: Path) -> StoreError:
     else:
         action = f"cannot write {str(path)!r}"
     after = f"; {advice}" if advice else ""
-    msg = f"{action}: {reason}; the published table and the ledger are unchanged{after}"
+    unchanged = "; the published table and the ledger are unchanged" if during_run else ""
+    msg = f"{action}: {reason}{unchanged}{after}"
     # a dropped network mount is worth a retry; a full disk or a permission is not
     kind = TransientStoreError if is_transient(exc) else StoreError
     return kind(msg, entity=entity)
