@@ -181,7 +181,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for target in targets:
         lines = check_spec(load_any(target.spec), target.entities)
         passed = all_passed(lines) and passed
-        print(f"{target.label}:\n{render_check(lines)}" if len(targets) > 1 else render_check(lines))
+        text = render_check(lines)
+        print(f"{target.label}:\n{text}" if len(targets) > 1 else text)
     return 0 if passed else 1
 
 
