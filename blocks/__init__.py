@@ -8,7 +8,7 @@ Stores are imported on first use (see `blocks.stores`); `HOMES` and `STORES` map
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect.blocks.core import Block
@@ -43,24 +43,46 @@ __all__ = [
 B = TypeVar("B", bound=Block)
 
 
-class BlockKinds(Mapping[str, type[B]]):
-    """A spec's `type:` -> block class; a lazy class is imported when it is looked up."""
+class BlockKinds(MutableMapping[str, type[B]]):
+    """A spec's `type:` -> block class; a lazy class is imported when it is looked up.
 
-    def __init__(self, eager: list[type[B]], lazy: dict[str, str]) -> None:
+    Other kinds can be added (a plugin's Home, a test's) and removed again.
+    """
+
+    def __init__(self, eager: list[type[B]], lazy: dict[str, tuple[str, str]]) -> None:
         self._eager = {c.spec_type: c for c in eager}  # type: ignore[attr-defined]
-        self._lazy = lazy  # type -> class name in blocks.stores
+        self._lazy = lazy  # type -> (class name in blocks.stores, its block type slug)
+        self._slugs = {c.get_block_type_slug(): k for k, c in self._eager.items()}
+        self._slugs |= {slug: kind for kind, (_, slug) in lazy.items()}
 
     def __getitem__(self, kind: str) -> type[B]:
         if kind in self._eager:
             return self._eager[kind]
-        cls: type[B] = getattr(stores, self._lazy[kind])
+        cls: type[B] = getattr(stores, self._lazy[kind][0])
         return cls
+
+    def __setitem__(self, kind: str, cls: type[B]) -> None:
+        self._eager[kind] = cls
+        self._slugs[cls.get_block_type_slug()] = kind
+
+    def __delitem__(self, kind: str) -> None:
+        cls = self._eager.pop(kind)
+        self._slugs.pop(cls.get_block_type_slug(), None)
+
+    def slugs(self) -> list[str]:
+        """The block type slugs of these classes (`sqlite-home`), importing none of them."""
+        return sorted(self._slugs)
+
+    def by_slug(self, slug: str) -> type[B] | None:
+        """The class whose block type slug this is, or None; imports only that class."""
+        kind = self._slugs.get(slug)
+        return None if kind is None else self[kind]
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted({*self._eager, *self._lazy}))
 
     def __len__(self) -> int:
-        return len(self._eager) + len(self._lazy)
+        return len({*self._eager, *self._lazy})
 
 
 HOMES: BlockKinds[HomeBlock] = BlockKinds(
@@ -68,7 +90,11 @@ HOMES: BlockKinds[HomeBlock] = BlockKinds(
 )
 STORES: BlockKinds[StoreBlock] = BlockKinds(
     [ParquetStore],
-    {"adls": "AdlsStore", "onelake": "OneLakeStore", "open_mirroring": "OpenMirroringStore"},
+    {
+        "adls": ("AdlsStore", "adls-store"),
+        "onelake": ("OneLakeStore", "onelake-store"),
+        "open_mirroring": ("OpenMirroringStore", "open-mirroring-store"),
+    },
 )
 
 

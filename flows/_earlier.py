@@ -42,9 +42,8 @@ from hygge_tasks.errors import ConfigError
 from hygge_tasks.polish import PolishSpec
 
 _REF = re.compile(r"^([a-z0-9][a-z0-9-]*-(?:home|store))/([^/\\]+)$")
-SLUGS: dict[str, type[Block]] = {
-    c.get_block_type_slug(): c for c in [*HOMES.values(), *STORES.values()]
-}
+#: hygge's block type slugs (`sqlite-home`), known without importing every block class
+SLUGS: list[str] = sorted([*HOMES.slugs(), *STORES.slugs()])
 FILE_SUFFIXES = {"parquet": (".parquet", ".parq"), "csv": (".csv", ".tsv", ".txt")}
 _SQLITE = (".sqlite", ".sqlite3", ".db")
 _LOCAL_PATH = {"home": {"parquet", "csv", "sqlite"}, "store": {"parquet"}}
@@ -262,7 +261,9 @@ def _ref_class(value: str, slug: str, root: Path, file: Path, role: str) -> type
             f"`{{type: ..., path: ...}}`"
         )
         raise ConfigError(msg)
-    return SLUGS[slug]
+    cls = HOMES.by_slug(slug) or STORES.by_slug(slug)
+    assert cls is not None  # a known slug
+    return cls
 
 
 def _not_a_misspelt_ref(value: str, root: Path, file: Path, role: str) -> None:

@@ -270,11 +270,12 @@ def _saved_class(ref: Any, kinds: Mapping[str, type[Block]]) -> type[Block] | No
     """The class of a saved block reference whose block type hygge defines, else None."""
     if not isinstance(ref, str) or "/" not in ref:
         return None
-    slug = ref.split("/", 1)[0]
-    for cls in kinds.values():
-        if cls.get_block_type_slug() == slug:
-            return cls
-    return None
+    by_slug = getattr(kinds, "by_slug", None)
+    if by_slug is None:  # a plain mapping: look at each class
+        slug = ref.split("/", 1)[0]
+        return next((c for c in kinds.values() if c.get_block_type_slug() == slug), None)
+    found: type[Block] | None = by_slug(ref.split("/", 1)[0])
+    return found
 
 
 def load_spec(path: str | Path) -> FlowSpec:

@@ -125,3 +125,22 @@ def test_init_refuses_to_overwrite_a_project(project: Path) -> None:
     assert again.returncode == 2
     assert "hygge.yml" in again.stderr
     assert (project / "hygge.yml").read_text() == before
+
+
+def test_check_is_green_for_a_new_project_and_red_for_a_missing_table(
+    project: Path, prefect_server: str
+) -> None:
+    green = hygge(["check"], project, prefect_server)
+    assert green.returncode == 0, green.stdout + green.stderr
+    assert green.stdout.splitlines()[-1] == "all 3 checks passed"
+    assert not (project / "lake").exists()  # the probe leaves nothing behind
+
+    entity = project / "flows" / "shop" / "entities" / "orders.yml"
+    entity.write_text(entity.read_text().replace("table: orders", "table: orderz"))
+    red = hygge(["check"], project, prefect_server)
+    assert red.returncode == 1
+    failed = [ln for ln in red.stdout.splitlines() if ln.startswith("FAILED")]
+    assert len(failed) == 1 and "orders: table 'orderz' does not exist" in failed[0]
+    assert "check the entity's `table`" in failed[0]
+    assert red.stdout.splitlines()[-1] == "1 of 3 checks failed"
+    assert "Everything looks good" not in red.stdout
