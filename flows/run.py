@@ -26,6 +26,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import HOMES, STORES, HomeBlock, StoreBlock, WatermarkLedger
 from blocks.base import utc_now
+from flows import assets
+from flows.assets import Committed
 from flows.plan import EntityJob, build_jobs, resolve_block
 from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_spec, parse_spec
 from flows.summary import SummaryRow, render
@@ -55,8 +57,10 @@ def _run_id() -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{suffix or uuid.uuid4().hex[:8]}"
 
 
-def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, ledger_name: str, logger: Any) -> None:
+def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, plan: FlowSpec, logger: Any) -> None:
     """Finish or undo what an interrupted run left, before anything new starts."""
+    ledger_name = plan.ledger_name
+    recovered: list[Committed] = []
     for job in jobs:
         for manifest in job.store.recover(job.plan.name):
             logger.warning(
@@ -66,6 +70,21 @@ def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, ledger_name: str, l
             )
             ledger.commit(ledger_name, job.plan.name, manifest.ledger_entry)
             job.store.mark_committed(job.plan.name, manifest.run_id)
+            entry = manifest.ledger_entry or {}
+            recovered.append(
+                Committed(
+                    job.plan.name,
+                    job.store,
+                    manifest.run_id,
+                    manifest.mode,
+                    manifest.rows,
+                    manifest.bytes,
+                    len(manifest.files),
+                    entry.get("watermark"),
+                )
+            )
+    if recovered:
+        assets.record(plan.name, recovered, logger)
 
 
 def _exclusive(stores: list[StoreBlock], run_id: str, wait_seconds: float) -> ExitStack:
@@ -125,6 +144,7 @@ def _move_all(
                     _failed(job, exc, before)
                 return
             faults.point("flow.before_mark_committed")
+            committed: list[Committed] = []
             for job, result, before in batch:
                 try:
                     job.store.mark_committed(job.plan.name, result.run_id)
@@ -133,6 +153,19 @@ def _move_all(
                     continue
                 rows[job.plan.name] = SummaryRow.ok(result)
                 journal.ok(job.plan, job.store, result, before, scheduler.started[job.plan.name])
+                committed.append(
+                    Committed(
+                        job.plan.name,
+                        job.store,
+                        result.run_id,
+                        result.mode,
+                        result.rows,
+                        result.bytes,
+                        len(result.files),
+                        result.watermark,
+                    )
+                )
+            assets.record(plan.name, committed, logger)
 
         def _failed(job: EntityJob, exc: Exception, before: Any) -> None:
             logger.error("%s: failed: %s", job.plan.name, exc)
@@ -307,7 +340,7 @@ def hygge(
         # read the ledger only once the Stores are ours: a run before us may just have saved it
         ledger = WatermarkLedger.load_or_new(plan.ledger_name)
         jobs = build_jobs(plan, home, store, ledger, entities, run_type)
-        _recover(jobs, ledger, plan.ledger_name, logger)
+        _recover(jobs, ledger, plan, logger)
         # recovery may have moved watermarks: plan again from the updated ledger
         jobs = build_jobs(plan, home, store, ledger, entities, run_type, loaded_at=utc_now())
         journal = Journal(plan.name, run_id, logger)

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
+from blocks.base import EntityWriter, StoreBlock, WriteMode, asset_uri, utc_now
 from blocks.stores._local_lock import exclusive
 from blocks.stores._schema import SMALL, appendable, comparable, conform
 from hygge_tasks import faults
@@ -116,6 +116,10 @@ class ParquetStore(StoreBlock):
         manifest = Manifest.from_json(path.read_text(encoding="utf-8"))
         manifest.state = "committed"
         write_json_atomic(path, manifest.to_json())
+
+    def asset_key(self, entity: str) -> str:
+        folder = self.table_dir(entity).resolve().as_posix()
+        return asset_uri(f"file://{folder if folder.startswith('/') else '/' + folder}")
 
     def lock_id(self) -> str:
         return f"parquet:{self._root.resolve()}"
