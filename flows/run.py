@@ -24,7 +24,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import HOMES, STORES, HomeBlock, StoreBlock, WatermarkLedger
+from blocks import HOMES, STORES, HomeBlock, SqliteHome, StoreBlock, WatermarkLedger
 from blocks.base import utc_now
 from flows import assets
 from flows.assets import Committed
@@ -38,6 +38,9 @@ from hygge_tasks.move import EntityResult, finish_entity, move_entity
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
+#: the bundled example's specs: a run of either creates the sample database when it is missing
+#: (a deployment's first run too, which `main` never sees)
+EXAMPLE_SPECS = (EXAMPLE_SPEC, REPO / "deployments" / "example_blocks.yaml")
 #: entities that finish within this window share one ledger save (each save is several API
 #: calls and grows with the ledger: one per entity made 200 small entities take 90 s)
 LEDGER_BATCH_SECONDS = 1.0
@@ -45,6 +48,18 @@ LEDGER_BATCH_SECONDS = 1.0
 
 def _load(spec: str | dict[str, Any]) -> FlowSpec:
     return parse_spec(spec, "spec parameter") if isinstance(spec, dict) else load_spec(spec)
+
+
+def _ensure_example(spec: str | dict[str, Any], home: HomeBlock, logger: Any) -> None:
+    """Create the sample database a bundled example spec reads, if it does not exist yet."""
+    if not isinstance(spec, str) or not isinstance(home, SqliteHome):
+        return
+    if Path(spec).resolve() not in EXAMPLE_SPECS or Path(home.path).exists():
+        return
+    from flows.example import ensure_example_data
+
+    logger.info("%s does not exist yet: creating the example database", home.path)
+    ensure_example_data(Path(home.path))
 
 
 def _run_id() -> str:
@@ -333,6 +348,7 @@ def hygge(
     home = resolve_block(plan.home, HOMES, "home")
     store = resolve_block(plan.store, STORES, "store")
     assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    _ensure_example(spec, home, logger)
     run_id = _run_id()
     # the Stores this run writes (entities may override the Store's settings)
     stores = [j.store for j in build_jobs(plan, home, store, WatermarkLedger(), entities, run_type)]
