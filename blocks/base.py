@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -68,6 +69,23 @@ class HomeBlock(Block, ABC):
         description="Name of a Prefect global concurrency limit; each entity reading from this "
         "Home holds one slot while it moves, across all flow runs and workers.",
     )
+    #: the settings that say where the data is (never a secret; see `location`)
+    location_fields: ClassVar[tuple[str, ...]] = ()
+
+    def location(self) -> str:
+        """Where this Home reads from, stable across runs and free of secrets.
+
+        The ledger keeps it with each watermark, so a watermark is never applied to another
+        source. Only where the data is counts: tuning settings (timeouts, batch or partition
+        sizes) may change freely.
+        """
+        parts = [self.spec_type]
+        for name in self.location_fields:
+            value = getattr(self, name)
+            if name == "path" and isinstance(value, str):
+                value = os.path.normpath(value)  # `./shop.sqlite` is `shop.sqlite`
+            parts.append(f"{name}={value}")
+        return " ".join(parts)
 
     @abstractmethod
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:

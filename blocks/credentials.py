@@ -20,6 +20,8 @@ from hygge_tasks.errors import ConfigError, HomeError
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 _KV_KEY = re.compile(r"(?:^|\s)([A-Za-z_]+)\s*=")
+#: one `key=value` of a libpq keyword/value DSN (a value may be quoted: 'a b')
+_KV_PAIR = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def libpq_value(value: str) -> str:
@@ -95,6 +97,26 @@ class PostgresCredentials(CredentialsBlock):
             **options,
         }
         return " ".join(f"{k}={libpq_value(v)}" for k, v in pairs.items() if v is not None)
+
+    def dsn_location(self) -> str:
+        """The server and database the DSN names: never its user, password or other settings.
+
+        For the ledger, which remembers where each watermark was read (`HomeBlock.location`).
+        """
+        dsn = self.dsn.get_secret_value() if self.dsn is not None else ""
+        if dsn.startswith(("postgresql://", "postgres://")):
+            parts = urllib.parse.urlsplit(dsn)
+            query = dict(urllib.parse.parse_qsl(parts.query))
+            found = {
+                "host": parts.netloc.rsplit("@", 1)[-1] or query.get("host"),  # host[:port],...
+                "port": query.get("port"),
+                "dbname": parts.path.lstrip("/") or query.get("dbname"),
+            }
+        else:
+            pairs = {k.lower(): v for k, v in _KV_PAIR.findall(dsn)}
+            found = {k: pairs.get(k) for k in ("host", "hostaddr", "port", "dbname")}
+        values = {k: v.strip("'") for k, v in found.items() if v}
+        return " ".join(f"{k}={v}" for k, v in values.items())
 
     def secrets(self) -> list[str]:
         """Secret values, so messages can be scrubbed of them whatever a driver echoes."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -12,7 +14,8 @@ from pydantic import ValidationError
 
 from blocks import HomeBlock, StoreBlock, WatermarkLedger
 from blocks.base import ReadRequest, WriteMode
-from flows.spec import EntitySpec, FlowSpec, RunType
+from flows.keys import block_problems
+from flows.spec import EntitySpec, FlowSpec, RunType, setting_problem
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.move import EntityPlan
 
@@ -29,17 +32,12 @@ class EntityJob:
 def resolve_block(ref: str | dict[str, Any], kinds: Mapping[str, type[Block]], role: str) -> Block:
     """A saved block (`"sqlite-home/shop"`) or an inline one (`{type: sqlite, path: ...}`)."""
     if isinstance(ref, dict):
-        spec = dict(ref)
-        kind = spec.pop("type", None)
-        if kind not in kinds:
-            msg = f"{role}: unknown type {kind!r}; choose one of: {', '.join(sorted(kinds))}"
+        # parse_spec has already checked an inline block; a spec built another way is not
+        cls, problems = block_problems(ref, kinds, role)
+        if problems or cls is None:
+            msg = "; ".join(problems)
             raise ConfigError(msg)
-        try:
-            return kinds[kind](**spec)
-        except ValidationError as exc:
-            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            msg = f"{role} ({kind}): {fields}"
-            raise ConfigError(msg) from exc
+        return cls.model_validate({k: v for k, v in ref.items() if k != "type"})
     if "/" not in ref:
         msg = (
             f"{role}: {ref!r} is not a block reference; "
@@ -98,19 +96,50 @@ def build_jobs(
         e_store = with_overrides(store, entity, taken)
         unknown = sorted(set(entity.overrides) - taken)
         if unknown:
-            msg = (
-                f"unknown field(s) {', '.join(unknown)}: not an entity field, nor a setting of "
-                f"{type(home).__name__} or {type(store).__name__}"
+            # a saved block's settings are known only now (an inline one's at parse time)
+            msg = "; ".join(
+                f"field {k}: {setting_problem(k, type(home), type(store))}" for k in unknown
             )
             raise ConfigError(msg, entity=name)
         assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
-        e_plan = _plan(entity, e_store, ledger, run_type or entity.run_type or spec.run_type)
+        e_plan = _plan(
+            entity,
+            e_home,
+            e_store,
+            ledger,
+            run_type or entity.run_type or spec.run_type,
+            spec.ledger_name,
+        )
         jobs.append(EntityJob(replace(e_plan, loaded_at=loaded_at), e_home, e_store))
     return jobs
 
 
+def identity(entity: EntitySpec, home: HomeBlock, store: StoreBlock) -> dict[str, str]:
+    """Which source and destination an entity's ledger entry belongs to (no secret in it).
+
+    The Home's location with the entity's table, query (a digest) or path, and where the
+    Store puts the table. Tuning (batch size, compression, concurrency) and the entity's
+    `columns`/`where` are not part of it: changing them keeps the watermark.
+    """
+    if entity.table:
+        source = f" table={entity.table}"
+    elif entity.query:
+        text = " ".join(entity.query.split())  # re-indenting a query changes nothing
+        source = f" query=sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    elif entity.path:
+        source = f" files={os.path.normpath(entity.path)}"
+    else:
+        source = ""  # the Home reads the entity's name, which keys the entry already
+    return {"home": home.location() + source, "store": store.describe(entity.name)}
+
+
 def _plan(
-    entity: EntitySpec, store: StoreBlock, ledger: WatermarkLedger, run_type: RunType
+    entity: EntitySpec,
+    home: HomeBlock,
+    store: StoreBlock,
+    ledger: WatermarkLedger,
+    run_type: RunType,
+    ledger_name: str,
 ) -> EntityPlan:
     request = ReadRequest(
         entity=entity.name,
@@ -124,6 +153,7 @@ def _plan(
     wm = entity.watermark
     entry = ledger.value.get(entity.name) or {}
     previous = entry.get("watermark")
+    mine = identity(entity, home, store)
 
     def plan(mode: WriteMode, reason: str, previous: dict[str, Any] | None = None) -> EntityPlan:
         return EntityPlan(
@@ -140,10 +170,16 @@ def _plan(
             previous_schema=entry.get("schema"),
             # a rebuilt table takes the source's schema as it is now
             schema_reset=run_type == "full_drop" or not store.has_data(entity.name),
+            identity=mine,
         )
 
     if run_type == "full_drop":
-        return plan("replace", "full_drop: replace the table")
+        return plan("replace", "full_drop: replace the table")  # the entry starts over
+    # an entry written before hygge kept identities has none: accepted, and its next commit
+    # records one (every commit writes the plan's identity)
+    theirs = entry.get("identity")
+    if theirs is not None and theirs != mine:
+        raise ConfigError(_not_ours(ledger_name, theirs, mine), entity=entity.name)
     if wm is None:
         return plan("replace", "no watermark: full reload")
     if previous and previous.get("column") != wm.column:
@@ -157,3 +193,27 @@ def _plan(
     if not store.has_data(entity.name):
         return plan("replace", "destination is empty: reloading from the start")
     return plan("append", "incremental", previous)
+
+
+def resolve_blocks(spec: FlowSpec) -> tuple[HomeBlock, StoreBlock]:
+    """The spec's Home and Store, saved or inline, checked to be of the right kind."""
+    from blocks import HOMES, STORES
+
+    home = resolve_block(spec.home, HOMES, "home")
+    store = resolve_block(spec.store, STORES, "store")
+    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    return home, store
+
+
+def _not_ours(ledger_name: str, theirs: dict[str, Any], mine: dict[str, str]) -> str:
+    changed = "; ".join(
+        f"its {role} was {theirs.get(key)!r}, this spec's is {mine.get(key)!r}"
+        for key, role in (("home", "source"), ("store", "destination"))
+        if theirs.get(key) != mine.get(key)
+    )
+    return (
+        f"the ledger {ledger_name!r} holds a watermark loaded elsewhere ({changed}); "
+        "loading on from it would skip or repeat rows. If another spec has the same `name`, "
+        "give this one its own `name` (or `ledger:`); if the source or destination really "
+        "moved, run this entity once with --full-drop to reload it and start over"
+    )

@@ -7,11 +7,16 @@ finishes, commits its ledger entry: the parent is the ledger's only writer.
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+if __name__ == "__main__":
+    # `python -m flows.run`: the command line imports only what the command needs
+    from flows.cli import legacy_main
+
+    sys.exit(legacy_main())
+
 import contextlib
 import datetime as dt
-import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,16 +29,16 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import HOMES, STORES, HomeBlock, SqliteHome, StoreBlock, WatermarkLedger
+from blocks import HomeBlock, SqliteHome, StoreBlock, WatermarkLedger
 from blocks.base import utc_now
 from flows import assets
 from flows.assets import Committed
-from flows.plan import EntityJob, build_jobs, resolve_block
-from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_spec, parse_spec
+from flows.plan import EntityJob, build_jobs, resolve_blocks
+from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_any
 from flows.summary import SummaryRow, render
 from hygge_tasks import faults
-from hygge_tasks.errors import ConfigError, FlowError, HyggeError
-from hygge_tasks.journal import Journal, render_history
+from hygge_tasks.errors import ConfigError, FlowError
+from hygge_tasks.journal import Journal
 from hygge_tasks.move import EntityResult, finish_entity, move_entity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,10 +49,9 @@ EXAMPLE_SPECS = (EXAMPLE_SPEC, REPO / "deployments" / "example_blocks.yaml")
 #: entities that finish within this window share one ledger save (each save is several API
 #: calls and grows with the ledger: one per entity made 200 small entities take 90 s)
 LEDGER_BATCH_SECONDS = 1.0
-
-
-def _load(spec: str | dict[str, Any]) -> FlowSpec:
-    return parse_spec(spec, "spec parameter") if isinstance(spec, dict) else load_spec(spec)
+#: log the summary table at the end of the flow; the command line turns it off and prints the
+#: table itself, so a terminal shows it once
+ECHO_SUMMARY = True
 
 
 def _ensure_example(spec: str | dict[str, Any], home: HomeBlock, logger: Any) -> None:
@@ -342,12 +346,10 @@ def hygge(
         dask_address: Run the entity tasks on this existing Dask cluster (tcp://host:8786).
     """
     logger = get_run_logger()
-    plan = _load(spec)
+    plan = load_any(spec)
     if dask_address:
         plan.task_runner = TaskRunnerSpec(type="dask", address=dask_address)
-    home = resolve_block(plan.home, HOMES, "home")
-    store = resolve_block(plan.store, STORES, "store")
-    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
+    home, store = resolve_blocks(plan)
     _ensure_example(spec, home, logger)
     run_id = _run_id()
     # the Stores this run writes (entities may override the Store's settings)
@@ -368,7 +370,8 @@ def hygge(
     _publish_summary(ordered)
     failed = [r for r in ordered if r.status != "ok"]
     summary = [r.as_dict() for r in ordered]
-    logger.info("summary\n%s", render(ordered))
+    if ECHO_SUMMARY:
+        logger.info("summary\n%s", render(ordered))
     if failed:
         names = ", ".join(f"{r.entity} ({r.detail})" for r in failed)
         msg = f"{len(failed)} of {len(ordered)} entities failed: {names}"
@@ -386,123 +389,8 @@ def _publish_summary(rows: list[SummaryRow]) -> None:
         )
 
 
-def dry_run(
-    spec: str, entities: list[str] | None, run_type: RunType | None, concurrency: int | None
-) -> str:
-    """What a run would do, without moving anything."""
-    plan = _load(spec)
-    home = resolve_block(plan.home, HOMES, "home")
-    store = resolve_block(plan.store, STORES, "store")
-    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
-    ledger = WatermarkLedger.load_or_new(plan.ledger_name)
-    jobs = build_jobs(plan, home, store, ledger, entities, run_type)
-    lines = [
-        f"spec {plan.name!r}: {len(jobs)} entities, {concurrency or plan.concurrency} at once, "
-        f"ledger block {plan.ledger_name!r}",
-        "",
-    ]
-    for job in jobs:
-        wm = (ledger.value.get(job.plan.name) or {}).get("watermark") or {}
-        current = f"{wm.get('column')} = {wm.get('value')}" if wm else "none"
-        lines.append(f"{job.plan.name}")
-        lines.append(f"  from  {job.home.describe(job.plan.request)}")
-        lines.append(f"  to    {job.store.describe(job.plan.name)}")
-        lines.append(f"  mode  {job.plan.mode} ({job.plan.reason})")
-        lines.append(f"  watermark now: {current}")
-    return "\n".join(lines)
-
-
-def history(spec: str, entities: list[str] | None, limit: int) -> str:
-    """The recent run journal of a spec, read from its Store(s); needs no Prefect server."""
-    plan = _load(spec)
-    home = resolve_block(plan.home, HOMES, "home")
-    store = resolve_block(plan.store, STORES, "store")
-    assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
-    jobs = build_jobs(plan, home, store, WatermarkLedger(), entities)
-    areas = {j.store.lock_id(): j.store for j in jobs}
-    tables = [t for s in areas.values() if (t := s.read_journal()) is not None]
-    return render_history(tables, plan.name, entities, limit)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.run",
-        description="Run a hygge flow spec. With no --spec, runs the bundled example "
-        "(creates a sample SQLite database on first use and moves it to lake/).",
-    )
-    parser.add_argument("--spec", help="YAML flow spec (default: the bundled example)")
-    parser.add_argument(
-        "--entity",
-        action="append",
-        dest="entities",
-        metavar="NAME",
-        help="only this entity (repeatable)",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--full-drop",
-        dest="run_type",
-        action="store_const",
-        const="full_drop",
-        help="replace every selected entity and reset its watermark",
-    )
-    mode.add_argument(
-        "--incremental",
-        dest="run_type",
-        action="store_const",
-        const="incremental",
-        help="load only new rows where a watermark is configured",
-    )
-    parser.add_argument("--concurrency", type=int, metavar="N", help="entities moving at once")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="show what would run (entities, home -> store, mode, watermark)",
-    )
-    parser.add_argument(
-        "--history",
-        action="store_true",
-        help="print the recent run journal (of the --entity entities, if given) and exit",
-    )
-    parser.add_argument(
-        "--limit", type=int, default=20, metavar="N", help="journal records --history shows"
-    )
-    args = parser.parse_args(argv)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    """`python -m flows.run`: the command line of the first release (see `flows.cli`)."""
+    from flows.cli import legacy_main
 
-    spec = args.spec
-    if spec is None:
-        from flows.example import ensure_example_data
-
-        ensure_example_data()
-        spec = str(EXAMPLE_SPEC)
-    try:
-        _load(spec)  # fail fast on a bad spec, before Prefect starts
-        if args.dry_run:
-            print(dry_run(spec, args.entities, args.run_type, args.concurrency))
-            return 0
-        if args.history:
-            print(history(spec, args.entities, args.limit))
-            return 0
-        state = hygge(spec, args.entities, args.run_type, args.concurrency, return_state=True)
-    except HyggeError as exc:
-        print(f"hygge: {exc}", file=sys.stderr)
-        return 2
-    if state.is_completed():
-        print(render([SummaryRow(**r) for r in state.result()]))
-        return 0
-    try:
-        state.result()
-        message = state.message or ""
-    except Exception as exc:
-        message = str(exc)
-        summary = getattr(exc, "summary", None)
-        if summary:
-            print(render([SummaryRow(**r) for r in summary]))
-    print(f"hygge: run {state.name}: {message}", file=sys.stderr)
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return legacy_main(argv)

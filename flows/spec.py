@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from blocks import HOMES, STORES
+from flows.keys import block_problems, model_at, unknown_key, valid_keys
 from hygge_tasks.drift import SchemaSpec
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.polish import PolishSpec
@@ -191,59 +195,170 @@ def _join(field: str, key: Any, value: Any) -> str:
 
 
 def parse_spec(data: Any, source: str = "spec") -> FlowSpec:
-    """Validate a spec given as a mapping; `source` names it in errors."""
+    """Validate a spec given as a mapping; `source` names it in errors.
+
+    Every problem is reported at once, before anything connects or moves: the spec's fields,
+    the inline `home:`/`store:` blocks (type, keys, values) and every key an entity or the
+    `defaults` give (an entity field, or a setting of the Home or the Store).
+    """
     if not isinstance(data, dict):
         msg = f"{source}: a flow spec must be a mapping with `name`, `home`, `store`, `entities`"
         raise ConfigError(msg)
     data = expand_env(data, source)
+    problems: list[str] = []
+    spec: FlowSpec | None = None
     try:
-        return FlowSpec.model_validate(data)
+        spec = FlowSpec.model_validate(data)
     except ValidationError as exc:
-        msg = f"{source}: invalid flow spec:\n{_describe(exc, data)}"
-        raise ConfigError(msg) from exc
+        problems += _describe(exc, data)
+        cause: Exception | None = exc
+    else:
+        cause = None
+    problems += _block_problems(data)
+    if problems or spec is None:
+        lines = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
+        msg = f"{source}: invalid flow spec:\n{lines}"
+        raise ConfigError(msg) from cause
+    return spec
+
+
+def _block_problems(data: dict[str, Any]) -> list[str]:
+    """What is wrong with the inline blocks, and keys no entity, Home or Store setting knows.
+
+    A saved block's class is known from its reference (`sqlite-home/shop`) when hygge defines
+    it; otherwise entity keys are checked once the block is loaded (`flows.plan.build_jobs`).
+    """
+    problems: list[str] = []
+    classes: list[type[Block] | None] = []
+    for role, kinds in (("home", HOMES), ("store", STORES)):
+        ref = data.get(role)
+        if isinstance(ref, dict):
+            cls, found = block_problems(ref, kinds, f"field {role}")
+            problems += found
+        else:
+            cls = _saved_class(ref, kinds)
+        classes.append(cls)
+    home, store = classes
+    if home is None or store is None:
+        return problems
+    defaults = data.get("defaults")
+    for key in defaults if isinstance(defaults, dict) else []:
+        if wrong := setting_problem(key, home, store):
+            problems.append(f"field defaults.{key}: {wrong}")
+    raw = data.get("entities")
+    for i, entity in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(entity, dict):
+            continue
+        name = entity.get("name")
+        at = f"entity {name!r}" if isinstance(name, str) else f"entities[{i}]"
+        for key in entity:
+            if wrong := setting_problem(key, home, store):
+                problems.append(f"{at}, field {key}: {wrong}")
+    return problems
+
+
+def setting_problem(key: str, home: type[BaseModel], store: type[BaseModel]) -> str | None:
+    """What is wrong with an entity's key, or None when it is an entity field or a setting."""
+    allowed = [*valid_keys(EntitySpec), *home.model_fields, *store.model_fields]
+    if key in allowed:
+        return None
+    what = f" (not an entity field, nor a setting of {home.__name__} or {store.__name__})"
+    return unknown_key(key, allowed, what)
+
+
+def _saved_class(ref: Any, kinds: Mapping[str, type[Block]]) -> type[Block] | None:
+    """The class of a saved block reference whose block type hygge defines, else None."""
+    if not isinstance(ref, str) or "/" not in ref:
+        return None
+    slug = ref.split("/", 1)[0]
+    for cls in kinds.values():
+        if cls.get_block_type_slug() == slug:
+            return cls
+    return None
 
 
 def load_spec(path: str | Path) -> FlowSpec:
     """Read and validate a YAML spec file."""
+    return parse_spec(read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path, what: str = "spec file") -> Any:
+    """The parsed YAML of a file; every reading problem is a `ConfigError` naming the file."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        msg = f"spec file {str(p)!r} is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        msg = f"{what} {str(p)!r} is not UTF-8 text: {exc.reason} at byte {exc.start}"
         raise ConfigError(msg) from exc
     except FileNotFoundError as exc:
-        msg = f"spec file {str(p)!r} does not exist (looked from {Path.cwd()})"
+        msg = f"{what} {str(p)!r} does not exist (looked from {Path.cwd()})"
         raise ConfigError(msg) from exc
     except OSError as exc:
-        msg = f"cannot read spec file {str(p)!r}: {exc.strerror}"
+        msg = f"cannot read {what} {str(p)!r}: {exc.strerror}"
         raise ConfigError(msg) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         msg = f"{p}: not valid YAML: {exc}"
         raise ConfigError(msg) from exc
-    return parse_spec(data, str(p))
+    return data
 
 
-def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    """One `where: what` line per error; unknown keys get the closest valid key.
+
+    An entity's error that comes from `defaults` (merged into every entity) is reported once,
+    at `defaults`.
+    """
     lines = []
     raw = data.get("entities")
     entities: list[Any] = raw if isinstance(raw, list) else []
+    defaults = data.get("defaults")
     for err in exc.errors():
-        loc = list(err["loc"])
-        where = []
-        if len(loc) >= 2 and loc[0] == "entities" and isinstance(loc[1], int):
-            idx = loc[1]
-            name = (
-                entities[idx].get("name")
-                if idx < len(entities) and isinstance(entities[idx], dict)
-                else None
-            )
-            where.append(f"entity {name!r}" if name else f"entities[{idx}]")
-            loc = loc[2:]
         # pydantic reports union branches as `str`/`dict[str,any]`; they add nothing for a reader
-        loc = [p for p in loc if p not in ("str", "dict[str,any]")]
+        loc = [p for p in err["loc"] if p not in ("str", "dict[str,any]")]
+        where = []
+        model: type[BaseModel] = FlowSpec
+        if len(loc) >= 2 and loc[0] == "entities" and isinstance(loc[1], int):
+            idx, loc, model = loc[1], loc[2:], EntitySpec
+            entity = entities[idx] if idx < len(entities) else None
+            name = entity.get("name") if isinstance(entity, dict) else None
+            if loc and not _has(entity, loc) and _has(defaults, loc):
+                loc = ["defaults", *loc]
+                model = FlowSpec
+            else:
+                where.append(f"entity {name!r}" if name else f"entities[{idx}]")
         if loc:
             where.append("field " + ".".join(str(p) for p in loc))
-        lines.append(f"  - {', '.join(where) or 'spec'}: {err['msg']}")
-    return "\n".join(dict.fromkeys(lines))
+        what = err["msg"]
+        if err["type"] == "extra_forbidden" and loc:
+            parent = _model_at_path(model, loc[:-1])
+            if parent is not None:
+                what = unknown_key(loc[-1], valid_keys(parent))
+        lines.append(f"{', '.join(where) or 'spec'}: {what}")
+    return lines
+
+
+def _model_at_path(model: type[BaseModel], loc: list[str | int]) -> type[BaseModel] | None:
+    if loc[:1] == ["defaults"]:  # the defaults are entity fields
+        return model_at(EntitySpec, loc[1:])
+    return model_at(model, loc)
+
+
+def _has(node: Any, loc: list[str | int]) -> bool:
+    """Whether the raw spec data holds `loc` (a `hash_id` mapping stands for its list)."""
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and part < len(node):
+            node = node[part]
+        elif isinstance(part, int) and isinstance(node, dict) and part == 0:
+            continue
+        elif isinstance(part, str) and isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def load_any(spec: str | Path | dict[str, Any]) -> FlowSpec:
+    """A spec given as a YAML file's path or as a mapping (a flow parameter)."""
+    return parse_spec(spec, "spec parameter") if isinstance(spec, dict) else load_spec(spec)

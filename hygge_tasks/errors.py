@@ -16,6 +16,7 @@ __all__ = [
     "HomeError",
     "HyggeError",
     "LedgerError",
+    "ServerError",
     "StoreError",
     "TransientHomeError",
     "TransientStoreError",
@@ -56,6 +57,10 @@ class StoreError(HyggeError):
 
 class LedgerError(HyggeError):
     """The watermark ledger could not be read or saved."""
+
+
+class ServerError(HyggeError):
+    """hygge's local Prefect server could not be started or reached."""
 
 
 class FlowError(HyggeError):

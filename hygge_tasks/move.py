@@ -51,6 +51,8 @@ class EntityPlan:
     previous_schema: dict[str, Any] | None = None
     #: the table is rebuilt from scratch: it takes the source's schema, whatever changed
     schema_reset: bool = False
+    #: which source and destination the ledger entry belongs to (`flows.plan.identity`)
+    identity: dict[str, str] | None = None
 
     @property
     def previous_watermark(self) -> Watermark | None:
@@ -178,6 +180,8 @@ def move(
             )
         entry = _entry(watermark.to_json() if watermark else None, run_id, rows, mode)
         entry["schema"] = guard.remembered
+        if plan.identity is not None:
+            entry["identity"] = plan.identity
         manifest = writer.commit_files(entry, rows + carried)
     except BaseException:
         if writer is not None:

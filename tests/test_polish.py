@@ -334,7 +334,7 @@ def test_polisher_refuses_what_the_source_cannot_give(bad: BadPolish) -> None:
     [
         pytest.param({"case": "kebab"}, r"entity 'e', field polish.case", id="case"),
         pytest.param({"hash_id": {"name": "k"}}, r"field polish.hash_id.0.columns", id="cols"),
-        pytest.param({"colour": 1}, r"field polish.colour: Extra inputs", id="unknown"),
+        pytest.param({"colour": 1}, r"field polish.colour: unknown key; valid keys", id="unknown"),
         pytest.param({"constants": {"k": 1}, "load_timestamp": "k"}, r"used twice: k", id="twice"),
     ],
 )

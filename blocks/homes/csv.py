@@ -40,6 +40,7 @@ class CsvHome(HomeBlock):
     _block_type_slug = "csv-home"
     _description = "Delimited text files (one, a directory, or a glob) as a hygge Home."
     spec_type = "csv"
+    location_fields = ("path",)
 
     path: str | None = Field(
         default=None,

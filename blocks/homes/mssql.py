@@ -122,6 +122,7 @@ class MssqlHome(HomeBlock):
     _description = "A SQL Server or Azure SQL database as a hygge Home."
     _documentation_url = "https://learn.microsoft.com/sql/connect/odbc/"  # type: ignore[assignment]
     spec_type = "mssql"
+    location_fields = ("host", "port", "database")
     dialect: ClassVar[Dialect] = TSQL
 
     host: str = Field(

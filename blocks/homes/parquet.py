@@ -36,6 +36,7 @@ class ParquetHome(HomeBlock):
     _block_type_slug = "parquet-home"
     _description = "Parquet files (one, a directory, or a glob) as a hygge Home."
     spec_type = "parquet"
+    location_fields = ("path",)
 
     path: str | None = Field(
         default=None,

@@ -150,6 +150,11 @@ class PostgresHome(HomeBlock):
             return None  # progress without a percentage; the read reports the real error
         return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
 
+    def location(self) -> str:
+        if self.credentials.dsn is not None:
+            return f"postgres {self.credentials.dsn_location()}"
+        return f"postgres {self._where()}"
+
     def identity(self) -> str:
         """Which database `max_connections` counts against (no secrets in it)."""
         if self.credentials.dsn is not None:

@@ -44,6 +44,7 @@ class SqliteHome(HomeBlock):
     _block_type_slug = "sqlite-home"
     _description = "A SQLite database file as a hygge Home."
     spec_type = "sqlite"
+    location_fields = ("path",)
 
     path: str = Field(description="Path of the SQLite database file.")
 

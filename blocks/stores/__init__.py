@@ -1,8 +1,38 @@
-"""One Store per module; each stages and publishes to one kind of destination."""
+"""One Store per module; each stages and publishes to one kind of destination.
 
-from blocks.stores.adls import AdlsStore
-from blocks.stores.onelake import OneLakeStore
-from blocks.stores.open_mirroring import OpenMirroringStore
+The Azure Stores import prefect-azure and the Azure SDK, about a second on every command, so
+they are imported on first use (`blocks.stores.AdlsStore`), not with the package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from blocks.stores.parquet import ParquetStore
 
+if TYPE_CHECKING:
+    from blocks.stores.adls import AdlsStore
+    from blocks.stores.onelake import OneLakeStore
+    from blocks.stores.open_mirroring import OpenMirroringStore
+
+#: class name -> module, for the Stores imported on first use
+LAZY = {
+    "AdlsStore": "blocks.stores.adls",
+    "OneLakeStore": "blocks.stores.onelake",
+    "OpenMirroringStore": "blocks.stores.open_mirroring",
+}
+
 __all__ = ["AdlsStore", "OneLakeStore", "OpenMirroringStore", "ParquetStore"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    # `prefect block register -m` finds blocks through dir(): list the lazy ones too
+    return sorted({*globals(), *LAZY})
