@@ -1,17 +1,17 @@
 """The README's deployment sequence, run exactly as written, on a fresh clone (slow).
 
 The shell blocks of "Run on a Prefect server" (each follows a `<!-- deploy:NAME -->` line) run
-with bash in a `git clone` of this checkout, with this checkout's uncommitted changes copied
-over, a new empty HOME and no Prefect settings: a real `prefect server start --background`, a
-process worker in a second "terminal" that inherits nothing from the first, the deployments
-of prefect.yaml, saved blocks and `prefect deployment run --watch`, all on 127.0.0.1. Two
-stand-ins, and only these: the clone's `.venv/bin/activate` puts this interpreter first on PATH
-and the clone on PYTHONPATH (what "Start here" sets up with `pip install -e .`), and the API's
-port is a free one instead of 4200 (`PREFECT_SERVER_API_PORT`, and the URL in the blocks).
+with bash in a `git clone` of this checkout, with its uncommitted changes copied over, a new
+empty HOME and no Prefect settings: hygge's local Prefect server, a process worker in a second
+"terminal" that inherits nothing from the first, the deployments of prefect.yaml, saved blocks
+and `prefect deployment run --watch`, all on 127.0.0.1. One stand-in: the clone's
+`.venv/bin/activate` puts this interpreter first on PATH and the clone on PYTHONPATH (what
+"Start here" sets up with `pip install -e .`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,12 +43,6 @@ def readme_blocks() -> dict[str, str]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     found = re.findall(r"<!-- deploy:([a-z-]+) -->\n```bash\n(.*?)```", text, flags=re.S)
     return dict(found)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:
@@ -87,7 +81,8 @@ class Terminal:
 
     def run(self, name: str, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         # each block's exports carry over to the next, as in a terminal
-        wrapped = f". {self.state}\n{script}\nexport -p | grep -v '^declare -[a-z]*r' > {self.state}"
+        keep = f"export -p | grep -v '^declare -[a-z]*r' > {self.state}"
+        wrapped = f". {self.state}\n{script}\n{keep}"
         result = subprocess.run(
             ["bash", "-e", "-c", wrapped],
             cwd=self.cwd,
@@ -124,7 +119,7 @@ class Sequence:
         return self.worker_log.read_text(errors="replace")
 
 
-def _base_env(home: Path, port: int) -> dict[str, str]:
+def _base_env(home: Path) -> dict[str, str]:
     """A newcomer's environment: no Prefect settings, no virtualenv, a new empty HOME."""
     env = {
         k: v
@@ -138,7 +133,6 @@ def _base_env(home: Path, port: int) -> dict[str, str]:
         HOME=str(home),
         DO_NOT_TRACK="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_API_PORT=str(port),  # a free port instead of the README's 4200
         PREFECT_WORKER_QUERY_SECONDS="1",  # the worker looks for runs every second, not 10
     )
     return env
@@ -154,6 +148,12 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def _server_record(home: Path) -> dict[str, object] | None:
+    """hygge's record of its local server (flows/local_server.py), if it wrote one."""
+    path = home / ".prefect" / "hygge-server" / "server.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 @pytest.fixture(scope="module")
 def sequence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sequence]:
     """The README's sequence up to (not including) stopping the worker and the server."""
@@ -163,7 +163,6 @@ def sequence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sequence]:
     clone = fresh_clone(root / "hygge")
     home = root / "home"
     home.mkdir()
-    port = _free_port()
     activate = clone / ".venv" / "bin" / "activate"
     activate.parent.mkdir(parents=True)
     activate.write_text(
@@ -173,20 +172,16 @@ def sequence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sequence]:
         f'export PYTHONPATH="{clone}"\n',
         encoding="utf-8",
     )
-    for name in ("server", "worker"):
-        assert "http://127.0.0.1:4200/api" in blocks[name], name
-        blocks[name] = blocks[name].replace("127.0.0.1:4200", f"127.0.0.1:{port}")
-    env = _base_env(home, port)
+    env = _base_env(home)
     state = root / "terminal-1.sh"
     state.write_text(f". {activate}\n", encoding="utf-8")  # terminal 1 has the venv active
-    seq = Sequence(clone, home, port, blocks, Terminal(clone, env, state))
-    pid_file = home / ".prefect" / "server.pid"
-    server_pid: int | None = None
+    seq = Sequence(clone, home, 0, blocks, Terminal(clone, env, state))
     try:
         result = seq.term.run("server", blocks["server"])
-        if pid_file.exists():
-            server_pid = int(pid_file.read_text())
         assert result.returncode == 0, result.stdout + result.stderr
+        record = _server_record(home)
+        assert record is not None, "`hygge server start` left no record"
+        seq.port = int(str(record["port"]))
         # terminal 2 starts from the newcomer's environment, not from terminal 1's
         seq.worker_log = root / "worker.log"
         seq.worker = subprocess.Popen(
@@ -205,11 +200,10 @@ def sequence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sequence]:
     finally:
         if seq.worker is not None and seq.worker.poll() is None:
             _stop_group(seq.worker)
-        if server_pid is not None and _port_open(port):
-            try:
-                os.kill(server_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        record = _server_record(home)
+        if record is not None:  # not stopped by the last test: stop the server it started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(str(record["pid"])), signal.SIGTERM)
 
 
 def test_the_readme_sequence_runs_as_written(sequence: Sequence) -> None:
@@ -287,7 +281,7 @@ from prefect import get_client
 from prefect.deployments import run_deployment
 
 d = get_client(sync_client=True).read_deployment_by_name('hygge/shop-example-blocks')
-limit = [d.concurrency_limit, d.concurrency_options.collision_strategy.value]
+limit = [d.global_concurrency_limit.limit, d.concurrency_options.collision_strategy.value]
 runs = [run_deployment('hygge/shop-example-blocks', timeout=0) for _ in range(2)]
 deadline = time.monotonic() + 180
 while True:
@@ -336,4 +330,5 @@ def test_the_worker_and_the_server_stop_as_the_readme_says(sequence: Sequence) -
     deadline = time.monotonic() + 30
     while _port_open(sequence.port) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _port_open(sequence.port), "the server still answers after `prefect server stop`"
+    assert not _port_open(sequence.port), "the server still answers after `hygge server stop`"
+    assert _server_record(sequence.home) is None
