@@ -156,6 +156,25 @@ def test_azure_stores_name_their_tables_as_abfss_uris() -> None:
     assert table_url(emulator, "shop/orders") == f"{emulator}/shop/orders"
 
 
+def test_a_run_into_an_azure_store_records_its_tables(
+    azurite: Any, tmp_path: Path, spec_name: str
+) -> None:
+    from tests.test_azure_stores import adls_spec
+
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 200))
+    cont = azurite.new_container()
+    state = run_flow(adls_spec(spec_name, db, azurite, cont))
+    assert state.is_completed()
+    events = asset_events(state.state_details.flow_run_id, 2)
+    assert sorted(e.resource.id for e in events) == [
+        f"{azurite.blob_url}/{cont}/lake/raw/{entity}" for entity in ("events", "events_copy")
+    ]
+    blobs = list(azurite.container(cont).list_blobs("lake/raw/events/"))
+    payload = next(e.payload for e in events if e.payload["entity"] == "events")
+    assert (payload["rows"], payload["files"]) == (200, len(blobs))
+    assert payload["bytes"] == sum(b.size for b in blobs)
+
+
 def test_every_store_names_an_asset(azurite: Any, tmp_path: Path) -> None:
     from prefect_azure import AzureBlobStorageCredentials
 
