@@ -7,6 +7,7 @@ A Home never knows a Store and a Store never knows a Home; the entity task
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from prefect.blocks.core import Block
+from prefect.types.names import MAX_ASSET_KEY_LENGTH, RESTRICTED_ASSET_CHARACTERS
 from pydantic import Field, HttpUrl
 
 from hygge_tasks.errors import StoreError
@@ -176,6 +178,10 @@ class StoreBlock(Block, ABC):
         """
 
     @abstractmethod
+    def asset_key(self, entity: str) -> str:
+        """The Prefect asset key of the entity's table: a URI of where it lands (`asset_uri`)."""
+
+    @abstractmethod
     def lock_id(self) -> str:
         """Names the area `exclusive` locks: stores with equal ids share one lock."""
 
@@ -213,6 +219,20 @@ class StoreBlock(Block, ABC):
         """The entity's published rows, in batches (schema evolution rewrites a table)."""
         msg = f"{type(self).__name__} cannot read back a published table to evolve its schema"
         raise StoreError(msg, entity=entity)
+
+
+def asset_uri(uri: str) -> str:
+    """`uri` made a valid Prefect asset key.
+
+    Prefect refuses keys holding spaces, `%`, `#`, `?`, quotes, brackets and a few more
+    characters (`prefect.types.names`): each becomes `_`. A key longer than Prefect's 512
+    characters keeps its start and ends in a hash of the whole, so it stays unique.
+    """
+    key = "".join("_" if c in RESTRICTED_ASSET_CHARACTERS else c for c in uri)
+    if len(key) > MAX_ASSET_KEY_LENGTH:
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        key = f"{key[: MAX_ASSET_KEY_LENGTH - 17]}-{digest}"
+    return key
 
 
 def utc_now() -> dt.datetime:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -17,6 +18,9 @@ ORDERS = 1_000_000
 CUSTOMERS = 50_000
 PRODUCTS = 500
 LINES = 300_000
+#: where `python -m flows.run`, run from the checkout root, and the `shop-example` deployment
+#: keep the sample database: an absolute path, the same from any working directory
+CHECKOUT_DATABASE = Path(__file__).resolve().parents[1] / "example_data" / "shop.sqlite"
 
 _DDL = """
 CREATE TABLE customers (
@@ -70,11 +74,15 @@ def ensure_example_data(path: Path | None = None, orders: int = ORDERS) -> Path:
     if db.exists():
         return db
     db.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db.with_suffix(".tmp")
+    # a name of its own: two first runs at once each build a copy and the last one wins
+    tmp = db.with_name(f".{db.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.unlink(missing_ok=True)
-    print(f"hygge: creating the example database {db} ({orders:,} orders) ...")
-    write_example(tmp, orders)
-    tmp.replace(db)
+    print(f"hygge: creating the example database {db} ({orders:,} orders) ...", flush=True)
+    try:
+        write_example(tmp, orders)
+        tmp.replace(db)
+    finally:
+        tmp.unlink(missing_ok=True)
     return db
 
 

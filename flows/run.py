@@ -29,8 +29,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks import StoreBlock, WatermarkLedger
+from blocks import HomeBlock, SqliteHome, StoreBlock, WatermarkLedger
 from blocks.base import utc_now
+from flows import assets
+from flows.assets import Committed
 from flows.plan import EntityJob, build_jobs, resolve_blocks
 from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_any
 from flows.summary import SummaryRow, render
@@ -41,12 +43,27 @@ from hygge_tasks.move import EntityResult, finish_entity, move_entity
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
+#: the bundled example's specs: a run of either creates the sample database when it is missing
+#: (a deployment's first run too, which `main` never sees)
+EXAMPLE_SPECS = (EXAMPLE_SPEC, REPO / "deployments" / "example_blocks.yaml")
 #: entities that finish within this window share one ledger save (each save is several API
 #: calls and grows with the ledger: one per entity made 200 small entities take 90 s)
 LEDGER_BATCH_SECONDS = 1.0
 #: log the summary table at the end of the flow; the command line turns it off and prints the
 #: table itself, so a terminal shows it once
 ECHO_SUMMARY = True
+
+
+def _ensure_example(spec: str | dict[str, Any], home: HomeBlock, logger: Any) -> None:
+    """Create the sample database a bundled example spec reads, if it does not exist yet."""
+    if not isinstance(spec, str) or not isinstance(home, SqliteHome):
+        return
+    if Path(spec).resolve() not in EXAMPLE_SPECS or Path(home.path).exists():
+        return
+    from flows.example import ensure_example_data
+
+    logger.info("%s does not exist yet: creating the example database", home.path)
+    ensure_example_data(Path(home.path))
 
 
 def _run_id() -> str:
@@ -59,8 +76,10 @@ def _run_id() -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{suffix or uuid.uuid4().hex[:8]}"
 
 
-def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, ledger_name: str, logger: Any) -> None:
+def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, plan: FlowSpec, logger: Any) -> None:
     """Finish or undo what an interrupted run left, before anything new starts."""
+    ledger_name = plan.ledger_name
+    recovered: list[Committed] = []
     for job in jobs:
         for manifest in job.store.recover(job.plan.name):
             logger.warning(
@@ -70,6 +89,21 @@ def _recover(jobs: list[EntityJob], ledger: WatermarkLedger, ledger_name: str, l
             )
             ledger.commit(ledger_name, job.plan.name, manifest.ledger_entry)
             job.store.mark_committed(job.plan.name, manifest.run_id)
+            entry = manifest.ledger_entry or {}
+            recovered.append(
+                Committed(
+                    job.plan.name,
+                    job.store,
+                    manifest.run_id,
+                    manifest.mode,
+                    manifest.rows,
+                    manifest.bytes,
+                    len(manifest.files),
+                    entry.get("watermark"),
+                )
+            )
+    if recovered:
+        assets.record(plan.name, recovered, logger)
 
 
 def _exclusive(stores: list[StoreBlock], run_id: str, wait_seconds: float) -> ExitStack:
@@ -129,6 +163,7 @@ def _move_all(
                     _failed(job, exc, before)
                 return
             faults.point("flow.before_mark_committed")
+            committed: list[Committed] = []
             for job, result, before in batch:
                 try:
                     job.store.mark_committed(job.plan.name, result.run_id)
@@ -137,6 +172,19 @@ def _move_all(
                     continue
                 rows[job.plan.name] = SummaryRow.ok(result)
                 journal.ok(job.plan, job.store, result, before, scheduler.started[job.plan.name])
+                committed.append(
+                    Committed(
+                        job.plan.name,
+                        job.store,
+                        result.run_id,
+                        result.mode,
+                        result.rows,
+                        result.bytes,
+                        len(result.files),
+                        result.watermark,
+                    )
+                )
+            assets.record(plan.name, committed, logger)
 
         def _failed(job: EntityJob, exc: Exception, before: Any) -> None:
             logger.error("%s: failed: %s", job.plan.name, exc)
@@ -302,6 +350,7 @@ def hygge(
     if dask_address:
         plan.task_runner = TaskRunnerSpec(type="dask", address=dask_address)
     home, store = resolve_blocks(plan)
+    _ensure_example(spec, home, logger)
     run_id = _run_id()
     # the Stores this run writes (entities may override the Store's settings)
     stores = [j.store for j in build_jobs(plan, home, store, WatermarkLedger(), entities, run_type)]
@@ -309,7 +358,7 @@ def hygge(
         # read the ledger only once the Stores are ours: a run before us may just have saved it
         ledger = WatermarkLedger.load_or_new(plan.ledger_name)
         jobs = build_jobs(plan, home, store, ledger, entities, run_type)
-        _recover(jobs, ledger, plan.ledger_name, logger)
+        _recover(jobs, ledger, plan, logger)
         # recovery may have moved watermarks: plan again from the updated ledger
         jobs = build_jobs(plan, home, store, ledger, entities, run_type, loaded_at=utc_now())
         journal = Journal(plan.name, run_id, logger)

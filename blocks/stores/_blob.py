@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from azure.core.exceptions import (
     AzureError,
@@ -121,6 +122,22 @@ def store_error(exc: BaseException, action: str, *, entity: str | None = None) -
     if isinstance(exc, StoreError):
         return exc
     return StoreError(f"{action}: {detail}", entity=entity)
+
+
+def table_url(container_url: str, path: str) -> str:
+    """Where a folder of a container is, as a URI without credentials.
+
+    On Azure's own hosts (`<account>.blob.core.windows.net`, `onelake.blob.fabric.microsoft.com`)
+    it is the `abfss://<container>@<host with .dfs.>/<path>` URI that Spark, Fabric and
+    Databricks use for the same folder; elsewhere (the emulator) the Blob URL itself.
+    """
+    url = unquote(container_url.split("?", 1)[0])
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    container = parts.path.strip("/")
+    if parts.scheme == "https" and ".blob." in host and container and "/" not in container:
+        return f"abfss://{container}@{host.replace('.blob.', '.dfs.', 1)}/{path}"
+    return f"{url}/{path}"
 
 
 def join(*parts: str) -> str:

@@ -33,14 +33,16 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from prefect_azure import AzureBlobStorageCredentials
 from pydantic import Field
 
-from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
+from blocks.base import EntityWriter, StoreBlock, WriteMode, asset_uri, utc_now
 from blocks.stores._blob import (
     BlobArea,
     BlockSink,
     block_ids,
+    join,
     lease_lock,
     service_client,
     store_error,
+    table_url,
 )
 from blocks.stores._schema import appendable, conform
 from hygge_tasks import faults
@@ -143,6 +145,14 @@ class BlobStoreBase(StoreBlock):
                 area.delete(key)
         except AzureError as exc:
             raise store_error(exc, action) from exc
+
+    def table_folder(self, entity: str) -> str:
+        """The entity's folder relative to the Store's root."""
+        return entity
+
+    def asset_key(self, entity: str) -> str:
+        area = self.area()
+        return asset_uri(table_url(area.container.url, join(area.root, self.table_folder(entity))))
 
     def lock_id(self) -> str:
         return f"blob:{self.area().url()}"

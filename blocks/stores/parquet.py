@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
+from blocks.base import EntityWriter, StoreBlock, WriteMode, asset_uri, utc_now
 from blocks.stores._local_lock import exclusive
 from blocks.stores._schema import SMALL, appendable, comparable, conform
 from hygge_tasks import faults
@@ -136,6 +136,10 @@ class ParquetStore(StoreBlock):
             for folder in created:  # deepest first: only what the probe created, only if empty
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+    def asset_key(self, entity: str) -> str:
+        folder = self.table_dir(entity).resolve().as_posix()
+        return asset_uri(f"file://{folder if folder.startswith('/') else '/' + folder}")
 
     def lock_id(self) -> str:
         return f"parquet:{self._root.resolve()}"
