@@ -127,6 +127,17 @@ def start(announce: bool = True, wait: bool = True) -> ServerRecord:
     With `wait=False` a new server is launched and returned at once (`start()` again waits
     for it), so a command can do other work while the server creates its database.
     """
+    try:
+        return _start(announce, wait)
+    except OSError as exc:
+        msg = (
+            f"cannot start the local Prefect server in {state_dir()}: {exc.strerror or exc}; "
+            "make PREFECT_HOME a writable folder, or set PREFECT_API_URL to a server of yours"
+        )
+        raise ServerError(msg) from exc
+
+
+def _start(announce: bool, wait: bool) -> ServerRecord:
     with _start_lock():
         record = _read_record()
         if record is not None and _alive(record.pid) and _is_ours(record):

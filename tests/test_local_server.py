@@ -186,3 +186,16 @@ def test_stop_never_signals_a_process_it_did_not_start(tmp_path: Path, home: Pat
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_unusable_prefect_home_is_one_clear_line(tmp_path: Path, home: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = newcomer_env(home, PREFECT_HOME=str(blocker / "prefect"))
+    done = run([*HYGGE, "server", "start"], tmp_path, env)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"cannot start the local Prefect server in {blocker}/prefect/hygge-server" in (
+        done.stderr
+    )
+    assert "make PREFECT_HOME a writable folder, or set PREFECT_API_URL" in done.stderr
