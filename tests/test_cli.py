@@ -18,6 +18,7 @@ def run_cli(args: list[str], cwd: Path, api_url: str) -> subprocess.CompletedPro
         "PREFECT_API_URL": api_url,  # the session's test server: no temporary server per call
         "HYGGE_EXAMPLE_DIR": str(cwd / "example_data"),
         "HYGGE_LAKE": str(cwd / "lake"),
+        "PYTHONPATH": str(REPO),  # this checkout's code, whichever one `pip install -e` points at
     }
     return subprocess.run(
         [sys.executable, "-m", "flows.run", *args],

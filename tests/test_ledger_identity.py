@@ -6,9 +6,6 @@ first one's watermarks. Tuning a spec must not count as a move; pointing it else
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from flows.spec import parse_spec
 from hygge_tasks.errors import ConfigError
 from tests.conftest import ledger_of, make_events_db, read_lake, run_flow
 from tests.flow_helpers import assert_lake_equals_source, events_rows, spec_for
+from tests.test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,22 +184,6 @@ def test_postgres_identity_holds_no_secret_and_follows_the_database(dsn: str | N
 
 
 # -- the case, through the command line ----------------------------------------------
-
-
-def run_cli(args: list[str], cwd: Path, api_url: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": api_url,
-        "PYTHONPATH": str(REPO),  # this checkout's code, whichever one `pip install -e` points at
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "flows.run", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def write_spec(path: Path, name: str, db: Path, lake: Path) -> Path:
