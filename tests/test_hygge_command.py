@@ -144,3 +144,20 @@ def test_check_is_green_for_a_new_project_and_red_for_a_missing_table(
     assert "check the entity's `table`" in failed[0]
     assert red.stdout.splitlines()[-1] == "1 of 3 checks failed"
     assert "Everything looks good" not in red.stdout
+
+
+def test_a_missing_saved_block_is_a_configuration_error_before_any_flow_run(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    spec = tmp_path / "saved.yaml"
+    spec.write_text(
+        "name: saved_missing\n"
+        "home: sqlite-home/nobody-saved-this\n"
+        f"store: {{type: parquet, path: {tmp_path / 'lake'}}}\n"
+        "entities: [{name: t, table: t}]\n"
+    )
+    done = hygge(["run", "--spec", str(spec)], tmp_path, prefect_server)
+    assert done.returncode == 2
+    assert "no saved block 'sqlite-home/nobody-saved-this'" in done.stderr
+    assert "Traceback" not in done.stderr and "Flow run" not in done.stdout
+    assert not (tmp_path / "lake").exists()
