@@ -476,16 +476,11 @@ def _column(f: pa.Field, money_scale: int) -> _Column:
     if pa.types.is_null(typ):
         return _Column(f.name, quoted, pa.string())
     if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
-        guard = f"NOT isfinite({quoted})"
+        guard, refusal = f"NOT isfinite({quoted})", "±infinity"
         if pg_type.startswith("timestamp"):
             guard += f" OR {quoted} > CAST('{_MAX_TIMESTAMP}' AS {pg_type})"
-        return _Column(
-            f.name,
-            quoted,
-            typ,
-            guard=guard,
-            refusal="±infinity or a date past what Arrow holds (294247 AD)",
-        )
+            refusal += " or an instant past what Arrow holds (294247 AD)"
+        return _Column(f.name, quoted, typ, guard=guard, refusal=refusal)
     if pa.types.is_time(typ):
         return _Column(
             f.name, quoted, typ, guard=f"{quoted} = '24:00:00'", refusal="the time 24:00:00"
@@ -504,7 +499,8 @@ def _numeric(name: str, quoted: str, typmod: int) -> _Column:
     if scale < 0:
         # an integer multiple of 10^-scale with `precision` significant digits
         precision, scale = precision - scale, 0
-    # numeric(3, 5) holds 0.00012: Arrow's decimals take a scale above the precision
+    # numeric(3, 5) holds 0.00012; Parquet wants scale <= precision, and decimal(5, 5) is exact
+    precision = max(precision, scale)
     if precision > 76:
         return as_text
     decimal = pa.decimal128 if precision <= 38 else pa.decimal256
