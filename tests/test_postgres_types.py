@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,14 @@ CASES = [
         "array_to_json(CAST({v} AS bigint[]))::text",  # JSON spells oids as strings
         pa.list_(pa.int64()),
     ),
+    Case("en", "{s}.mood", ["'ok'", "'ünï'"], TXT, pa.string()),
+    Case(
+        "ena",
+        "{s}.mood[]",
+        ["'{ok,ünï}'", "'{}'"],
+        "array_to_json({v})::text",
+        pa.list_(pa.string()),
+    ),
     Case("na", "numeric[]", ["'{1.50,NaN}'"], TXT, pa.string()),
     Case(
         "ma", "integer[][]", ["'{}'", "'{1,2}'"], "array_to_json({v})::text", pa.list_(pa.int32())
@@ -268,12 +276,14 @@ def server_canon(rows: list[tuple[Any, ...]], case_index: int) -> list[str | Non
 
 def make_matrix(pg: PgServer, schema: str) -> str:
     table = f"{q(schema)}.matrix"
-    cols = ", ".join(f"{c.name} {c.sql_type}" for c in CASES)
+    pg.execute(f"CREATE TYPE {q(schema)}.mood AS ENUM ('ok', 'ünï')")
+    cases = [replace(c, sql_type=c.sql_type.format(s=q(schema))) for c in CASES]
+    cols = ", ".join(f"{c.name} {c.sql_type}" for c in cases)
     pg.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, {cols})")
     n = max(len(c.values) for c in CASES) + 1  # the last row: all NULL
     for i in range(n):
         vals = [
-            f"CAST({c.values[i]} AS {c.sql_type})" if i < len(c.values) else "NULL" for c in CASES
+            f"CAST({c.values[i]} AS {c.sql_type})" if i < len(c.values) else "NULL" for c in cases
         ]
         pg.execute(f"INSERT INTO {table} VALUES ({i}, {', '.join(vals)})")
     return table

@@ -79,10 +79,13 @@ _PLAIN_ELEMENTS = (
 class PostgresHome(HomeBlock):
     """Reads tables or queries from PostgreSQL as Arrow batches (ADBC, binary COPY).
 
-    Types map exactly: integers by width, `numeric(p,s)` to `decimal128(p,s)` (unconstrained
-    `numeric` to text), `real`/`double precision` to float32/float64, `date`, `time`,
-    `timestamp`, `timestamptz` (UTC), `boolean`, `bytea`, text of any length, and `uuid`,
-    `json`, `interval` and other types without an Arrow twin as their PostgreSQL text.
+    Types map exactly: integers by width, `oid` to int64, `numeric(p,s)` to a decimal that
+    holds every value (unconstrained `numeric` to text), `money` to `decimal128(19, s)` at
+    lc_monetary's scale, `real`/`double precision` to float32/float64, `date`, `time`,
+    `timestamp`, `timestamptz` (UTC), `boolean`, `bytea`, text of any length, 1-D arrays of
+    those to lists, and `uuid`, `json`, `interval` and other types without an Arrow twin as
+    their PostgreSQL text. A value Arrow cannot hold (a 2-D array, ±infinity, ...) fails the
+    read naming its column; it is never changed. Partitioned reads share one snapshot.
 
     Example:
         ```python
