@@ -467,7 +467,8 @@ def _column(f: pa.Field, money_scale: int) -> _Column:
         return _Column(f.name, f"CAST({quoted} AS bigint) AS {quoted}", pa.int64())
     if pg_type == "_oid":
         return _Column(f.name, f"CAST({quoted} AS bigint[]) AS {quoted}", pa.list_(pa.int64()))
-    if pg_type in ("regproc", "int2vector"):  # an oid as int32; a 0-based array flattened
+    if pg_type in ("regproc", "int2vector", "char", "_regproc", "_int2vector", "_char"):
+        # an oid as int32, a 0-based array flattened, the empty "char" as a NUL byte
         return as_text
     typ = f.type
     if pa.types.is_list(typ) or pa.types.is_large_list(typ):
