@@ -351,6 +351,8 @@ def test_every_type_arrives_exactly_in_the_lake(
         ("integer[]", "'{{1,2},{3,4}}'", "multi-dimensional array"),
         ("integer[]", "'[0:1]={1,2}'", "not indexed from 1"),
         ("timestamptz[]", "'{infinity}'", "±infinity"),
+        ("date[]", "'{2024-01-01,-infinity}'", "±infinity"),
+        ("timestamp[]", "'{2024-01-01,294270-01-01}'", "294247 AD"),
         ("timestamp", "'infinity'", "±infinity"),
         ("timestamptz", "'-infinity'", "±infinity"),
         ("timestamp", "'294270-01-01'", "294247 AD"),

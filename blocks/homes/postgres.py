@@ -529,6 +529,9 @@ def _array(name: str, quoted: str, pg_type: str, typ: pa.DataType, as_text: _Col
         for inf in ("infinity", "-infinity"):
             guard += f" OR CAST('{inf}' AS {elem_type}) = ANY({quoted})"
         what += ", or ±infinity"
+        if pa.types.is_timestamp(element):
+            guard += f" OR CAST('{_MAX_TIMESTAMP}' AS {elem_type}) < ANY({quoted})"
+            what += " or an instant past what Arrow holds (294247 AD)"
     return _Column(name, quoted, typ, guard=guard, refusal=what)
 
 
