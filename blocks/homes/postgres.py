@@ -13,12 +13,14 @@ streaming query reads it back with `current_setting()`: values never enter SQL t
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from blocks.base import HomeBlock, ReadRequest
@@ -27,6 +29,7 @@ from blocks.homes import _sql
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import POSTGRES, Binder
+from hygge_tasks import faults
 from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, redact
 
 # SQLSTATEs worth a retry: connection exceptions (class 08), admin/crash shutdown, cannot
@@ -52,15 +55,37 @@ class _Column:
     name: str
     expr: str  # how the final SELECT names it (with a cast to text where needed)
     arrow: pa.DataType  # the type the Home yields
+    #: a boolean SQL expression, true for a value Arrow cannot hold exactly (read beside the
+    #: column and checked per batch), and what the user can do about such a value
+    guard: str | None = None
+    refusal: str = ""
+
+
+# the latest instant a microsecond Arrow timestamp holds (PostgreSQL's goes to 294276 AD)
+_MAX_TIMESTAMP = "294247-01-10 04:00:54.775807"
+# array elements ADBC decodes to their plain Arrow twin; other element types read as text
+_PLAIN_ELEMENTS = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_boolean,
+    pa.types.is_string,
+    pa.types.is_binary,
+    pa.types.is_date,
+    pa.types.is_time,
+    pa.types.is_timestamp,
+)
 
 
 class PostgresHome(HomeBlock):
     """Reads tables or queries from PostgreSQL as Arrow batches (ADBC, binary COPY).
 
-    Types map exactly: integers by width, `numeric(p,s)` to `decimal128(p,s)` (unconstrained
-    `numeric` to text), `real`/`double precision` to float32/float64, `date`, `time`,
-    `timestamp`, `timestamptz` (UTC), `boolean`, `bytea`, text of any length, and `uuid`,
-    `json`, `interval` and other types without an Arrow twin as their PostgreSQL text.
+    Types map exactly: integers by width, `oid` to int64, `numeric(p,s)` to a decimal that
+    holds every value (unconstrained `numeric` to text), `money` to `decimal128(19, s)` at
+    lc_monetary's scale, `real`/`double precision` to float32/float64, `date`, `time`,
+    `timestamp`, `timestamptz` (UTC), `boolean`, `bytea`, text of any length, 1-D arrays of
+    those to lists, and `uuid`, `json`, `interval` and other types without an Arrow twin as
+    their PostgreSQL text. A value Arrow cannot hold (a 2-D array, ±infinity, ...) fails the
+    read naming its column; it is never changed. Partitioned reads share one snapshot.
 
     Example:
         ```python
@@ -114,18 +139,32 @@ class PostgresHome(HomeBlock):
         base = _sql.base_select(POSTGRES, request)  # a bad entity fails before connecting
         wanted = self.partitions if self.partition_column else 1
         with connection_slots(self.identity(), wanted, self.max_connections) as granted:
-            conn = self._connect(request.entity)
+            conns = [self._connect(request.entity)]
+            handed_over = False  # once the range threads run, each closes its connection
             try:
-                plan = self._plan(conn, request, base, granted)
+                snapshot = None
+                if self.partition_column and granted > 1:
+                    snapshot = self._export_snapshot(conns[0], request)
+                plan = self._plan(conns[0], request, base, granted)
                 if len(plan) == 1:
-                    yield from self._stream(conn, request, *plan[0])
+                    yield from self._stream(conns[0], request, *plan[0])
                     return
+                assert snapshot is not None
+                # every range reads the planning transaction's snapshot, so a write during
+                # the read cannot move a row from a range not yet read into one already read
+                for _ in plan[1:]:
+                    conns.append(self._connect(request.entity))
+                    self._import_snapshot(conns[-1], snapshot, request)
+                streams = [
+                    partial(self._stream_own, conn, request, sql, b, c)
+                    for conn, (sql, b, c) in zip(conns, plan, strict=True)
+                ]
+                handed_over = True
+                yield from merge_streams(streams, queue_size=2 * len(streams))
             finally:
-                conn.close()
-            # each range on its own connection; the planning one is closed, so at most
-            # `granted` connections are open
-            streams = [partial(self._stream_own, request, sql, b, c) for sql, b, c in plan]
-            yield from merge_streams(streams, queue_size=2 * len(streams))
+                if not handed_over:
+                    for conn in conns:
+                        conn.close()
 
     def check(self, request: ReadRequest) -> None:
         _sql.check_read(self, request)
@@ -175,7 +214,7 @@ class PostgresHome(HomeBlock):
             cur = conn.cursor()
             columns = self._columns(cur, base, request)
             types = {c.name: c.arrow for c in columns}
-            select_list = [c.expr for c in columns]
+            select_list = _select_list(columns)
             binder = _guc_binder()
             predicates = []
             if request.since is not None:
@@ -216,7 +255,7 @@ class PostgresHome(HomeBlock):
         cur.execute(bounds_sql)
         low, high = cur.fetchone()
         points = _sql.split_points(low, high, n)
-        select_list = [c.expr for c in columns]
+        select_list = _select_list(columns)
         if not points:
             return [
                 (_sql.final_select(POSTGRES, request, select_list, predicates), binder, columns)
@@ -231,13 +270,34 @@ class PostgresHome(HomeBlock):
         return out
 
     def _stream_own(
-        self, request: ReadRequest, sql: str, binder: Binder, columns: list[_Column]
+        self, conn: Any, request: ReadRequest, sql: str, binder: Binder, columns: list[_Column]
     ) -> Iterator[pa.RecordBatch]:
-        conn = self._connect(request.entity)
         try:
             yield from self._stream(conn, request, sql, binder, columns)
         finally:
             conn.close()
+
+    def _export_snapshot(self, conn: Any, request: ReadRequest) -> str:
+        """Open a repeatable-read transaction on `conn` and return its exported snapshot."""
+        try:
+            cur = conn.cursor()
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute("SELECT pg_export_snapshot()")
+            (snapshot,) = cur.fetchone()
+        except _adbc_error() as exc:
+            raise self._error(exc, request) from exc
+        if not re.fullmatch(r"[0-9A-Fa-f-]+", str(snapshot)):  # it enters SQL text below
+            msg = f"PostgreSQL at {self._where()} exported an unexpected snapshot id"
+            raise HomeError(msg, entity=request.entity)
+        return str(snapshot)
+
+    def _import_snapshot(self, conn: Any, snapshot: str, request: ReadRequest) -> None:
+        try:
+            cur = conn.cursor()
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        except _adbc_error() as exc:
+            raise self._error(exc, request) from exc
 
     def _stream(
         self, conn: Any, request: ReadRequest, sql: str, binder: Binder, columns: list[_Column]
@@ -246,11 +306,12 @@ class PostgresHome(HomeBlock):
         try:
             cur = conn.cursor()
             _set_params(cur, binder)
+            faults.point("postgres.before_read")
             cur.execute(sql)
             reader = cur.fetch_record_batch()
             sent = False
             for raw in reader:
-                batch = _conform(raw, schema, request.entity)
+                batch = _conform(raw, schema, columns, request.entity)
                 for offset in range(0, batch.num_rows, request.batch_size):
                     sent = True
                     yield batch.slice(offset, request.batch_size)
@@ -268,7 +329,8 @@ class PostgresHome(HomeBlock):
             names_ = ", ".join(map(repr, dupes))
             msg = f"the source returns column(s) {names_} more than once; alias them"
             raise ConfigError(msg, entity=request.entity)
-        return [_column(f) for f in schema]
+        money_scale = _money_scale(cur) if any(_pg_type(f) == "money" for f in schema) else 0
+        return [_column(f, money_scale) for f in schema]
 
     # --- connections and errors -------------------------------------------------------
 
@@ -378,28 +440,131 @@ def _set_params(cur: Any, binder: Binder) -> None:
         cur.fetchall()
 
 
-def _column(f: pa.Field) -> _Column:
+def _pg_type(f: pa.Field) -> str:
+    return (f.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
+
+
+def _money_scale(cur: Any) -> int:
+    """How many fraction digits `money` has under this session's lc_monetary (typically 2)."""
+    cur.execute("SELECT scale(CAST(CAST(0 AS money) AS numeric))")
+    return int(cur.fetchone()[0])
+
+
+def _column(f: pa.Field, money_scale: int) -> _Column:
     meta = f.metadata or {}
-    pg_type = meta.get(b"POSTGRESQL:type", b"").decode()
+    pg_type = _pg_type(f)
     quoted = POSTGRES.quote(f.name)
+    as_text = _Column(f.name, f"CAST({quoted} AS text) AS {quoted}", pa.string())
     if pg_type == "numeric":
-        typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
-        if typmod < 4:  # unconstrained numeric: any scale, so exact only as text
-            return _Column(f.name, quoted, pa.string())
-        precision, scale = (typmod - 4) >> 16, (typmod - 4) & 0xFFFF
-        decimal = pa.decimal128 if precision <= 38 else pa.decimal256
-        return _Column(f.name, quoted, decimal(precision, scale))
+        return _numeric(f.name, quoted, int(meta.get(b"POSTGRESQL:typmod", b"-1")))
+    if pg_type == "money":
+        # ADBC hands over the raw int64 of minor units; the server's lc_monetary says how
+        # many of them make one unit, and `money::numeric` applies it exactly
+        return _Column(
+            f.name, f"CAST({quoted} AS numeric) AS {quoted}", pa.decimal128(19, money_scale)
+        )
+    if pg_type == "oid":  # unsigned 32 bits, which ADBC reads as int32 (4294967295 -> -1)
+        return _Column(f.name, f"CAST({quoted} AS bigint) AS {quoted}", pa.int64())
+    if pg_type == "_oid":
+        return _Column(f.name, f"CAST({quoted} AS bigint[]) AS {quoted}", pa.list_(pa.int64()))
+    if pg_type in ("regproc", "int2vector", "char", "_regproc", "_int2vector", "_char"):
+        # an oid as int32, a 0-based array flattened, the empty "char" as a NUL byte
+        return as_text
     typ = f.type
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return _array(f.name, quoted, pg_type, typ, as_text)
     if isinstance(typ, pa.BaseExtensionType) or pa.types.is_interval(typ):
-        # uuid, json, timetz, interval, enums, ...: PostgreSQL's own text is exact and readable
-        return _Column(f.name, f"CAST({quoted} AS text) AS {quoted}", pa.string())
+        # uuid, json, timetz, interval, xid, regclass, inet, enums, ...: PostgreSQL's own
+        # text is exact and readable
+        return as_text
     if pa.types.is_null(typ):
         return _Column(f.name, quoted, pa.string())
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        guard, refusal = f"NOT isfinite({quoted})", "±infinity"
+        if pg_type.startswith("timestamp"):
+            guard += f" OR {quoted} > CAST('{_MAX_TIMESTAMP}' AS {pg_type})"
+            refusal += " or an instant past what Arrow holds (294247 AD)"
+        return _Column(f.name, quoted, typ, guard=guard, refusal=refusal)
+    if pa.types.is_time(typ):
+        return _Column(
+            f.name, quoted, typ, guard=f"{quoted} = '24:00:00'", refusal="the time 24:00:00"
+        )
     return _Column(f.name, quoted, typ)
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBatch:
+def _numeric(name: str, quoted: str, typmod: int) -> _Column:
+    """`numeric(p,s)` as the narrowest exact decimal; unconstrained or too wide as its text."""
+    as_text = _Column(name, f"CAST({quoted} AS text) AS {quoted}", pa.string())
+    if typmod < 4:  # unconstrained numeric: any scale, so exact only as text (NaN spelt 'NaN')
+        return as_text
+    precision = ((typmod - 4) >> 16) & 0xFFFF
+    # PostgreSQL 15 keeps the scale in 11 signed bits: numeric(5, -2) holds 12300
+    scale = (((typmod - 4) & 0x7FF) ^ 1024) - 1024
+    if scale < 0:
+        # an integer multiple of 10^-scale with `precision` significant digits
+        precision, scale = precision - scale, 0
+    # numeric(3, 5) holds 0.00012; Parquet wants scale <= precision, and decimal(5, 5) is exact
+    precision = max(precision, scale)
+    if precision > 76:
+        return as_text
+    decimal = pa.decimal128 if precision <= 38 else pa.decimal256
+    return _Column(name, quoted, decimal(precision, scale))
+
+
+def _array(name: str, quoted: str, pg_type: str, typ: pa.DataType, as_text: _Column) -> _Column:
+    """A one-dimensional array as an Arrow list; other element types as PostgreSQL's text.
+
+    ADBC flattens `{{1,2},{3,4}}` to `[1,2,3,4]` and drops a lower bound other than 1, and a
+    column's values may each have other dimensions, so such a value is refused, never flattened.
+    """
+    element = typ.value_type
+    if isinstance(element, pa.BaseExtensionType) or not any(
+        is_plain(element) for is_plain in _PLAIN_ELEMENTS
+    ):
+        return as_text  # numeric[], money[], uuid[], json[], ...: exact as text
+    guard = f"array_ndims({quoted}) > 1 OR array_lower({quoted}, 1) <> 1"
+    what = "a multi-dimensional array (or one not indexed from 1), which a list would flatten"
+    elem_type = pg_type.removeprefix("_")
+    if pa.types.is_timestamp(element) or pa.types.is_date(element):
+        for inf in ("infinity", "-infinity"):
+            guard += f" OR CAST('{inf}' AS {elem_type}) = ANY({quoted})"
+        what += ", or ±infinity"
+        if pa.types.is_timestamp(element):
+            guard += f" OR CAST('{_MAX_TIMESTAMP}' AS {elem_type}) < ANY({quoted})"
+            what += " or an instant past what Arrow holds (294247 AD)"
+    return _Column(name, quoted, typ, guard=guard, refusal=what)
+
+
+def _select_list(columns: list[_Column]) -> list[str]:
+    """Each column's expression, then one boolean per guarded column (see `_Column.guard`)."""
+    guards = [
+        f"({c.guard}) AS {POSTGRES.quote(f'hygge guard {i}')}"
+        for i, c in enumerate(c for c in columns if c.guard)
+    ]
+    return [c.expr for c in columns] + guards
+
+
+def _refuse_guarded(batch: pa.RecordBatch, columns: list[_Column], entity: str) -> None:
+    """Fail the read on a value Arrow cannot hold exactly, before anything is written."""
+    guarded = [c for c in columns if c.guard]
+    for i, c in enumerate(guarded):
+        flags = batch.column(len(columns) + i)
+        if not pc.any(flags).as_py():
+            continue
+        quoted = POSTGRES.quote(c.name)
+        msg = (
+            f"column {c.name!r} holds {c.refusal}: it cannot be read exactly as {c.arrow}. "
+            f"Read it as PostgreSQL's text with a `query` (`SELECT ..., CAST({quoted} AS text) "
+            f"AS {quoted} ...`), or leave those rows out with `where`"
+        )
+        raise HomeError(msg, entity=entity)
+
+
+def _conform(
+    batch: pa.RecordBatch, schema: pa.Schema, columns: list[_Column], entity: str
+) -> pa.RecordBatch:
     """Cast a driver batch to the Home's schema (numeric text to decimals, drop metadata)."""
+    _refuse_guarded(batch, columns, entity)
     cols = []
     for i, f in enumerate(schema):
         col = batch.column(i)
