@@ -29,8 +29,8 @@ def _start(spec: Path, api_url: str) -> subprocess.Popen[str]:
     )
 
 
-def _two_runs_at_once(tmp: Path, api_url: str, home: dict[str, Any]) -> list[float]:
-    """Run two specs reading one Home into two lakes at once; return when each entity ended."""
+def _two_runs_at_once(tmp: Path, api_url: str, home: dict[str, Any]) -> list[tuple[float, float]]:
+    """Run two specs reading one Home into two lakes at once; when each entity ran (journal)."""
     tmp.mkdir(parents=True, exist_ok=True)
     procs, lakes = [], []
     for i in range(2):
@@ -56,7 +56,7 @@ def _two_runs_at_once(tmp: Path, api_url: str, home: dict[str, Any]) -> list[flo
     for lake in lakes:
         journal = pl.read_parquet(sorted((lake / "_journal").glob("*.parquet")))
         assert journal["status"].to_list() == ["ok"]
-        ends.append(journal["ended_at"][0].timestamp())
+        ends.append((journal["started_at"][0].timestamp(), journal["ended_at"][0].timestamp()))
     return ends
 
 
@@ -76,12 +76,15 @@ def test_home_concurrency_limit_serialises_entities_across_flow_runs(
     assert created.returncode == 0, created.stdout + created.stderr
 
     # without a limit the two entities hold their connections at the same time...
-    free = _two_runs_at_once(tmp_path / "free", prefect_server, {"type": "sqlite", "path": str(db)})
-    assert abs(free[0] - free[1]) < HOLD - 0.5
+    # (their runs overlap: the later one starts before the earlier one ends)
+    free = sorted(
+        _two_runs_at_once(tmp_path / "free", prefect_server, {"type": "sqlite", "path": str(db)})
+    )
+    assert free[1][0] < free[0][1]
     # ...with a limit of 1, the second waits until the first has finished
     limited_home = {"type": "sqlite", "path": str(db), "concurrency_limit": name}
     limited = _two_runs_at_once(tmp_path / "limited", prefect_server, limited_home)
-    assert abs(limited[0] - limited[1]) >= HOLD - 0.5
+    assert abs(limited[0][1] - limited[1][1]) >= HOLD - 0.5
 
 
 def test_missing_concurrency_limit_is_a_clear_error(tmp_path: Path, prefect_server: str) -> None:
