@@ -407,3 +407,35 @@ def test_parquet_files_read_through_pyarrow_still_share_one_schema(tmp_path: Pat
     table = pa.Table.from_batches(list(batches))
     assert table.schema.field("at").type == pa.timestamp("us", "UTC")
     assert table.column("at").cast(pa.int64()).to_pylist() == [0, 1]
+    # `hygge check` plans the same scan without reading rows, and refuses what a run refuses
+    ParquetHome().check(ReadRequest(entity="e", path=str(tmp_path)))
+    wide = tmp_path / "wide" / "w.parquet"
+    wide.parent.mkdir()
+    pq.write_table(pa.table({"big": pa.array([D(1)], pa.decimal256(39, 0))}), wide)
+    with pytest.raises(HomeError, match=r"column 'big' .* is decimal256"):
+        ParquetHome().check(ReadRequest(entity="e", path=str(wide)))
+
+
+def test_parquet_incremental_on_a_fixed_offset_watermark(tmp_path: Path, spec_name: str) -> None:
+    # the bound is pushed into the pyarrow scan: the second run loads only the newer rows
+    zone = pa.timestamp("us", "+05:30")
+    events = tmp_path / "events"
+    events.mkdir()
+    day = 86_400 * 10**6
+    pq.write_table(
+        pa.table({"id": [1, 2, 3], "at": pa.array([0, day, day], zone)}), events / "a.parquet"
+    )
+    lake = tmp_path / "lake"
+    entity = {"name": "events", "path": str(events), "watermark": {"column": "at", "keys": ["id"]}}
+    spec = spec_for(spec_name, {"type": "parquet"}, lake, [entity])
+    first = run_flow(spec)
+    assert first.is_completed() and [r["rows"] for r in first.result()] == [3]
+    # a tie with the watermark (a new id) and a later row
+    pq.write_table(
+        pa.table({"id": [4, 5], "at": pa.array([day, 2 * day], zone)}), events / "b.parquet"
+    )
+    second = run_flow(spec)
+    assert second.is_completed() and [r["rows"] for r in second.result()] == [2]
+    got = lake_table(lake, "events").sort_by("id")
+    assert got.column("id").to_pylist() == [1, 2, 3, 4, 5]
+    assert got.column("at").cast(pa.int64()).to_pylist() == [0, day, day, day, 2 * day]

@@ -131,6 +131,8 @@ def scan_arrow(files: list[Path], schema: pa.Schema, entity: str) -> pl.LazyFram
         n_rows: int | None,
         batch_size: int | None,
     ) -> Iterator[pl.DataFrame]:
+        if n_rows == 0:
+            return
         names = with_columns if with_columns is not None else schema.names
         target = pa.schema([schema.field(n) for n in names])
         left = n_rows

@@ -46,20 +46,26 @@ class ParquetHome(HomeBlock):
     )
 
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
-        with self._scan(request) as (lf, what):
+        with self._scan(request) as (lf, what, _):
             yield from stream_batches(lf, request, what)
 
     def check(self, request: ReadRequest) -> None:
-        with self._scan(request) as (lf, what):
-            check_scan(lf, request, what, footers=True)
+        with self._scan(request) as (lf, what, by_arrow):
+            # a pyarrow scan has compared every file's schema already (and a filter that
+            # admits no row would read it all)
+            check_scan(lf, request, what, footers=not by_arrow)
 
     @contextmanager
-    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str]]:
-        """The entity's files as one scan, every footer checked; read errors name the file."""
+    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str, bool]]:
+        """The entity's files as one scan, every footer checked; read errors name the file.
+
+        Also yields whether pyarrow reads the files (`_arrow_read`) rather than Polars."""
         files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
         footers = [_check_footer(f, request.entity) for f in files]
         try:
-            yield _scan_files(files, footers, request), _describe_files(files)
+            by_arrow = any(needs_arrow(meta) for meta in footers)
+            lf = _arrow_scan(files, request) if by_arrow else pl.scan_parquet(files)
+            yield lf, _describe_files(files), by_arrow
         except HomeError as exc:
             raise _explain(exc, files, request.entity) from exc.__cause__
 
@@ -81,12 +87,8 @@ def _describe_files(files: list[Path]) -> str:
     return f"{len(files)} files ({str(files[0])!r} …)"
 
 
-def _scan_files(
-    files: list[Path], footers: list[pq.FileMetaData], request: ReadRequest
-) -> pl.LazyFrame:
-    """Polars' own scan, or pyarrow's where Polars would change a value (`_arrow_read`)."""
-    if not any(needs_arrow(meta) for meta in footers):
-        return pl.scan_parquet(files)
+def _arrow_scan(files: list[Path], request: ReadRequest) -> pl.LazyFrame:
+    """pyarrow's scan, for files whose values Polars' reader would change (`_arrow_read`)."""
     if len(files) > 1:
         # Polars compares the files' schemas in its own scan; this one must do it itself
         odd = _first_odd_schema(files)
