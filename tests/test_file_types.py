@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from blocks import ParquetHome
+from blocks import CsvHome, ParquetHome
 from blocks.base import ReadRequest
 from blocks.stores._schema import comparable
 from hygge_tasks.errors import FlowError, HomeError
@@ -439,3 +439,15 @@ def test_parquet_incremental_on_a_fixed_offset_watermark(tmp_path: Path, spec_na
     got = lake_table(lake, "events").sort_by("id")
     assert got.column("id").to_pylist() == [1, 2, 3, 4, 5]
     assert got.column("at").cast(pa.int64()).to_pylist() == [0, day, day, day, 2 * day]
+
+
+def test_csv_integer_past_38_digits_fails_naming_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_text("id,huge\n1,170141183460469231731687303715884105727\n2,1\n", encoding="utf-8")
+    with pytest.raises(HomeError, match=r"column 'huge'.*`schema_overrides`"):
+        list(CsvHome().read(ReadRequest(entity="e", path=str(path))))
+    # pinned as text, the digits arrive as written
+    [batch] = CsvHome(schema_overrides={"huge": "String"}).read(
+        ReadRequest(entity="e", path=str(path))
+    )
+    assert batch.column("huge").to_pylist() == ["170141183460469231731687303715884105727", "1"]
