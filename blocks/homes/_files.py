@@ -127,9 +127,27 @@ def _shaped(lf: pl.LazyFrame, request: ReadRequest) -> pl.LazyFrame:
     """The scan with the entity's `columns`, `where` and incremental bound applied."""
     if request.columns:
         lf = lf.select(request.columns)
+    lf = _arrow_typed(lf)
     if request.where:
         lf = lf.filter(pl.sql_expr(request.where))
     return since_filter(lf, request)
+
+
+#: the exact Arrow form of Polars' 128-bit integers (CSV infers them for numbers past int64),
+#: which pyarrow cannot import: a value of more than 38 digits fails its column by name
+_WIDE_INTS: dict[type[pl.DataType], pl.DataType] = {
+    pl.Int128: pl.Decimal(38, 0),
+    pl.UInt128: pl.Decimal(38, 0),
+}
+
+
+def _arrow_typed(lf: pl.LazyFrame) -> pl.LazyFrame:
+    wide = {
+        name: _WIDE_INTS[dtype.base_type()]
+        for name, dtype in lf.collect_schema().items()
+        if dtype.base_type() in _WIDE_INTS
+    }
+    return lf.with_columns(pl.col(n).cast(t, strict=True) for n, t in wide.items()) if wide else lf
 
 
 def check_scan(lf: pl.LazyFrame, request: ReadRequest, what: str, *, footers: bool) -> None:

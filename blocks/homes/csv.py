@@ -196,6 +196,6 @@ def _hint(msg: str) -> str:
         return _ENCODING_HINT
     if "more fields" in text:
         return _FIELDS_HINT
-    if "parse" in text or "dtype" in text:
+    if "parse" in text or "dtype" in text or "conversion from" in text:
         return _CSV_HINT
     return ""

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
+from blocks.homes._arrow_read import needs_arrow, read_schema, scan_arrow
 from blocks.homes._files import check_scan, resolve_files, stream_batches
 from hygge_tasks.errors import HomeError, first_line
 
@@ -45,21 +46,26 @@ class ParquetHome(HomeBlock):
     )
 
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
-        with self._scan(request) as (lf, what):
+        with self._scan(request) as (lf, what, _):
             yield from stream_batches(lf, request, what)
 
     def check(self, request: ReadRequest) -> None:
-        with self._scan(request) as (lf, what):
-            check_scan(lf, request, what, footers=True)
+        with self._scan(request) as (lf, what, by_arrow):
+            # a pyarrow scan has compared every file's schema already (and a filter that
+            # admits no row would read it all)
+            check_scan(lf, request, what, footers=not by_arrow)
 
     @contextmanager
-    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str]]:
-        """The entity's files as one scan, every footer checked; read errors name the file."""
+    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str, bool]]:
+        """The entity's files as one scan, every footer checked; read errors name the file.
+
+        Also yields whether pyarrow reads the files (`_arrow_read`) rather than Polars."""
         files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
-        for f in files:
-            _check_footer(f, request.entity)
+        footers = [_check_footer(f, request.entity) for f in files]
         try:
-            yield pl.scan_parquet(files), _describe_files(files)
+            by_arrow = any(needs_arrow(meta) for meta in footers)
+            lf = _arrow_scan(files, request) if by_arrow else pl.scan_parquet(files)
+            yield lf, _describe_files(files), by_arrow
         except HomeError as exc:
             raise _explain(exc, files, request.entity) from exc.__cause__
 
@@ -81,7 +87,18 @@ def _describe_files(files: list[Path]) -> str:
     return f"{len(files)} files ({str(files[0])!r} …)"
 
 
-def _check_footer(path: Path, entity: str) -> None:
+def _arrow_scan(files: list[Path], request: ReadRequest) -> pl.LazyFrame:
+    """pyarrow's scan, for files whose values Polars' reader would change (`_arrow_read`)."""
+    if len(files) > 1:
+        # Polars compares the files' schemas in its own scan; this one must do it itself
+        odd = _first_odd_schema(files)
+        if odd is not None:
+            raise _odd_schema(odd, files[0], request.entity)
+    schema = read_schema(files, request.columns, request.entity)
+    return scan_arrow(files, schema, request.entity)
+
+
+def _check_footer(path: Path, entity: str) -> pq.FileMetaData:
     """Fail early, naming the file, when it cannot be a complete Parquet file."""
     try:
         if path.stat().st_size == 0:
@@ -90,7 +107,7 @@ def _check_footer(path: Path, entity: str) -> None:
                 "wrote it failed or is still running; write it again or remove it"
             )
             raise HomeError(msg, entity=entity)
-        pq.read_metadata(path)
+        return pq.read_metadata(path)
     except OSError as exc:
         msg = f"cannot open {str(path)!r}: {exc.strerror or first_line(exc)}"
         raise HomeError(msg, entity=entity) from exc
@@ -110,12 +127,7 @@ def _explain(exc: HomeError, files: list[Path], entity: str) -> HomeError:
     if isinstance(cause, pl.exceptions.SchemaError) and len(files) > 1:
         odd = _first_odd_schema(files)
         if odd is not None:
-            msg = (
-                f"file {str(odd[0])!r} does not share the schema of {str(files[0])!r} "
-                f"({odd[1]}); every file of an entity must have the same columns and types: "
-                "rewrite the odd file or move it out of the entity's `path`"
-            )
-            return HomeError(msg, entity=entity)
+            return _odd_schema(odd, files[0], entity)
     if "out of specification" in exc.msg:
         msg = (
             f"{exc.msg}. The file's data pages are damaged although its footer reads: "
@@ -123,6 +135,15 @@ def _explain(exc: HomeError, files: list[Path], entity: str) -> HomeError:
         )
         return HomeError(msg, entity=entity)
     return exc
+
+
+def _odd_schema(odd: tuple[Path, str], first: Path, entity: str) -> HomeError:
+    msg = (
+        f"file {str(odd[0])!r} does not share the schema of {str(first)!r} "
+        f"({odd[1]}); every file of an entity must have the same columns and types: "
+        "rewrite the odd file or move it out of the entity's `path`"
+    )
+    return HomeError(msg, entity=entity)
 
 
 def _first_odd_schema(files: list[Path]) -> tuple[Path, str] | None:

@@ -269,7 +269,7 @@ class ParquetWriter(EntityWriter):
             if self._schema is None:
                 self._schema = self._check_schema(batch.schema)
                 shutil.rmtree(self.staged, ignore_errors=True)  # debris of an earlier attempt
-                self.staged.mkdir(parents=True, exist_ok=True)
+                _make_dirs(self.staged)
             if batch.schema != self._schema:
                 batch = self._conform(batch)
             if self._writer is None or self._rows_in_file >= self.store.max_rows_per_file:
@@ -526,6 +526,18 @@ def _polars_writes(schema: pa.Schema, codec: str, level: int | None) -> bool:
     names = schema.names
     unique = bool(names) and len(set(names)) == len(names)
     return unique and all(_polars_type(f.type) for f in schema)
+
+
+def _make_dirs(folder: Path, attempts: int = 5) -> None:
+    """`mkdir -p` that tolerates another entity's `_remove_staging` removing an empty parent
+    (`_staging/`) between the creation of that parent and of its child."""
+    for attempt in range(attempts):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
 
 
 def _remove_staging(staged: Path) -> None:
