@@ -574,6 +574,8 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBat
     for f in schema:
         col = batch.column(f.name)
         try:
+            if pa.types.is_boolean(f.type) and pa.types.is_integer(col.type):
+                _zero_or_one(col, f.name, entity)  # Arrow casts any nonzero to true
             if pa.types.is_decimal(f.type) and pa.types.is_integer(col.type):
                 # SQLite keeps `1.00` as INTEGER 1; Arrow casts int64 only to wide decimals
                 col = col.cast(pa.decimal128(38, f.type.scale))
@@ -585,6 +587,19 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBat
             )
             raise HomeError(msg, entity=entity) from exc
     return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _zero_or_one(col: pa.Array, name: str, entity: str) -> None:
+    """Refuse a BOOLEAN column value other than 0 or 1: it is no boolean to read exactly."""
+    other = pc.invert(pc.is_in(col, pa.array([0, 1], col.type)))
+    bad = pc.filter(col, pc.and_(pc.is_valid(col), other))
+    if len(bad):
+        msg = (
+            f"column {name!r} is declared BOOLEAN but holds {bad[0].as_py()}, which is neither "
+            "0 nor 1; fix the value, or read the column as an integer through a `query` "
+            f"(CAST({quote_ident(name)} AS INTEGER))"
+        )
+        raise HomeError(msg, entity=entity)
 
 
 def _sql_param(value: Any) -> Any:
