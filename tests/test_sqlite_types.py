@@ -15,6 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import run_flow
 from tests.test_bad_inputs import assert_failed, failures
@@ -237,3 +239,28 @@ def test_an_unread_column_of_no_exact_type_does_not_fail_the_entity(tmp_path: Pa
     assert pa.Table.from_batches(list(home.read(read))).to_pydict() == {"id": [1]}
     with pytest.raises(Exception, match="declared NUMERIC without precision and scale"):
         list(home.read(ReadRequest(entity="e", table="t", columns=["id", "n"])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scale=st.integers(0, 12),
+    units=st.lists(st.integers(-(2**52), 2**52) | st.none(), min_size=1, max_size=30),
+    noise=st.lists(st.floats(allow_nan=False), max_size=3),
+)
+def test_decimals_by_arithmetic_are_the_shortest_digits(
+    scale: int, units: list[int | None], noise: list[float]
+) -> None:
+    # the fast way (`_reals_at_scale`) answers only where it gives exactly what the shortest
+    # digits of each double give; any other batch takes that exact, slower way
+    from blocks.homes.sqlite import _reals_at_scale
+
+    typ = pa.decimal128(38, scale)
+    reals = pa.array([None if u is None else u / 10**scale for u in units] + noise, pa.float64())
+    fast = _reals_at_scale(reals, typ)
+    try:
+        exact = reals.cast(pa.string()).cast(typ)
+    except pa.ArrowInvalid:
+        assert fast is None  # a value of no decimal(38, s): only the exact way, which fails
+        return
+    if fast is not None:
+        assert fast.to_pylist() == exact.to_pylist()

@@ -488,14 +488,48 @@ def _exact_decimals(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa
         if not pa.types.is_decimal(f.type) or text_index < 0:
             continue
         index = batch.schema.get_field_index(f.name)
-        real = batch.column(index)
-        joined = pc.coalesce(real.cast(pa.string()), batch.column(text_index))
+        real, text = batch.column(index), batch.column(text_index)
         try:
-            exact = joined.cast(f.type)
+            exact = _reals_at_scale(real, f.type)
+            if exact is None:  # some REAL needs its shortest digits: the exact, slower way
+                exact = real.cast(pa.string()).cast(f.type)
+            if text.null_count < len(text):
+                exact = pc.coalesce(exact, text.cast(f.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            joined = pc.coalesce(real.cast(pa.string()), text)
             raise _decimal_error(f, real, joined, entity) from exc
         batch = batch.set_column(index, f.name, exact).remove_column(text_index)
     return batch
+
+
+def _reals_at_scale(real: pa.Array, typ: pa.Decimal128Type) -> pa.Array | None:
+    """The REALs as decimals by arithmetic, or None if any one needs `_exact_decimals`' way.
+
+    For each double x the candidate is n = round(x * 10^s); n / 10^s is one correctly rounded
+    IEEE division, so it equals x exactly when the decimal n * 10^-s reads back as x. Below
+    2^50 units of the scale a double's rounding interval is narrower than a quarter unit, so
+    that decimal is the only one of scale s that does, which is the shortest digits of x.
+    Everything else (more digits than the scale, too large, inf) takes the exact way, which
+    fails where it must.
+    """
+    import numpy as np
+
+    if not 0 <= typ.scale <= 22 or real.null_count == len(real):  # 10^22: the largest exact
+        return None if real.null_count < len(real) else pa.nulls(len(real), typ)
+    x = real.to_numpy(zero_copy_only=False)
+    valid = ~np.isnan(x)  # NULL reads as NaN; SQLite stores no NaN
+    unit = 10.0**typ.scale
+    with np.errstate(invalid="ignore", over="ignore"):
+        n = np.rint(x * unit)
+        fits = (n / unit == x) & (np.abs(n) < min(2.0**50, 10.0**typ.precision))
+    if not fits[valid].all():
+        return None
+    units = np.where(valid, n, 0).astype(np.int64)
+    words = np.empty((len(units), 2), dtype=np.int64)  # a decimal128 is two little-endian words
+    words[:, 0] = units
+    words[:, 1] = units >> 63
+    values = pa.Array.from_buffers(typ, len(units), [None, pa.py_buffer(words)])
+    return pc.if_else(real.is_valid(), values, pa.scalar(None, typ))
 
 
 def _decimal_error(field: pa.Field, real: pa.Array, joined: pa.Array, entity: str) -> HomeError:
