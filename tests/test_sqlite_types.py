@@ -192,7 +192,12 @@ BAD: dict[str, tuple[str, Any, tuple[str, ...]]] = {
     "numeric_mixed": ("NUMERIC", None, ("REAL values and integers beyond 2^53",)),
     "too_wide": ("DECIMAL(40,2)", 1, ("declared 'DECIMAL(40,2)'", "p at most 38")),
     "boolean": ("BOOLEAN", 2, ("declared BOOLEAN but holds 2", "neither 0 nor 1")),
-    "zone": ("DATETIME", "2024-05-01 12:00:00+05:30", ("'2024-05-01 12:00:00+05:30'",)),
+    "storage_class": ("INTEGER", "abc", ("Type mismatch", "another storage class", "CAST")),
+    "zone": (
+        "DATETIME",
+        "2024-05-01 12:00:00+05:30",
+        ("'2024-05-01 12:00:00+05:30'", 'CAST("v" AS TEXT)'),
+    ),
 }
 
 
@@ -214,6 +219,8 @@ def test_values_without_an_exact_arrow_value_fail_their_entity(
         "home": {"type": "sqlite", "path": str(db)},
         "store": {"type": "parquet", "path": str(lake)},
         "retry_delay_seconds": 0,
+        # 2 rows a batch (the first is the typed lead row): each bad value is in a later batch
+        "defaults": {"batch_size": 2},
         "entities": [{"name": n, "table": n} for n in [*BAD, "good"]],
     }
     summary = failures(run_flow(spec), rf"{len(BAD)} of {len(BAD) + 1} entities failed")

@@ -100,7 +100,7 @@ class SqliteHome(HomeBlock):
 
             def stream(reader: Any) -> Callable[[], Iterator[pa.RecordBatch]]:
                 def batches() -> Iterator[pa.RecordBatch]:
-                    for batch in reader:
+                    for batch in _driver_batches(reader, request.entity):
                         if columns is not None:
                             batch = _exact_decimals(_drop_sentinel(batch), schema, request.entity)
                         yield _cast(batch, schema, request.entity)
@@ -363,7 +363,28 @@ def _error(exc: Exception, entity: str) -> HomeError:
     if isinstance(exc, adbc.ProgrammingError):
         msg = f"SQLite rejected the SQL: {text}; check the entity's `query`, `columns` and `where`"
         return HomeError(msg, entity=entity)
+    if "Type mismatch" in text:
+        msg = (
+            f"SQLite read failed: {text}; a column holds a value of another storage class "
+            "than its declared type (text in an INTEGER column, say): fix the value, or read "
+            "the column through a `query` that selects it as text (CAST(col AS TEXT))"
+        )
+        return HomeError(msg, entity=entity)
     return HomeError(f"SQLite read failed: {text}", entity=entity)
+
+
+def _driver_batches(reader: Any, entity: str) -> Iterator[pa.RecordBatch]:
+    """The reader's batches; a driver error while reading (a reader raises Arrow's errors, not
+    the driver's) as the Home's error."""
+    batches = iter(reader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:  # the driver's status arrives as OSError
+            raise _error(exc, entity) from exc
+        yield batch
 
 
 def _result_columns(conn: Any, request: ReadRequest) -> list[str]:
@@ -617,7 +638,8 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBat
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             msg = (
                 f"column {f.name!r} holds a value that is not {f.type} "
-                f"(read as {col.type}): {first_line(exc)}"
+                f"(read as {col.type}): {first_line(exc)}; fix the value, or read the column "
+                f"as text through a `query` (CAST({quote_ident(f.name)} AS TEXT))"
             )
             raise HomeError(msg, entity=entity) from exc
     return pa.RecordBatch.from_arrays(cols, schema=schema)
