@@ -35,7 +35,9 @@ class SqliteHome(HomeBlock):
 
     SQLite stores few types, so the Home maps declared column types onto Arrow types for
     table reads: `DATETIME`/`TIMESTAMP` to timestamps, `DATE` to dates, `DECIMAL(p,s)` to
-    decimals, `BOOLEAN` to booleans. Every batch of a run carries that one schema.
+    exact decimals (never through a double SQLite does not hold), `BOOLEAN` to booleans. Every
+    batch of a run carries that one schema; a value that has no exact value of it fails the
+    read, naming the column and the value.
 
     Example:
         ```python
