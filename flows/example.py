@@ -64,6 +64,15 @@ _STATUS = ["new", "paid", "shipped", "delivered", "returned"]
 _NOTES = ["gift wrap ✨", "leave at door", "fragile — handle with care", "ring twice", "café order"]
 
 
+def _cents(cents: pl.Expr) -> pl.Expr:
+    """A whole number of cents as its decimal text, `2567.49`, for a DECIMAL(p,2) column.
+
+    SQLite stores the text as the double nearest to it, which reads back exactly; a float
+    division in Polars can land one double off (2567.4900000000002), which is no DECIMAL(p,2).
+    """
+    return (cents // 100).cast(pl.String) + pl.lit(".") + (cents % 100).cast(pl.String).str.zfill(2)
+
+
 def example_dir() -> Path:
     return Path(os.environ.get("HYGGE_EXAMPLE_DIR", "example_data"))
 
@@ -113,14 +122,14 @@ def example_frames(orders: int = ORDERS) -> dict[str, pl.DataFrame]:
         + pl.col("n").cast(pl.String)
         + pl.lit(" - ")
         + _pick(_NAMES, pl.col("n")),
-        price=((pl.col("n") * 7919) % 100_000 + 99).cast(pl.Float64) / 100,
+        price=_cents((pl.col("n") * 7919) % 100_000 + 99),
         active=(pl.col("n") % 5 != 0).cast(pl.Int64),
     )
     order_frame = pl.DataFrame({"n": range(orders)}).select(
         order_id=pl.col("n") + 1,
         customer_id=(pl.col("n") * 48271) % CUSTOMERS + 1,
         status=_pick(_STATUS, pl.col("n") * 31),
-        amount=((pl.col("n") * 104729) % 1_000_000 + 1).cast(pl.Float64) / 100,
+        amount=_cents((pl.col("n") * 104729) % 1_000_000 + 1),
         discount=pl.when(pl.col("n") % 4 == 0).then(None).otherwise((pl.col("n") % 30) / 100),
         note=pl.when(pl.col("n") % 3 == 0).then(_pick(_NOTES, pl.col("n"))).otherwise(None),
         order_date=(pl.date(2024, 1, 1) + pl.duration(days=pl.col("n") // 3000)).dt.strftime(

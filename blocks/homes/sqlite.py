@@ -24,6 +24,10 @@ from hygge_tasks.errors import HomeError, TransientHomeError, first_line
 from hygge_tasks.watermark import NanoTimestamp
 
 _DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
+#: `NUMERIC` or `DECIMAL` declared without (p,s): typed from the values it holds (`_bare_numeric`)
+_BARE_NUMERIC = re.compile(r"\s*(?:DECIMAL|NUMERIC)\s*", re.I)
+#: the magnitude up to which a float64 holds every integer exactly
+_EXACT_FLOAT_INT = 2**53
 
 
 class SqliteHome(HomeBlock):
@@ -31,7 +35,9 @@ class SqliteHome(HomeBlock):
 
     SQLite stores few types, so the Home maps declared column types onto Arrow types for
     table reads: `DATETIME`/`TIMESTAMP` to timestamps, `DATE` to dates, `DECIMAL(p,s)` to
-    decimals, `BOOLEAN` to booleans. Every batch of a run carries that one schema.
+    exact decimals (never through a double SQLite does not hold), `BOOLEAN` to booleans. Every
+    batch of a run carries that one schema; a value that has no exact value of it fails the
+    read, naming the column and the value.
 
     Example:
         ```python
@@ -90,14 +96,15 @@ class SqliteHome(HomeBlock):
                 readers = [_execute(conn, sql, params, columns, request.batch_size, opened)]
             driver_schema = readers[0].schema
             if columns is not None:
-                driver_schema = driver_schema.remove(driver_schema.get_field_index(_SENTINEL))
+                helpers = [n for n in driver_schema.names if n == _SENTINEL or _is_text_part(n)]
+                driver_schema = pa.schema([f for f in driver_schema if f.name not in helpers])
             schema = _merge(driver_schema, target)
 
             def stream(reader: Any) -> Callable[[], Iterator[pa.RecordBatch]]:
                 def batches() -> Iterator[pa.RecordBatch]:
-                    for batch in reader:
+                    for batch in _driver_batches(reader, request.entity):
                         if columns is not None:
-                            batch = _drop_sentinel(batch)
+                            batch = _exact_decimals(_drop_sentinel(batch), schema, request.entity)
                         yield _cast(batch, schema, request.entity)
 
                 return batches
@@ -276,7 +283,76 @@ class SqliteHome(HomeBlock):
                 "check the entity's `table`"
             )
             raise HomeError(msg, entity=request.entity)
-        return [(name, arrow_type_for(declared or "")) for _cid, name, declared, *_ in rows]
+        declared = [(name, decl or "") for _cid, name, decl, *_ in rows]
+        # only the columns read are typed: one the entity leaves out must not fail it
+        read = {c.lower() for c in request.columns} if request.columns else None
+        bare = [
+            n
+            for n, d in declared
+            if _BARE_NUMERIC.fullmatch(d) and (read is None or n.lower() in read)
+        ]
+        typed = self._bare_numeric(conn, request, bare) if bare else {}
+        out: list[tuple[str, pa.DataType | None]] = []
+        for name, decl in declared:
+            if read is not None and name.lower() not in read:
+                out.append((name, None))
+                continue
+            if name in typed:
+                out.append((name, typed[name]))
+                continue
+            try:
+                out.append((name, arrow_type_for(decl)))
+            except ValueError as exc:
+                msg = (
+                    f"column {name!r} of table {request.table!r} is declared {decl!r}, which "
+                    f"hygge cannot read as a decimal ({exc}); declare it DECIMAL(p,s) with p at "
+                    f"most 38, or read it as text through a `query` (CAST({quote_ident(name)} "
+                    "AS TEXT))"
+                )
+                raise HomeError(msg, entity=request.entity) from exc
+        return out
+
+    def _bare_numeric(
+        self, conn: Any, request: ReadRequest, names: list[str]
+    ) -> dict[str, pa.DataType]:
+        """The type of each `NUMERIC`/`DECIMAL` column without (p,s), from the values it holds.
+
+        Only INTEGER values (or none): int64. REAL values and integers a double holds exactly:
+        float64, bitwise what SQLite holds. TEXT or BLOB values, or REALs beside integers
+        beyond 2^53, have no exact common type: the read fails and says what to declare. The
+        scan reads the entity's rows (its `where`, so a check's `1 = 0` scans nothing).
+        """
+        checks = []
+        for n in names:
+            q = quote_ident(n)
+            checks += [
+                f"max(typeof({q}) IN ('text', 'blob'))",
+                f"max(typeof({q}) = 'real')",
+                f"max(typeof({q}) = 'integer' AND ({q} > {_EXACT_FLOAT_INT} "
+                f"OR {q} < -{_EXACT_FLOAT_INT}))",
+            ]
+        where = f" WHERE ({request.where})" if request.where else ""
+        table = quote_ident(request.table or "")
+        cur = conn.cursor()
+        try:
+            cur.execute(f"SELECT {', '.join(checks)} FROM {table}{where}")
+            flags = [bool(v) for v in cur.fetchone()]
+        finally:
+            cur.close()
+        out: dict[str, pa.DataType] = {}
+        for i, n in enumerate(names):
+            textual, real, big = flags[3 * i : 3 * i + 3]
+            if textual or (real and big):
+                held = "TEXT or BLOB values" if textual else "REAL values and integers beyond 2^53"
+                msg = (
+                    f"column {n!r} of table {request.table!r} is declared NUMERIC without "
+                    f"precision and scale and holds {held}, which no one Arrow type holds "
+                    f"exactly; declare it DECIMAL(p,s), or read it as text through a `query` "
+                    f"(CAST({quote_ident(n)} AS TEXT))"
+                )
+                raise HomeError(msg, entity=request.entity)
+            out[n] = pa.float64() if real else pa.int64()
+        return out
 
 
 def _error(exc: Exception, entity: str) -> HomeError:
@@ -289,7 +365,28 @@ def _error(exc: Exception, entity: str) -> HomeError:
     if isinstance(exc, adbc.ProgrammingError):
         msg = f"SQLite rejected the SQL: {text}; check the entity's `query`, `columns` and `where`"
         return HomeError(msg, entity=entity)
+    if "Type mismatch" in text:
+        msg = (
+            f"SQLite read failed: {text}; a column holds a value of another storage class "
+            "than its declared type (text in an INTEGER column, say): fix the value, or read "
+            "the column through a `query` that selects it as text (CAST(col AS TEXT))"
+        )
+        return HomeError(msg, entity=entity)
     return HomeError(f"SQLite read failed: {text}", entity=entity)
+
+
+def _driver_batches(reader: Any, entity: str) -> Iterator[pa.RecordBatch]:
+    """The reader's batches; a driver error while reading (a reader raises Arrow's errors, not
+    the driver's) as the Home's error."""
+    batches = iter(reader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:  # the driver's status arrives as OSError
+            raise _error(exc, entity) from exc
+        yield batch
 
 
 def _result_columns(conn: Any, request: ReadRequest) -> list[str]:
@@ -320,6 +417,8 @@ def _known(request: ReadRequest, available: list[str], source: str) -> None:
 
 
 _SENTINEL = "__hygge_sentinel__"
+#: the prefix of the column that carries a decimal column's INTEGER and TEXT values as text
+_TEXT_PART = "__hygge_text__"
 #: names that, taken by a column, mean that column instead of the row id
 _ROWID_NAMES = {"rowid", "oid", "_rowid_"}
 #: the fewest rows per range of a split read: below, threads cost more than they bring
@@ -355,10 +454,31 @@ def _with_sentinel(sql: str, columns: list[tuple[str, pa.DataType | None]]) -> s
     NULL there (common after `ALTER TABLE ADD COLUMN`) becomes int64 and the read fails at the
     first text value. A leading row with a value of the declared type fixes the inference; the
     marker column lets every batch drop it again, wherever SQLite happens to place it.
+
+    A decimal column is selected as two (`_exact_decimals` joins them): its REAL values as
+    doubles, and its INTEGER and TEXT values as their exact text, so no value passes through a
+    double that SQLite does not hold as one.
     """
-    values = ", ".join(f"{_typed_literal(t)} AS {quote_ident(n)}" for n, t in columns)
+    values, projection = [], []
+    for n, t in columns:
+        q = quote_ident(n)
+        if t is not None and pa.types.is_decimal(t):
+            text = quote_ident(_TEXT_PART + n)
+            values += [f"0.0 AS {q}", f"'' AS {text}"]
+            projection += [
+                f"CASE typeof({q}) WHEN 'real' THEN {q} END",
+                # a blob shows as its X'..' literal, which then fails as no number
+                f"CASE typeof({q}) WHEN 'real' THEN NULL WHEN 'blob' THEN quote({q}) "
+                f"ELSE CAST({q} AS TEXT) END",
+            ]
+        else:
+            values.append(f"{_typed_literal(t)} AS {q}")
+            projection.append(q)
     marker = quote_ident(_SENTINEL)
-    return f"SELECT 1 AS {marker}, {values} UNION ALL SELECT 0, * FROM ({sql})"
+    return (
+        f"SELECT 1 AS {marker}, {', '.join(values)} "
+        f"UNION ALL SELECT 0, {', '.join(projection)} FROM ({sql})"
+    )
 
 
 def _typed_literal(typ: pa.DataType | None) -> str:
@@ -371,6 +491,89 @@ def _typed_literal(typ: pa.DataType | None) -> str:
     if pa.types.is_binary(typ):
         return "X''"
     return "''"  # text, and dates and timestamps, which SQLite keeps as text
+
+
+def _is_text_part(name: str) -> bool:
+    return name.startswith(_TEXT_PART)
+
+
+def _exact_decimals(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBatch:
+    """Join each decimal column's two parts (`_with_sentinel`) into its exact decimal.
+
+    A REAL becomes the shortest decimal that reads back as the same double: the digits SQLite
+    was given whenever they were 15 or fewer (NUMERIC affinity keeps no more), and what Python
+    prints for the double. INTEGER and TEXT values are parsed from their text. A value that is
+    no finite number or does not fit the declared precision and scale fails the read, naming
+    the column and the value: nothing is rounded.
+    """
+    for f in schema:
+        text_index = batch.schema.get_field_index(_TEXT_PART + f.name)
+        if not pa.types.is_decimal(f.type) or text_index < 0:
+            continue
+        index = batch.schema.get_field_index(f.name)
+        real, text = batch.column(index), batch.column(text_index)
+        try:
+            exact = _reals_at_scale(real, f.type)
+            if exact is None:  # some REAL needs its shortest digits: the exact, slower way
+                exact = real.cast(pa.string()).cast(f.type)
+            if text.null_count < len(text):
+                exact = pc.coalesce(exact, text.cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            joined = pc.coalesce(real.cast(pa.string()), text)
+            raise _decimal_error(f, real, joined, entity) from exc
+        batch = batch.set_column(index, f.name, exact).remove_column(text_index)
+    return batch
+
+
+def _reals_at_scale(real: pa.Array, typ: pa.Decimal128Type) -> pa.Array | None:
+    """The REALs as decimals by arithmetic, or None if any one needs `_exact_decimals`' way.
+
+    For each double x the candidate is n = round(x * 10^s); n / 10^s is one correctly rounded
+    IEEE division, so it equals x exactly when the decimal n * 10^-s reads back as x. Below
+    2^50 units of the scale a double's rounding interval is narrower than a quarter unit, so
+    that decimal is the only one of scale s that does, which is the shortest digits of x.
+    Everything else (more digits than the scale, too large, inf) takes the exact way, which
+    fails where it must.
+    """
+    import numpy as np
+
+    if not 0 <= typ.scale <= 22 or real.null_count == len(real):  # 10^22: the largest exact
+        return None if real.null_count < len(real) else pa.nulls(len(real), typ)
+    x = real.to_numpy(zero_copy_only=False)
+    valid = ~np.isnan(x)  # NULL reads as NaN; SQLite stores no NaN
+    unit = 10.0**typ.scale
+    with np.errstate(invalid="ignore", over="ignore"):
+        n = np.rint(x * unit)
+        fits = (n / unit == x) & (np.abs(n) < min(2.0**50, 10.0**typ.precision))
+    if not fits[valid].all():
+        return None
+    units = np.where(valid, n, 0).astype(np.int64)
+    words = np.empty((len(units), 2), dtype=np.int64)  # a decimal128 is two little-endian words
+    words[:, 0] = units
+    words[:, 1] = units >> 63
+    values = pa.Array.from_buffers(typ, len(units), [None, pa.py_buffer(words)])
+    return pc.if_else(real.is_valid(), values, pa.scalar(None, typ))
+
+
+def _decimal_error(field: pa.Field, real: pa.Array, joined: pa.Array, entity: str) -> HomeError:
+    """The first value of `joined` that is no `field.type`, as an error that says the fix."""
+    name = quote_ident(field.name)
+    for i, value in enumerate(joined.to_pylist()):
+        if value is None:
+            continue
+        try:
+            pa.array([value]).cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            is_real = real[i].is_valid
+            held = f"the REAL {value}" if is_real else repr(value)
+            as_what = f"CAST({name} AS REAL)" if is_real else f"CAST({name} AS TEXT)"
+            msg = (
+                f"column {field.name!r} holds {held}, which is not a {field.type} "
+                f"({first_line(exc)}); nothing is rounded: declare the column with a DECIMAL(p,s) "
+                f"that holds it, or read it through a `query` that selects {as_what}"
+            )
+            return HomeError(msg, entity=entity)
+    return HomeError(f"column {field.name!r} is not a {field.type}", entity=entity)
 
 
 def _drop_sentinel(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -428,6 +631,8 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBat
     for f in schema:
         col = batch.column(f.name)
         try:
+            if pa.types.is_boolean(f.type) and pa.types.is_integer(col.type):
+                _zero_or_one(col, f.name, entity)  # Arrow casts any nonzero to true
             if pa.types.is_decimal(f.type) and pa.types.is_integer(col.type):
                 # SQLite keeps `1.00` as INTEGER 1; Arrow casts int64 only to wide decimals
                 col = col.cast(pa.decimal128(38, f.type.scale))
@@ -435,10 +640,24 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBat
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             msg = (
                 f"column {f.name!r} holds a value that is not {f.type} "
-                f"(read as {col.type}): {first_line(exc)}"
+                f"(read as {col.type}): {first_line(exc)}; fix the value, or read the column "
+                f"as text through a `query` (CAST({quote_ident(f.name)} AS TEXT))"
             )
             raise HomeError(msg, entity=entity) from exc
     return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _zero_or_one(col: pa.Array, name: str, entity: str) -> None:
+    """Refuse a BOOLEAN column value other than 0 or 1: it is no boolean to read exactly."""
+    other = pc.invert(pc.is_in(col, pa.array([0, 1], col.type)))
+    bad = pc.filter(col, pc.and_(pc.is_valid(col), other))
+    if len(bad):
+        msg = (
+            f"column {name!r} is declared BOOLEAN but holds {bad[0].as_py()}, which is neither "
+            "0 nor 1; fix the value, or read the column as an integer through a `query` "
+            f"(CAST({quote_ident(name)} AS INTEGER))"
+        )
+        raise HomeError(msg, entity=entity)
 
 
 def _sql_param(value: Any) -> Any:
