@@ -19,6 +19,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
+
+from tests.conftest import make_events_db
+from tests.flow_helpers import events_rows, spec_for
 
 pytestmark = pytest.mark.slow
 
@@ -140,24 +144,38 @@ def _cmdline(pid: int) -> bytes:
     return b""
 
 
+def small_spec(tmp_path: Path, name: str) -> str:
+    """A spec of its own (the session's server holds other tests' example ledger)."""
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 10))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_for(name, db, tmp_path / "lake")))
+    return str(spec)
+
+
 def test_a_configured_api_url_wins_and_no_server_is_started(
-    tmp_path: Path, home: Path, prefect_server: str
+    tmp_path: Path, home: Path, prefect_server: str, spec_name: str
 ) -> None:
     env = newcomer_env(home, PREFECT_API_URL=prefect_server)
-    dry = run([sys.executable, "-m", "flows.run", "--dry-run"], tmp_path, env)
+    spec = small_spec(tmp_path, spec_name)
+    dry = run([sys.executable, "-m", "flows.run", "--spec", spec, "--dry-run"], tmp_path, env)
     assert dry.returncode == 0, dry.stderr
     assert "starting a local Prefect server" not in dry.stderr
     assert record_of(home) is None
 
 
-def test_a_profile_api_url_wins_too(tmp_path: Path, home: Path, prefect_server: str) -> None:
+def test_a_profile_api_url_wins_too(
+    tmp_path: Path, home: Path, prefect_server: str, spec_name: str
+) -> None:
     prefect_dir = home / ".prefect"
     prefect_dir.mkdir()
     (prefect_dir / "profiles.toml").write_text(
         f'active = "mine"\n[profiles.mine]\nPREFECT_API_URL = "{prefect_server}"\n'
     )
-    dry = run([sys.executable, "-m", "flows.run", "--dry-run"], tmp_path, newcomer_env(home))
+    spec = small_spec(tmp_path, spec_name)
+    args = [sys.executable, "-m", "flows.run", "--spec", spec, "--dry-run"]
+    dry = run(args, tmp_path, newcomer_env(home))
     assert dry.returncode == 0, dry.stderr
+    assert f"spec {spec_name!r}: 1 entities" in dry.stdout  # planned against that server
     assert record_of(home) is None
 
 
