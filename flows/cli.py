@@ -149,8 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from flows.preview import dry_run
 
-        _api()
-        _preflight(targets, api=True, run_type=args.run_type)
+        _api()  # each dry run plans against its ledger, as the preflight would
         texts = [dry_run(t.spec, t.entities, args.run_type, args.concurrency) for t in targets]
         print("\n\n".join(texts))
         return 0
