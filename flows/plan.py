@@ -175,6 +175,7 @@ def _plan(
             mode=mode,
             watermark_column=wm.column if wm else None,
             watermark_keys=list(wm.keys) if wm else [],
+            watermark_nulls=wm.nulls if wm else "fail",
             previous=previous,
             reason=reason,
             polish=entity.polish,

@@ -29,6 +29,9 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENTITY_NAME = re.compile(r"^[^/\\\x00]+$")
 
 
+NullPolicy = Literal["fail", "skip", "include"]
+
+
 class WatermarkSpec(BaseModel):
     """Which column moves forward, and which columns identify a row at the boundary."""
 
@@ -38,6 +41,40 @@ class WatermarkSpec(BaseModel):
         default_factory=list,
         description="Columns that identify a row; empty uses a hash of the whole row.",
     )
+    nulls: NullPolicy = Field(
+        default="fail",
+        description="Rows whose watermark is NULL on an incremental run (a first load and "
+        "--full-drop load every row): `fail` (the default) fails the entity naming the count, so "
+        "no row is lost without an error; `skip` skips them and reports the count in the "
+        "summary and the journal; `include` re-reads them every run, which needs a Store that "
+        "merges by key (none yet).",
+    )
+    lag: str | int | float | None = Field(
+        default=None,
+        description="Re-read this much before the last watermark each run (`10m`, or a number "
+        "for numeric watermarks), for rows committed late. Needs a Store that merges by key "
+        "(none yet): an appending Store would load the re-read rows twice.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_merging_store(self) -> WatermarkSpec:
+        # every Store hygge has today appends (the Parquet lake, ADLS, OneLake) or upserts by
+        # its own key columns (Open Mirroring), not the watermark keys: refused up front
+        if self.nulls == "include" or self.lag is not None:
+            what = (
+                "`nulls: include` re-reads the NULL-watermark rows"
+                if self.nulls == "include"
+                else "`lag` re-reads the rows of the lag window"
+            )
+            msg = (
+                f"{what} on every run, which only a Store that merges by key can take without "
+                "loading them twice; no hygge Store merges by the watermark keys yet (the "
+                "Parquet lake, ADLS and OneLake append every load); Delta, SQLite and Open "
+                "Mirroring Stores that upsert by these keys will take it. Use `nulls: fail` or "
+                "`nulls: skip`, and no `lag`"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class EntitySpec(BaseModel):

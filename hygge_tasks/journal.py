@@ -45,6 +45,8 @@ SCHEMA = pa.schema(
         ("watermark_after", pa.string()),
         ("schema_change", pa.string()),
         ("error", pa.string()),
+        # NULL-watermark rows an incremental run skipped (`watermark.nulls: skip`)
+        ("null_watermark_rows", pa.int64()),
     ]
 )
 
@@ -70,6 +72,7 @@ class JournalRecord:
     watermark_after: str | None = None
     schema_change: str | None = None
     error: str | None = None
+    null_watermark_rows: int = 0
 
     @property
     def seconds(self) -> float:
@@ -129,6 +132,7 @@ class Journal:
             watermark_before=was,
             watermark_after=now,
             schema_change=result.schema_change,
+            null_watermark_rows=result.null_watermark_rows,
         )
         self.add(store, record)
 

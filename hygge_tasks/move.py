@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
 from hygge_tasks import faults
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
-from hygge_tasks.errors import is_transient
+from hygge_tasks.errors import HomeError, is_transient
 from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
@@ -39,6 +39,8 @@ class EntityPlan:
     mode: WriteMode
     watermark_column: str | None = None
     watermark_keys: list[str] = field(default_factory=list)
+    #: what an incremental run does with NULL-watermark rows (`flows.spec.WatermarkSpec.nulls`)
+    watermark_nulls: str = "fail"
     previous: dict[str, Any] | None = None
     reason: str = ""
     polish: PolishSpec | None = None
@@ -155,13 +157,7 @@ def move(
             writer = store.open_writer(plan.name, run_id, mode)
         faults.point("move.after_read")
         if boundary is not None and boundary.null_rows:
-            logger.warning(
-                "%s: skipped %d rows whose watermark column %r is NULL: an incremental load "
-                "cannot place them; give them a value or load the entity without a watermark",
-                plan.name,
-                boundary.null_rows,
-                plan.watermark_column,
-            )
+            _null_policy(plan, boundary.null_rows, logger)
         watermark = boundary.result() if boundary is not None else None
         if plan.mode == "append" and rows == 0:
             writer.abort()
@@ -207,6 +203,25 @@ def move(
         watermark=entry["watermark"],
         schema_change=note,
         ready_at=manifest.extra.get("ready_at") if manifest.state == "waiting" else None,
+    )
+
+
+def _null_policy(plan: EntityPlan, count: int, logger: Any) -> None:
+    """Fail on NULL-watermark rows an incremental run cannot place, or report skipping them."""
+    if plan.watermark_nulls == "fail":
+        msg = (
+            f"{count:,} rows have a NULL watermark column {plan.watermark_column!r}: an "
+            "incremental load cannot place them, and nothing was loaded. Give them a value, set "
+            "`watermark.nulls: skip` to skip and count them on incremental runs, or run with "
+            "--full-drop, which loads every row"
+        )
+        raise HomeError(msg, entity=plan.name)
+    logger.warning(
+        "%s: skipped %d rows whose watermark column %r is NULL (watermark.nulls: skip); an "
+        "incremental load cannot place them: give them a value, or run with --full-drop",
+        plan.name,
+        count,
+        plan.watermark_column,
     )
 
 

@@ -10,8 +10,10 @@ Semantics (the one place they are defined):
 - end bound: none. Everything present at read time is loaded; the new watermark is the largest
   value admitted and the new boundary set holds the identities of the rows at that value
   (joined with the old set when the value did not move).
-- NULLs: rows whose watermark is NULL cannot be placed; they are never loaded by an
-  incremental entity, and every run counts and reports them.
+- NULLs: a full load (no previous watermark: a first load, `--full-drop`) loads every row,
+  NULL watermarks included. An incremental run cannot place a NULL-watermark row: it counts
+  them (`null_rows`) and the entity's `watermark.nulls` policy decides (`hygge_tasks.move`):
+  `fail` (the default) fails the entity, `skip` skips and reports them.
 - order: none required; the maximum is computed over everything admitted.
 - precision: exact. A timestamp with sub-microsecond digits (SQL Server `datetime2(7)`, Arrow
   `timestamp[ns]` from files), which a Python datetime cannot hold, is kept as a
@@ -164,7 +166,9 @@ class BoundaryFilter:
         self.column = column
         self.keys = keys
         self.previous = previous
+        #: NULL-watermark rows an incremental run left out; a full load admits them
         self.null_rows = 0
+        self.null_loaded = 0
         self._max: pa.Scalar | None = None
         self._boundary: set[str] = set()
         self._prev_scalar: pa.Scalar | None = None
@@ -182,14 +186,16 @@ class BoundaryFilter:
                 msg = f"watermark key column {key!r} is not in the source"
                 raise ConfigError(msg, entity=self.entity)
         col = batch.column(self.column)
+        if self.previous is None:  # a full load: every row, NULLs included
+            self.null_loaded += col.null_count
+            self._track(batch)
+            return batch
         self.null_rows += col.null_count
-        keep = pc.is_valid(col)
-        if self.previous is not None:
-            prev = self._previous_scalar(col.type)
-            keep = pc.and_(keep, pc.greater_equal(col, prev))
-            if self.previous.boundary:
-                at_prev = pc.and_(keep, pc.equal(col, prev))
-                keep = pc.and_(keep, pc.invert(self._already_loaded(batch, at_prev)))
+        prev = self._previous_scalar(col.type)
+        keep = pc.and_(pc.is_valid(col), pc.greater_equal(col, prev))
+        if self.previous.boundary:
+            at_prev = pc.and_(keep, pc.equal(col, prev))
+            keep = pc.and_(keep, pc.invert(self._already_loaded(batch, at_prev)))
         admitted = batch.filter(keep)
         self._track(admitted)
         return admitted
@@ -232,6 +238,8 @@ class BoundaryFilter:
             return
         col = admitted.column(self.column)
         batch_max = pc.max(col)
+        if not batch_max.is_valid:  # every row's watermark is NULL
+            return
         if self._max is None or pc.greater(batch_max, self._max).as_py():
             self._max = batch_max
             self._boundary = set()

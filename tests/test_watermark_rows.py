@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from blocks.base import ReadRequest, Since
 from blocks.homes.sqlite import SqliteHome
+from flows.spec import parse_spec
+from hygge_tasks.errors import ConfigError
 from hygge_tasks.watermark import BoundaryFilter
 from tests.conftest import ledger_of, read_lake, run_flow
 from tests.flow_helpers import summary_row
@@ -148,3 +150,34 @@ def test_property_two_runs_load_every_row_once(
     loaded += read_incremental(db, bf, Since("ts", mark.value))
     late = [100 + i for i, (v, _) in enumerate(second) if v >= mark.value]
     assert sorted(loaded) == sorted([*range(1, len(first) + 1), *late])
+
+
+# -- NULL watermarks and lag: the spec ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("watermark", "what"),
+    [
+        ({"nulls": "include"}, "`nulls: include` re-reads the NULL-watermark rows"),
+        ({"lag": "10m"}, "`lag` re-reads the rows of the lag window"),
+        ({"lag": 100}, "`lag` re-reads the rows of the lag window"),
+    ],
+)
+def test_spec_refuses_rereads_no_store_can_merge(
+    tmp_path: Path, watermark: dict[str, Any], what: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(spec("x", tmp_path / "s.sqlite", tmp_path / "lake", **watermark))
+    text = str(info.value)
+    assert "entity 't', field watermark" in text
+    assert what in text
+    assert "no hygge Store merges by the watermark keys yet" in text
+
+
+def test_spec_null_policy_defaults_to_fail_and_takes_skip(tmp_path: Path) -> None:
+    base = spec("x", tmp_path / "s.sqlite", tmp_path / "lake")
+    assert parse_spec(base).entities[0].watermark.nulls == "fail"  # type: ignore[union-attr]
+    skip = spec("x", tmp_path / "s.sqlite", tmp_path / "lake", nulls="skip")
+    assert parse_spec(skip).entities[0].watermark.nulls == "skip"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="nulls"):
+        parse_spec(spec("x", tmp_path / "s.sqlite", tmp_path / "lake", nulls="keep"))
