@@ -23,6 +23,7 @@ from flows.keys import block_problems, model_at, unknown_key, valid_keys
 from hygge_tasks.drift import SchemaSpec
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.polish import PolishSpec
+from hygge_tasks.watermark import watermark_label
 
 RunType = Literal["incremental", "full_drop"]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -36,7 +37,10 @@ class WatermarkSpec(BaseModel):
     """Which column moves forward, and which columns identify a row at the boundary."""
 
     model_config = ConfigDict(extra="forbid")
-    column: str
+    column: str | list[str] = Field(
+        description="The column that moves forward, or a list compared as COALESCE(a, b, ...): "
+        "`[modified, created]` when `modified` stays NULL until a row's first update.",
+    )
     keys: list[str] = Field(
         default_factory=list,
         description="Columns that identify a row; empty uses a hash of the whole row.",
@@ -55,6 +59,24 @@ class WatermarkSpec(BaseModel):
         "for numeric watermarks), for rows committed late. Needs a Store that merges by key "
         "(none yet): an appending Store would load the re-read rows twice.",
     )
+
+    @field_validator("column")
+    @classmethod
+    def _some_column(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            msg = "a list of watermark columns needs one or more distinct names"
+            raise ValueError(msg)
+        return v
+
+    @property
+    def columns(self) -> list[str]:
+        """The source columns, first non-NULL wins."""
+        return [self.column] if isinstance(self.column, str) else list(self.column)
+
+    @property
+    def label(self) -> str:
+        """How the ledger and reports name the watermark (`COALESCE(a, b)` for a list)."""
+        return watermark_label(self.columns)
 
     @model_validator(mode="after")
     def _needs_merging_store(self) -> WatermarkSpec:
@@ -92,6 +114,12 @@ class EntitySpec(BaseModel):
     run_type: RunType | None = None
     polish: PolishSpec | None = None
     drift: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    allow_empty: bool = Field(
+        default=False,
+        description="Let a replace (first load, --full-drop, an entity without a watermark) "
+        "publish an empty table over one that has rows; without it a source that returns no "
+        "rows fails the entity and the published table stays.",
+    )
 
     @field_validator("name")
     @classmethod

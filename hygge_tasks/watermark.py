@@ -160,10 +160,12 @@ class BoundaryFilter:
     """Applies the semantics above to a stream of batches and tracks the next watermark."""
 
     def __init__(
-        self, entity: str, column: str, keys: list[str], previous: Watermark | None
+        self, entity: str, column: str | list[str], keys: list[str], previous: Watermark | None
     ) -> None:
         self.entity = entity
-        self.column = column
+        #: the source columns; a list is compared as COALESCE(a, b, ...) (`label` names it)
+        self.sources = [column] if isinstance(column, str) else list(column)
+        self.column = watermark_label(self.sources)
         self.keys = keys
         self.previous = previous
         #: NULL-watermark rows an incremental run left out; a full load admits them
@@ -175,17 +177,18 @@ class BoundaryFilter:
 
     def admit(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Return the rows of `batch` that belong to this run, and remember the new boundary."""
-        if self.column not in batch.schema.names:
-            msg = (
-                f"watermark column {self.column!r} is not in the source "
-                f"(columns: {', '.join(batch.schema.names[:20])})"
-            )
-            raise ConfigError(msg, entity=self.entity)
+        for name in self.sources:
+            if name not in batch.schema.names:
+                msg = (
+                    f"watermark column {name!r} is not in the source "
+                    f"(columns: {', '.join(batch.schema.names[:20])})"
+                )
+                raise ConfigError(msg, entity=self.entity)
         for key in self.keys:
             if key not in batch.schema.names:
                 msg = f"watermark key column {key!r} is not in the source"
                 raise ConfigError(msg, entity=self.entity)
-        col = batch.column(self.column)
+        col = self._values(batch)
         if self.previous is None:  # a full load: every row, NULLs included
             self.null_loaded += col.null_count
             self._track(batch)
@@ -199,6 +202,21 @@ class BoundaryFilter:
         admitted = batch.filter(keep)
         self._track(admitted)
         return admitted
+
+    def _values(self, batch: pa.RecordBatch) -> pa.Array:
+        """The watermark of each row: its column, or the first non-NULL of the columns."""
+        if len(self.sources) == 1:
+            return batch.column(self.sources[0])
+        cols = [batch.column(n) for n in self.sources]
+        types = {str(c.type) for c in cols}
+        if len(types) > 1:
+            listed = ", ".join(f"{n} {c.type}" for n, c in zip(self.sources, cols, strict=True))
+            msg = (
+                f"the watermark columns must have one type to be coalesced ({listed}); cast "
+                "them to one type in a `query`, or name one column"
+            )
+            raise ConfigError(msg, entity=self.entity)
+        return pc.coalesce(*cols)
 
     def _already_loaded(self, batch: pa.RecordBatch, at_prev: pa.Array) -> pa.Array:
         """Mask of the rows tied with the previous watermark that the last run loaded."""
@@ -236,7 +254,7 @@ class BoundaryFilter:
     def _track(self, admitted: pa.RecordBatch) -> None:
         if admitted.num_rows == 0:
             return
-        col = admitted.column(self.column)
+        col = self._values(admitted)
         batch_max = pc.max(col)
         if not batch_max.is_valid:  # every row's watermark is NULL
             return
@@ -279,6 +297,11 @@ class BoundaryFilter:
             )
             raise ConfigError(msg, entity=self.entity) from exc
         return self._prev_scalar
+
+
+def watermark_label(columns: list[str]) -> str:
+    """How the ledger names a watermark: its column, or `COALESCE(a, b)` for a list."""
+    return columns[0] if len(columns) == 1 else f"COALESCE({', '.join(columns)})"
 
 
 def _py_value(scalar: pa.Scalar) -> Any:

@@ -457,12 +457,13 @@ def _since_predicate(since: Since, binder: Binder) -> str:
     if not isinstance(value, dt.datetime):
         kind = _sql.value_kind(value)
         return _sql.since_predicate(SQLITE, since, kind, None, binder)
-    col = f"{SQLITE.quote(since.column)} {SQLITE.binary_collation}"
+    expr = _sql.since_expr(SQLITE, since)
+    col = f"{expr} {SQLITE.binary_collation}"
     space, tee = (_shortest_text(value, sep) for sep in (" ", "T"))
     day_t = f"{value:%Y-%m-%d}T"
     return (
         f"(({col} >= {binder.bind(space, None)} AND {col} < {binder.bind(day_t, None)}) "
-        f"OR {col} >= {binder.bind(tee, None)} OR {SQLITE.quote(since.column)} IS NULL)"
+        f"OR {col} >= {binder.bind(tee, None)} OR {expr} IS NULL)"
     )
 
 
