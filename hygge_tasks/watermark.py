@@ -14,6 +14,8 @@ Semantics (the one place they are defined):
   NULL watermarks included. An incremental run cannot place a NULL-watermark row: it counts
   them (`null_rows`) and the entity's `watermark.nulls` policy decides (`hygge_tasks.move`):
   `fail` (the default) fails the entity, `skip` skips and reports them.
+- columns: one, or a list compared as `COALESCE(a, b, ...)` (one type); the ledger keeps the
+  coalesced value under the label `COALESCE(a, b)` (`watermark_label`).
 - order: none required; the maximum is computed over everything admitted.
 - precision: exact. A timestamp with sub-microsecond digits (SQL Server `datetime2(7)`, Arrow
   `timestamp[ns]` from files), which a Python datetime cannot hold, is kept as a
