@@ -17,10 +17,13 @@ from hypothesis import strategies as st
 import blocks
 from blocks.base import ReadRequest, Since, WriteMode
 from blocks.homes.sqlite import SqliteHome
+from blocks.stores.adls import AdlsStore
+from blocks.stores.blob_parquet import BlobParquetWriter
 from blocks.stores.parquet import ParquetStore, ParquetWriter
 from flows.spec import parse_spec
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.watermark import BoundaryFilter
+from tests.azurite import Azurite
 from tests.conftest import ledger_of, read_lake, run_flow
 from tests.flow_helpers import failed_row, summary_row, write_parquet
 from tests.pg_server import PgServer, pg_home
@@ -369,3 +372,50 @@ def test_coalesced_watermark_columns_on_parquet_files(tmp_path: Path, spec_name:
         write_parquet(pl.concat([frame.filter(pl.col("id") != 1), later]), src / "t" / "a.parquet")
 
     coalesce_runs(lake, s, change)
+
+
+class LossyBlobWriter(BlobParquetWriter):
+    """The real ADLS writer with a bug: it drops every second batch it is given."""
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.seen = getattr(self, "seen", 0) + 1
+        if self.seen % 2:
+            super().write(batch)
+
+
+class LossyAdlsStore(AdlsStore):
+    _block_type_slug = "test-lossy-adls-store"
+    spec_type = "lossy-adls"
+
+    def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> BlobParquetWriter:
+        return LossyBlobWriter(self, entity, run_id, mode)
+
+
+def test_adls_rows_are_reconciled_file_by_file(
+    azurite: Azurite, tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cont = azurite.new_container()
+    db = make_db(tmp_path / "s.sqlite", "DATETIME", [(i, spell(BASE, " ", 0)) for i in range(25)])
+    store = {
+        "type": "adls",
+        "container": cont,
+        "path": "lake",
+        "credentials": {"connection_string": azurite.connection_string},
+        "max_rows_per_file": 10,  # three files: every roll counts its own footer
+    }
+    s = {**spec(spec_name, db, tmp_path / "unused"), "store": store}
+    assert summary_row(run_flow(s), "t")["rows"] == 25
+    journal = AdlsStore(**{k: v for k, v in store.items() if k != "type"}).read_journal()
+    assert journal is not None
+    assert journal.select(["rows_read", "rows_published"]).to_pylist() == [
+        {"rows_read": 25, "rows_published": 25}
+    ]
+
+    monkeypatch.setitem(blocks.STORES, "lossy-adls", LossyAdlsStore)
+    row = failed_row(
+        run_flow({**s, "store": {**store, "type": "lossy-adls"}}, run_type="full_drop"), "t"
+    )
+    assert re.search(r"25 rows were read but the staged files hold \d+ \(part-", row["detail"])
+    assert "nothing was published" in row["detail"]
+    names = [b.name for b in azurite.container(cont).list_blobs(name_starts_with="lake/t/")]
+    assert len([n for n in names if n.endswith(".parquet")]) == 3  # the first run's files
