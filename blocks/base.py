@@ -41,6 +41,13 @@ class Since:
 
     column: str
     value: Any
+    #: when given, the watermark is `COALESCE(columns...)` and `column` only its label
+    columns: tuple[str, ...] = ()
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The source columns the watermark is taken from, first non-NULL wins."""
+        return self.columns or (self.column,)
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,14 @@ class EntityWriter(ABC):
     def abort(self) -> None:
         """Remove everything this attempt staged; published data is left untouched."""
 
+    def staged_rows(self) -> dict[str, int] | None:
+        """Rows per staged file, as the files themselves say (None: this writer cannot tell).
+
+        Called once every batch is written and before `commit_files`: the engine reconciles
+        it with the rows it wrote, and publishes nothing on a mismatch.
+        """
+        return None
+
 
 class StoreBlock(Block, ABC):
     """Where data rests. Subclasses stage and publish as `docs/crash-safety.md` describes."""
@@ -163,6 +178,14 @@ class StoreBlock(Block, ABC):
     @abstractmethod
     def has_data(self, entity: str) -> bool:
         """Whether the entity has a published table (possibly with zero rows)."""
+
+    def published_rows(self, entity: str) -> int | None:
+        """Rows of the entity's published table; None when unknown without a scan.
+
+        The empty-replace guard (`hygge_tasks.move`) treats unknown as non-empty whenever
+        `has_data` says a table exists.
+        """
+        return None
 
     @abstractmethod
     def describe(self, entity: str) -> str:

@@ -173,8 +173,11 @@ def _plan(
             name=entity.name,
             request=request,
             mode=mode,
-            watermark_column=wm.column if wm else None,
+            watermark_column=wm.label if wm else None,
+            watermark_columns=wm.columns if wm else [],
             watermark_keys=list(wm.keys) if wm else [],
+            watermark_nulls=wm.nulls if wm else "fail",
+            allow_empty=entity.allow_empty,
             previous=previous,
             reason=reason,
             polish=entity.polish,
@@ -195,10 +198,10 @@ def _plan(
         raise ConfigError(_not_ours(ledger_name, theirs, mine), entity=entity.name)
     if wm is None:
         return plan("replace", "no watermark: full reload")
-    if previous and previous.get("column") != wm.column:
+    if previous and previous.get("column") != wm.label:
         msg = (
             f"the ledger's watermark is on column {previous.get('column')!r} but the spec now says "
-            f"{wm.column!r}; run this entity once with --full-drop to reload it and start over"
+            f"{wm.label!r}; run this entity once with --full-drop to reload it and start over"
         )
         raise ConfigError(msg, entity=entity.name)
     if not previous:

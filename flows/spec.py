@@ -23,21 +23,80 @@ from flows.keys import block_problems, model_at, unknown_key, valid_keys
 from hygge_tasks.drift import SchemaSpec
 from hygge_tasks.errors import ConfigError
 from hygge_tasks.polish import PolishSpec
+from hygge_tasks.watermark import watermark_label
 
 RunType = Literal["incremental", "full_drop"]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENTITY_NAME = re.compile(r"^[^/\\\x00]+$")
 
 
+NullPolicy = Literal["fail", "skip", "include"]
+
+
 class WatermarkSpec(BaseModel):
     """Which column moves forward, and which columns identify a row at the boundary."""
 
     model_config = ConfigDict(extra="forbid")
-    column: str
+    column: str | list[str] = Field(
+        description="The column that moves forward, or a list compared as COALESCE(a, b, ...): "
+        "`[modified, created]` when `modified` stays NULL until a row's first update.",
+    )
     keys: list[str] = Field(
         default_factory=list,
         description="Columns that identify a row; empty uses a hash of the whole row.",
     )
+    nulls: NullPolicy = Field(
+        default="fail",
+        description="Rows whose watermark is NULL on an incremental run (a first load and "
+        "--full-drop load every row): `fail` (the default) fails the entity naming the count, so "
+        "no row is lost without an error; `skip` skips them and reports the count in the "
+        "summary and the journal; `include` re-reads them every run, which needs a Store that "
+        "merges by key (none yet).",
+    )
+    lag: str | int | float | None = Field(
+        default=None,
+        description="Re-read this much before the last watermark each run (`10m`, or a number "
+        "for numeric watermarks), for rows committed late. Needs a Store that merges by key "
+        "(none yet): an appending Store would load the re-read rows twice.",
+    )
+
+    @field_validator("column")
+    @classmethod
+    def _some_column(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            msg = "a list of watermark columns needs one or more distinct names"
+            raise ValueError(msg)
+        return v
+
+    @property
+    def columns(self) -> list[str]:
+        """The source columns, first non-NULL wins."""
+        return [self.column] if isinstance(self.column, str) else list(self.column)
+
+    @property
+    def label(self) -> str:
+        """How the ledger and reports name the watermark (`COALESCE(a, b)` for a list)."""
+        return watermark_label(self.columns)
+
+    @model_validator(mode="after")
+    def _needs_merging_store(self) -> WatermarkSpec:
+        # every Store hygge has today appends (the Parquet lake, ADLS, OneLake) or upserts by
+        # its own key columns (Open Mirroring), not the watermark keys: refused up front
+        if self.nulls == "include" or self.lag is not None:
+            what = (
+                "`nulls: include` re-reads the NULL-watermark rows"
+                if self.nulls == "include"
+                else "`lag` re-reads the rows of the lag window"
+            )
+            msg = (
+                f"{what} on every run, which only a Store that merges by key can take without "
+                "loading them twice; no hygge Store merges by the watermark keys yet (the "
+                "Parquet lake, ADLS and OneLake append every load); Delta, SQLite and Open "
+                "Mirroring Stores that upsert by these keys will take it. Use `nulls: fail` or "
+                "`nulls: skip`, and no `lag`"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class EntitySpec(BaseModel):
@@ -55,6 +114,12 @@ class EntitySpec(BaseModel):
     run_type: RunType | None = None
     polish: PolishSpec | None = None
     drift: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    allow_empty: bool = Field(
+        default=False,
+        description="Let a replace (first load, --full-drop, an entity without a watermark) "
+        "publish an empty table over one that has rows; without it a source that returns no "
+        "rows fails the entity and the published table stays.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -45,6 +45,12 @@ SCHEMA = pa.schema(
         ("watermark_after", pa.string()),
         ("schema_change", pa.string()),
         ("error", pa.string()),
+        # NULL-watermark rows an incremental run skipped (`watermark.nulls: skip`)
+        ("null_watermark_rows", pa.int64()),
+        # rows read into the Store's writer and rows its staged files held, reconciled before
+        # publishing (a mismatch fails the entity)
+        ("rows_read", pa.int64()),
+        ("rows_published", pa.int64()),
     ]
 )
 
@@ -70,6 +76,9 @@ class JournalRecord:
     watermark_after: str | None = None
     schema_change: str | None = None
     error: str | None = None
+    null_watermark_rows: int = 0
+    rows_read: int | None = None
+    rows_published: int | None = None
 
     @property
     def seconds(self) -> float:
@@ -129,6 +138,9 @@ class Journal:
             watermark_before=was,
             watermark_after=now,
             schema_change=result.schema_change,
+            null_watermark_rows=result.null_watermark_rows,
+            rows_read=result.rows_read,
+            rows_published=result.rows_published,
         )
         self.add(store, record)
 
@@ -142,8 +154,12 @@ class Journal:
     ) -> None:
         """Record an entity that did not commit: its watermark stays where it was."""
         column, was = watermark_value(before)
+        # a failed reconciliation carries both counts (`hygge_tasks.move._reconcile`)
+        read, published = getattr(error, "hygge_rows", (None, None))
         record = JournalRecord(
             **self._common(plan, started_at),
+            rows_read=read,
+            rows_published=published,
             # set by the task on its last attempt; None when the task never ran
             attempts=getattr(error, "hygge_attempts", None),
             mode=plan.mode,

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
 from hygge_tasks import faults
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
-from hygge_tasks.errors import is_transient
+from hygge_tasks.errors import HomeError, StoreError, is_transient
 from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
@@ -37,8 +37,12 @@ class EntityPlan:
     name: str
     request: ReadRequest
     mode: WriteMode
+    #: the watermark's name in the ledger: its column, or `COALESCE(a, b)` of `watermark_columns`
     watermark_column: str | None = None
+    watermark_columns: list[str] = field(default_factory=list)
     watermark_keys: list[str] = field(default_factory=list)
+    #: what an incremental run does with NULL-watermark rows (`flows.spec.WatermarkSpec.nulls`)
+    watermark_nulls: str = "fail"
     previous: dict[str, Any] | None = None
     reason: str = ""
     polish: PolishSpec | None = None
@@ -53,6 +57,8 @@ class EntityPlan:
     schema_reset: bool = False
     #: which source and destination the ledger entry belongs to (`flows.plan.identity`)
     identity: dict[str, str] | None = None
+    #: a replace may empty a published table (else a source with no rows fails the entity)
+    allow_empty: bool = False
 
     @property
     def previous_watermark(self) -> Watermark | None:
@@ -84,6 +90,10 @@ class EntityResult:
     #: set when the Store must wait before publishing (UTC ISO time): the flow then runs
     #: `finish_entity` after it, without holding a concurrency slot meanwhile
     ready_at: str | None = None
+    #: rows read into the Store's writer, and the rows its staged files hold (reconciled
+    #: before publishing; None when the writer cannot count its files)
+    rows_read: int = 0
+    rows_published: int | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -104,9 +114,15 @@ def move(
     previous = plan.previous_watermark if plan.mode == "append" else None
     request = plan.request
     if previous is not None:
-        request = _with_since(request, Since(previous.column, previous.value))
+        columns = tuple(plan.watermark_columns) if len(plan.watermark_columns) > 1 else ()
+        request = _with_since(request, Since(previous.column, previous.value, columns))
     boundary = (
-        BoundaryFilter(plan.name, plan.watermark_column, plan.watermark_keys, previous)
+        BoundaryFilter(
+            plan.name,
+            plan.watermark_columns or plan.watermark_column,
+            plan.watermark_keys,
+            previous,
+        )
         if plan.watermark_column
         else None
     )
@@ -155,13 +171,7 @@ def move(
             writer = store.open_writer(plan.name, run_id, mode)
         faults.point("move.after_read")
         if boundary is not None and boundary.null_rows:
-            logger.warning(
-                "%s: skipped %d rows whose watermark column %r is NULL: an incremental load "
-                "cannot place them; give them a value or load the entity without a watermark",
-                plan.name,
-                boundary.null_rows,
-                plan.watermark_column,
-            )
+            _null_policy(plan, boundary.null_rows, logger)
         watermark = boundary.result() if boundary is not None else None
         if plan.mode == "append" and rows == 0:
             writer.abort()
@@ -178,6 +188,9 @@ def move(
                 watermark=plan.previous,
                 schema_change=guard.note,
             )
+        if mode == "replace" and rows + carried == 0 and not plan.allow_empty:
+            _refuse_empty_replace(plan, store)
+        published = _reconcile(plan.name, writer, rows + carried)
         entry = _entry(watermark.to_json() if watermark else None, run_id, rows, mode)
         entry["schema"] = guard.remembered
         if plan.identity is not None:
@@ -207,6 +220,64 @@ def move(
         watermark=entry["watermark"],
         schema_change=note,
         ready_at=manifest.extra.get("ready_at") if manifest.state == "waiting" else None,
+        rows_read=rows + carried,
+        rows_published=published,
+    )
+
+
+def _refuse_empty_replace(plan: EntityPlan, store: StoreBlock) -> None:
+    """Refuse to replace a published table that has rows with an empty one (`allow_empty`)."""
+    if not store.has_data(plan.name):
+        return
+    published = store.published_rows(plan.name)
+    if published == 0:
+        return
+    held = "rows" if published is None else f"{published:,} rows"
+    msg = (
+        f"the source returned no rows, and this {plan.run_type} run would replace the published "
+        f"table ({held}) with an empty one; nothing was changed. Check the source (a truncated "
+        "table, a `where` that matches nothing), or set `allow_empty: true` on the entity if "
+        "it is meant to be empty"
+    )
+    raise HomeError(msg, entity=plan.name)
+
+
+def _reconcile(entity: str, writer: EntityWriter, rows: int) -> int | None:
+    """The rows the staged files hold, checked against the rows written; nothing is published
+    on a mismatch (the caller's abort removes the staging)."""
+    staged = writer.staged_rows()
+    if staged is None:
+        return None
+    held = sum(staged.values())
+    if held != rows:
+        files = ", ".join(f"{name}: {n:,}" for name, n in staged.items()) or "no files"
+        msg = (
+            f"{rows:,} rows were read but the staged files hold {held:,} ({files}); nothing "
+            "was published and the watermark did not move. Run the entity again; if it "
+            "repeats, report it: the Store's writer lost or repeated rows"
+        )
+        error = StoreError(msg, entity=entity)
+        error.hygge_rows = (rows, held)  # type: ignore[attr-defined]
+        raise error
+    return held
+
+
+def _null_policy(plan: EntityPlan, count: int, logger: Any) -> None:
+    """Fail on NULL-watermark rows an incremental run cannot place, or report skipping them."""
+    if plan.watermark_nulls == "fail":
+        msg = (
+            f"{count:,} rows have a NULL watermark column {plan.watermark_column!r}: an "
+            "incremental load cannot place them, and nothing was loaded. Give them a value, set "
+            "`watermark.nulls: skip` to skip and count them on incremental runs, or run with "
+            "--full-drop, which loads every row"
+        )
+        raise HomeError(msg, entity=plan.name)
+    logger.warning(
+        "%s: skipped %d rows whose watermark column %r is NULL (watermark.nulls: skip); an "
+        "incremental load cannot place them: give them a value, or run with --full-drop",
+        plan.name,
+        count,
+        plan.watermark_column,
     )
 
 
@@ -215,8 +286,9 @@ def _protected(plan: EntityPlan) -> dict[str, str]:
     out = {k: "watermark key" for k in plan.watermark_keys}
     for h in plan.polish.hash_id if plan.polish else []:
         out.update({c: f"input to hash_id {h.name!r}" for c in h.columns})
-    if plan.watermark_column:
-        out[plan.watermark_column] = "watermark column"
+    for column in plan.watermark_columns or [plan.watermark_column or ""]:
+        if column:
+            out[column] = "watermark column"
     return out
 
 

@@ -10,8 +10,12 @@ Semantics (the one place they are defined):
 - end bound: none. Everything present at read time is loaded; the new watermark is the largest
   value admitted and the new boundary set holds the identities of the rows at that value
   (joined with the old set when the value did not move).
-- NULLs: rows whose watermark is NULL cannot be placed; they are never loaded by an
-  incremental entity, and every run counts and reports them.
+- NULLs: a full load (no previous watermark: a first load, `--full-drop`) loads every row,
+  NULL watermarks included. An incremental run cannot place a NULL-watermark row: it counts
+  them (`null_rows`) and the entity's `watermark.nulls` policy decides (`hygge_tasks.move`):
+  `fail` (the default) fails the entity, `skip` skips and reports them.
+- columns: one, or a list compared as `COALESCE(a, b, ...)` (one type); the ledger keeps the
+  coalesced value under the label `COALESCE(a, b)` (`watermark_label`).
 - order: none required; the maximum is computed over everything admitted.
 - precision: exact. A timestamp with sub-microsecond digits (SQL Server `datetime2(7)`, Arrow
   `timestamp[ns]` from files), which a Python datetime cannot hold, is kept as a
@@ -158,41 +162,63 @@ class BoundaryFilter:
     """Applies the semantics above to a stream of batches and tracks the next watermark."""
 
     def __init__(
-        self, entity: str, column: str, keys: list[str], previous: Watermark | None
+        self, entity: str, column: str | list[str], keys: list[str], previous: Watermark | None
     ) -> None:
         self.entity = entity
-        self.column = column
+        #: the source columns; a list is compared as COALESCE(a, b, ...) (`label` names it)
+        self.sources = [column] if isinstance(column, str) else list(column)
+        self.column = watermark_label(self.sources)
         self.keys = keys
         self.previous = previous
+        #: NULL-watermark rows an incremental run left out; a full load admits them
         self.null_rows = 0
+        self.null_loaded = 0
         self._max: pa.Scalar | None = None
         self._boundary: set[str] = set()
         self._prev_scalar: pa.Scalar | None = None
 
     def admit(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Return the rows of `batch` that belong to this run, and remember the new boundary."""
-        if self.column not in batch.schema.names:
-            msg = (
-                f"watermark column {self.column!r} is not in the source "
-                f"(columns: {', '.join(batch.schema.names[:20])})"
-            )
-            raise ConfigError(msg, entity=self.entity)
+        for name in self.sources:
+            if name not in batch.schema.names:
+                msg = (
+                    f"watermark column {name!r} is not in the source "
+                    f"(columns: {', '.join(batch.schema.names[:20])})"
+                )
+                raise ConfigError(msg, entity=self.entity)
         for key in self.keys:
             if key not in batch.schema.names:
                 msg = f"watermark key column {key!r} is not in the source"
                 raise ConfigError(msg, entity=self.entity)
-        col = batch.column(self.column)
+        col = self._values(batch)
+        if self.previous is None:  # a full load: every row, NULLs included
+            self.null_loaded += col.null_count
+            self._track(batch)
+            return batch
         self.null_rows += col.null_count
-        keep = pc.is_valid(col)
-        if self.previous is not None:
-            prev = self._previous_scalar(col.type)
-            keep = pc.and_(keep, pc.greater_equal(col, prev))
-            if self.previous.boundary:
-                at_prev = pc.and_(keep, pc.equal(col, prev))
-                keep = pc.and_(keep, pc.invert(self._already_loaded(batch, at_prev)))
+        prev = self._previous_scalar(col.type)
+        keep = pc.and_(pc.is_valid(col), pc.greater_equal(col, prev))
+        if self.previous.boundary:
+            at_prev = pc.and_(keep, pc.equal(col, prev))
+            keep = pc.and_(keep, pc.invert(self._already_loaded(batch, at_prev)))
         admitted = batch.filter(keep)
         self._track(admitted)
         return admitted
+
+    def _values(self, batch: pa.RecordBatch) -> pa.Array:
+        """The watermark of each row: its column, or the first non-NULL of the columns."""
+        if len(self.sources) == 1:
+            return batch.column(self.sources[0])
+        cols = [batch.column(n) for n in self.sources]
+        types = {str(c.type) for c in cols}
+        if len(types) > 1:
+            listed = ", ".join(f"{n} {c.type}" for n, c in zip(self.sources, cols, strict=True))
+            msg = (
+                f"the watermark columns must have one type to be coalesced ({listed}); cast "
+                "them to one type in a `query`, or name one column"
+            )
+            raise ConfigError(msg, entity=self.entity)
+        return pc.coalesce(*cols)
 
     def _already_loaded(self, batch: pa.RecordBatch, at_prev: pa.Array) -> pa.Array:
         """Mask of the rows tied with the previous watermark that the last run loaded."""
@@ -230,8 +256,10 @@ class BoundaryFilter:
     def _track(self, admitted: pa.RecordBatch) -> None:
         if admitted.num_rows == 0:
             return
-        col = admitted.column(self.column)
+        col = self._values(admitted)
         batch_max = pc.max(col)
+        if not batch_max.is_valid:  # every row's watermark is NULL
+            return
         if self._max is None or pc.greater(batch_max, self._max).as_py():
             self._max = batch_max
             self._boundary = set()
@@ -271,6 +299,11 @@ class BoundaryFilter:
             )
             raise ConfigError(msg, entity=self.entity) from exc
         return self._prev_scalar
+
+
+def watermark_label(columns: list[str]) -> str:
+    """How the ledger names a watermark: its column, or `COALESCE(a, b)` for a list."""
+    return columns[0] if len(columns) == 1 else f"COALESCE({', '.join(columns)})"
 
 
 def _py_value(scalar: pa.Scalar) -> Any:

@@ -55,6 +55,17 @@ def summary_row(state: Any, entity: str) -> dict[str, Any]:
     return next(r for r in state.result() if r["entity"] == entity)
 
 
+def failed_row(state: Any, entity: str) -> dict[str, Any]:
+    """The summary row of an entity in a flow run that failed (the flow's error carries it)."""
+    assert state.is_failed()
+    try:
+        state.result()
+    except Exception as exc:
+        return next(r for r in exc.summary if r["entity"] == entity)  # type: ignore[attr-defined]
+    msg = "the flow run did not fail"
+    raise AssertionError(msg)
+
+
 def write_parquet(df: pl.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.write_parquet(path)

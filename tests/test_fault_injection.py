@@ -92,7 +92,7 @@ def test_disk_full_while_staging_names_entity_and_keeps_everything(
     assert lake_files(lake) == files and ledger_of(spec) == ledger
 
 
-def test_full_drop_of_an_empty_source_publishes_an_empty_table(
+def test_full_drop_of_an_empty_source_publishes_an_empty_table_only_when_allowed(
     tmp_path: Path, spec_name: str
 ) -> None:
     db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 50))
@@ -103,7 +103,12 @@ def test_full_drop_of_an_empty_source_publishes_an_empty_table(
     con.execute("DELETE FROM events")
     con.commit()
     con.close()
+    refused = run_flow(spec, run_type="full_drop")
+    with pytest.raises(Exception, match=r"the source returned no rows.*\(50 rows\)"):
+        refused.result()
+    assert read_lake(lake, "events").height == 50
 
+    spec["entities"][0]["allow_empty"] = True
     state = run_flow(spec, run_type="full_drop")
     row: dict[str, Any] = summary_row(state, "events")
     assert row["rows"] == 0

@@ -23,6 +23,7 @@ from tests.flow_helpers import (
     T0,
     assert_lake_equals_source,
     events_rows,
+    failed_row,
     spec_for,
     summary_row,
     ts,
@@ -125,16 +126,37 @@ def test_full_drop_replaces_table_and_resets_watermark(tmp_path: Path, spec_name
     )
 
 
-def test_null_watermarks_are_counted_and_not_loaded(tmp_path: Path, spec_name: str) -> None:
+def test_null_watermarks_load_fully_then_fail_or_skip(tmp_path: Path, spec_name: str) -> None:
     db = make_events_db(
         tmp_path / "src.sqlite", [(1, ts(0), "1", "a"), (2, None, "2", "b"), (3, None, "3", "c")]
     )
     lake = tmp_path / "lake"
-    state = run_flow(spec_for(spec_name, db, lake))
+    spec = spec_for(spec_name, db, lake)
+    row = summary_row(run_flow(spec), "events")
+    assert row["rows"] == 3  # a first load loads every row, NULL watermarks included
+    assert "NULL" not in row["detail"]
+    assert sorted(read_lake(lake, "events")["id"].to_list()) == [1, 2, 3]
+
+    # incremental: the default `nulls: fail` fails the entity naming the count; nothing moves
+    make_events_db(db, [(4, ts(1), "4", "d")])
+    failed = failed_row(run_flow(spec), "events")
+    assert failed["status"] == "FAILED"
+    assert "2 rows have a NULL watermark column 'ts'" in failed["detail"]
+    assert "watermark.nulls: skip" in failed["detail"]
+    assert sorted(read_lake(lake, "events")["id"].to_list()) == [1, 2, 3]
+
+    spec["entities"][0]["watermark"]["nulls"] = "skip"
+    state = run_flow(spec)
     row = summary_row(state, "events")
-    assert row["rows"] == 1
+    assert (row["status"], row["rows"]) == ("ok", 1)
     assert "2 NULL-watermark rows skipped" in row["detail"]
-    assert read_lake(lake, "events")["id"].to_list() == [1]
+    assert sorted(read_lake(lake, "events")["id"].to_list()) == [1, 2, 3, 4]
+    journal = pl.read_parquet(lake / "_journal" / "*.parquet").sort("started_at")
+    assert journal["null_watermark_rows"].to_list() == [0, 0, 2]
+
+    state = run_flow(spec, run_type="full_drop")  # a full drop loads every row again
+    assert summary_row(state, "events")["rows"] == 4
+    assert sorted(read_lake(lake, "events")["id"].to_list()) == [1, 2, 3, 4]
 
 
 class SlowHome(SqliteHome):

@@ -30,10 +30,13 @@ def test_sqlite_select_is_built_by_the_shared_builders() -> None:
     home = SqliteHome(path="unused.sqlite")
     since = Since("ts", dt.datetime(2024, 1, 1, 12, 0, 0, 5))
     req = ReadRequest(entity="e", table="a.b", columns=["x y"], where="z > 1", since=since)
-    # a dot is part of a SQLite table name; the bound is text, as SQLite stores timestamps
+    # a dot is part of a SQLite table name; the bound is text, as SQLite stores timestamps:
+    # its shortest spelling, with a space and with a T (`_since_predicate`)
+    ts = '"ts" COLLATE BINARY'
     assert home.build_select(req) == (
-        'SELECT "x y" FROM "a.b" WHERE (z > 1) AND ("ts" >= ? OR "ts" IS NULL)',
-        ["2024-01-01 12:00:00.000005"],
+        f'SELECT "x y" FROM "a.b" WHERE (z > 1) AND (({ts} >= ? AND {ts} < ?) OR {ts} >= ? '
+        'OR "ts" IS NULL)',
+        ["2024-01-01 12:00:00.000005", "2024-01-01T", "2024-01-01T12:00:00.000005"],
     )
     req = ReadRequest(entity="e", query="SELECT 1 AS x;", since=Since("x", "B"))
     assert home.build_select(req) == (
@@ -43,7 +46,9 @@ def test_sqlite_select_is_built_by_the_shared_builders() -> None:
     # a nanosecond bound is cut to SQLite's microsecond text (a floor: a superset)
     nanos = Since("ts", NanoTimestamp(1_714_564_800_123_456_789))
     assert home.build_select(ReadRequest(entity="e", table="t", since=nanos))[1] == [
-        "2024-05-01 12:00:00.123456"
+        "2024-05-01 12:00:00.123456",
+        "2024-05-01T",
+        "2024-05-01T12:00:00.123456",
     ]
     req = ReadRequest(entity="e", table="t", since=Since("amt", Decimal("1.5")))
     assert home.build_select(req)[1] == [1.5]

@@ -237,7 +237,7 @@ def test_boundary_single_key_of_other_types_is_text() -> None:
 # -- NULL watermarks ----------------------------------------------------------------------------
 
 
-def test_boundary_null_watermarks_are_counted_never_admitted() -> None:
+def test_boundary_full_load_admits_null_watermarks() -> None:
     f = BoundaryFilter("e", "wm", ["id"], None)
     admitted = run(
         f,
@@ -245,8 +245,27 @@ def test_boundary_null_watermarks_are_counted_never_admitted() -> None:
         rows(pa.int64(), [4], [None]),
         rows(pa.int64(), [5], [4]),
     )
+    assert admitted == [1, 2, 3, 4, 5]
+    assert (f.null_rows, f.null_loaded) == (0, 3)
+    assert f.result() == Watermark("wm", 5, frozenset({"2"}))
+
+
+def test_boundary_full_load_of_only_nulls_has_no_watermark() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], None)
+    assert run(f, rows(pa.int64(), [1, 2], [None, None])) == [1, 2]
+    assert f.result() is None
+
+
+def test_boundary_incremental_run_counts_null_watermarks_never_admits_them() -> None:
+    f = BoundaryFilter("e", "wm", ["id"], Watermark("wm", 3, frozenset({"9"})))
+    admitted = run(
+        f,
+        rows(pa.int64(), [1, 2, 3], [None, 5, None]),
+        rows(pa.int64(), [4], [None]),
+        rows(pa.int64(), [5], [4]),
+    )
     assert admitted == [2, 5]
-    assert f.null_rows == 3
+    assert (f.null_rows, f.null_loaded) == (3, 0)
     assert f.result() == Watermark("wm", 5, frozenset({"2"}))
 
 

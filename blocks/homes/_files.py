@@ -96,10 +96,12 @@ def since_filter(lf: pl.LazyFrame, request: ReadRequest) -> pl.LazyFrame:
     """Push the incremental lower bound into the scan (NULLs kept: the engine counts them)."""
     if request.since is None:
         return lf
-    col = pl.col(request.since.column)
-    dtype = lf.collect_schema().get(request.since.column)
-    if dtype is None:
-        return lf  # the engine reports the missing column with the column list
+    names = request.since.sources
+    schema = lf.collect_schema()
+    dtype = schema.get(names[0])
+    if dtype is None or any(schema.get(n) != dtype for n in names):
+        return lf  # the engine reports a missing column or mismatched types
+    col = pl.col(names[0]) if len(names) == 1 else pl.coalesce([pl.col(n) for n in names])
     value = request.since.value
     if isinstance(value, NanoTimestamp):
         # exact nanoseconds; a coarser column cuts the bound (a floor: a superset)

@@ -296,10 +296,16 @@ def since_predicate(
     dialect: Dialect, since: Since, kind: Kind, arrow_type: pa.DataType | None, binder: Binder
 ) -> str:
     """`(column >= bound OR column IS NULL)`, the bound cast to the column's kind."""
-    col = dialect.quote(since.column)
+    col = since_expr(dialect, since)
     lhs = f"{col} {dialect.binary_collation}" if kind == "text" else col
     bound = binder.bind(since.value, dialect.cast_type(kind, arrow_type))
     return f"({lhs} >= {bound} OR {col} IS NULL)"
+
+
+def since_expr(dialect: Dialect, since: Since) -> str:
+    """The watermark as SQL: its quoted column, or `COALESCE(a, b, ...)` of a list of them."""
+    quoted = [dialect.quote(c) for c in since.sources]
+    return quoted[0] if len(quoted) == 1 else f"COALESCE({', '.join(quoted)})"
 
 
 def source_sql(dialect: Dialect, request: ReadRequest) -> str:

@@ -236,8 +236,8 @@ class MssqlHome(HomeBlock):
         predicates = []
         if request.since is not None:
             since = request.since
-            kind = _sql.check_since(since, types.get(since.column), request.entity)
-            arrow = types[since.column]
+            kind = _sql.check_since(since, types.get(since.sources[0]), request.entity)
+            arrow = types[since.sources[0]]
             assert arrow is not None
             predicates.append(_sql.since_predicate(self.dialect, since, kind, arrow, binder))
         single = [

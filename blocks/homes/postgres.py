@@ -219,9 +219,9 @@ class PostgresHome(HomeBlock):
             predicates = []
             if request.since is not None:
                 since = request.since
-                kind = _sql.check_since(since, types.get(since.column), request.entity)
+                kind = _sql.check_since(since, types.get(since.sources[0]), request.entity)
                 predicates.append(
-                    _sql.since_predicate(POSTGRES, since, kind, types[since.column], binder)
+                    _sql.since_predicate(POSTGRES, since, kind, types[since.sources[0]], binder)
                 )
             if not (self.partition_column and granted > 1):
                 sql = _sql.final_select(POSTGRES, request, select_list, predicates)

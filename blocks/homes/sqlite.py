@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest
+from blocks.base import HomeBlock, ReadRequest, Since
 from blocks.homes import _sql
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import SQLITE, Binder, qmark
@@ -265,8 +265,7 @@ class SqliteHome(HomeBlock):
         binder = Binder(qmark, to_param=_sql_param)
         predicates = []
         if request.since is not None:
-            kind = _sql.value_kind(request.since.value)
-            predicates.append(_sql.since_predicate(SQLITE, request.since, kind, None, binder))
+            predicates.append(_since_predicate(request.since, binder))
         return select_list, predicates, binder
 
     def _declared_columns(
@@ -660,10 +659,47 @@ def _zero_or_one(col: pa.Array, name: str, entity: str) -> None:
         raise HomeError(msg, entity=entity)
 
 
+def _since_predicate(since: Since, binder: Binder) -> str:
+    """The incremental bound as SQLite compares it: a superset of what the engine admits.
+
+    SQLite keeps timestamps as text and compares them as text, in whatever spelling the
+    application wrote: `T` or space, 0 to 9 fraction digits (`strftime('%f')` writes 3), a
+    `Z` or `+00:00` suffix. One bound spelled one way loses rows spelled another way at the same
+    instant (`'...00.009' >= '...00.009000'` is false), so a timestamp bound is spelled in its
+    shortest form (no trailing fraction zeros: a prefix of every longer spelling of that
+    instant) once with a space and once with a `T`: each arm admits its separator's rows from
+    that instant on, and every later day sorts after both.
+    """
+    value = since.value
+    if isinstance(value, NanoTimestamp):
+        value = value.floor_datetime()  # a floor: a superset again
+    if not isinstance(value, dt.datetime):
+        kind = _sql.value_kind(value)
+        return _sql.since_predicate(SQLITE, since, kind, None, binder)
+    expr = _sql.since_expr(SQLITE, since)
+    col = f"{expr} {SQLITE.binary_collation}"
+    space, tee = (_shortest_text(value, sep) for sep in (" ", "T"))
+    day_t = f"{value:%Y-%m-%d}T"
+    return (
+        f"(({col} >= {binder.bind(space, None)} AND {col} < {binder.bind(day_t, None)}) "
+        f"OR {col} >= {binder.bind(tee, None)} OR {expr} IS NULL)"
+    )
+
+
+def _shortest_text(value: dt.datetime, sep: str) -> str:
+    """The shortest text spelling of `value` with separator `sep`: `2024-05-01 12:00:00.5`.
+
+    Every other spelling of the same instant (more fraction digits, a zone suffix) has it as a
+    prefix, so it sorts at or after it; the zone is dropped (SQLite reads keep naive times).
+    """
+    text = f"{value:%Y-%m-%d}{sep}{value:%H:%M:%S}"
+    if value.microsecond:
+        text += "." + f"{value.microsecond:06d}".rstrip("0")
+    return text
+
+
 def _sql_param(value: Any) -> Any:
-    # SQLite compares text timestamps as text; str() gives 'YYYY-MM-DD HH:MM:SS[.ffffff]',
-    # which sorts at or before the 'T'-separated form, so the bound admits a superset; a
-    # nanosecond bound is cut to its microsecond (a floor: a superset again)
+    # timestamp bounds are spelled by `_since_predicate`; these are the other values
     if isinstance(value, NanoTimestamp):
         value = value.floor_datetime()
     if isinstance(value, dt.datetime):

@@ -312,6 +312,8 @@ class BlobFiles:
         self.entity = entity
         self.keys: list[str] = []
         self.blocks: dict[str, int] = {}
+        #: rows per file, from each finished file's own footer (the writer's metadata)
+        self.rows: dict[str, int] = {}
         self.bytes = 0
         self.schema: pa.Schema | None = None
         self._pool = ThreadPoolExecutor(store.upload_parallelism, thread_name_prefix="hygge-up")
@@ -360,6 +362,7 @@ class BlobFiles:
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.close()
+            self.rows[self.keys[-1]] = writer.writer.metadata.num_rows
         if self._sink is not None:
             sink, self._sink = self._sink, None
             sink.close()
@@ -378,6 +381,7 @@ class BlobFiles:
     def _roll(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self.rows[self.keys[-1]] = self._writer.writer.metadata.num_rows
         if self._sink is not None:
             self._sink.close()
             self.blocks[self._sink.name] = self._sink.blocks
@@ -450,6 +454,15 @@ class BlobParquetWriter(StagedBlobWriter):
         )
         self._schema = None
         self._prepared = False
+
+    def staged_rows(self) -> dict[str, int] | None:
+        if self._schema is None:
+            return None  # nothing staged: commit_files says so
+        try:
+            self.files.close()
+        except AzureError as exc:
+            raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
+        return {k.rsplit("/", 1)[1]: n for k, n in self.files.rows.items()}
 
     def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
         try:

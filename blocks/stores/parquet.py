@@ -150,6 +150,13 @@ class ParquetStore(StoreBlock):
     def has_data(self, entity: str) -> bool:
         return self.table_dir(entity).is_dir()
 
+    def published_rows(self, entity: str) -> int | None:
+        folder = self.table_dir(entity)
+        if not folder.is_dir():
+            return None
+        # the footers only: no data page is read
+        return sum(pq.read_metadata(p).num_rows for p in folder.glob("*.parquet"))
+
     def write_journal(self, run_id: str, records: pa.Table) -> None:
         folder = self._root / "_journal"
         folder.mkdir(parents=True, exist_ok=True)
@@ -307,6 +314,13 @@ class ParquetWriter(EntityWriter):
             return manifest
         except OSError as exc:
             raise _os_error(exc, self.entity, self.store.table_dir(self.entity)) from exc
+
+    def staged_rows(self) -> dict[str, int] | None:
+        try:
+            self._close()
+            return {n: pq.read_metadata(self.staged / n).num_rows for n in self.files}
+        except OSError as exc:
+            raise _os_error(exc, self.entity, self.staged) from exc
 
     def abort(self) -> None:
         self._close(quiet=True)
