@@ -257,13 +257,13 @@ def test_an_unread_column_of_no_exact_type_does_not_fail_the_entity(tmp_path: Pa
 def test_decimals_by_arithmetic_are_the_shortest_digits(
     scale: int, units: list[int | None], noise: list[float]
 ) -> None:
-    # the fast way (`_reals_at_scale`) answers only where it gives exactly what the shortest
+    # the fast way (`reals_at_scale`) answers only where it gives exactly what the shortest
     # digits of each double give; any other batch takes that exact, slower way
-    from blocks.homes.sqlite import _reals_at_scale
+    from blocks.homes._sqlite_values import reals_at_scale
 
     typ = pa.decimal128(38, scale)
     reals = pa.array([None if u is None else u / 10**scale for u in units] + noise, pa.float64())
-    fast = _reals_at_scale(reals, typ)
+    fast = reals_at_scale(reals, typ)
     try:
         exact = reals.cast(pa.string()).cast(typ)
     except pa.ArrowInvalid:
