@@ -7,6 +7,7 @@ derived arithmetically from the row number, so every machine builds the same dat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -73,15 +74,26 @@ def _cents(cents: pl.Expr) -> pl.Expr:
     return (cents // 100).cast(pl.String) + pl.lit(".") + (cents % 100).cast(pl.String).str.zfill(2)
 
 
+#: `PRAGMA user_version` of the example database this hygge builds. An older one (0: built
+#: before the amounts were written as exact decimals, which exact reads now refuse) is rebuilt.
+EXAMPLE_VERSION = 2
+
+
 def example_dir() -> Path:
     return Path(os.environ.get("HYGGE_EXAMPLE_DIR", "example_data"))
 
 
 def ensure_example_data(path: Path | None = None, orders: int = ORDERS) -> Path:
-    """Create the sample database unless it exists; return its path."""
+    """Create the sample database unless it exists (and is current); return its path."""
     db = path or example_dir() / "shop.sqlite"
     if db.exists():
-        return db
+        if _version(db) >= EXAMPLE_VERSION:
+            return db
+        print(
+            f"hygge: the example database {db} was built by an earlier hygge (its amounts are "
+            "not exact decimals); building it anew",
+            flush=True,
+        )
     db.parent.mkdir(parents=True, exist_ok=True)
     # a name of its own: two first runs at once each build a copy and the last one wins
     tmp = db.with_name(f".{db.name}.{os.getpid()}-{threading.get_ident()}.tmp")
@@ -93,6 +105,14 @@ def ensure_example_data(path: Path | None = None, orders: int = ORDERS) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return db
+
+
+def _version(db: Path) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            return int(con.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error:
+        return EXAMPLE_VERSION  # unreadable: the run says why, this does not replace it
 
 
 def _pick(values: list[str], index: pl.Expr) -> pl.Expr:
@@ -157,8 +177,10 @@ def write_example(path: Path, orders: int = ORDERS) -> None:
     """Write the example database to `path` (which must not exist)."""
     import adbc_driver_sqlite.dbapi as adbc
 
-    with sqlite3.connect(path) as con:
+    with contextlib.closing(sqlite3.connect(path)) as con:
         con.executescript(_DDL)
+        con.execute(f"PRAGMA user_version = {EXAMPLE_VERSION}")
+        con.commit()
     frames = example_frames(orders)
     with adbc.connect(str(path)) as conn:
         cur = conn.cursor()
