@@ -27,9 +27,6 @@ from hygge_tasks.errors import ConfigError, HyggeError
 if TYPE_CHECKING:
     from flows.spec import RunType
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
-
 
 @dataclass(frozen=True)
 class Target:
@@ -89,12 +86,13 @@ def _targets(
             "run `hygge init` to start a project"
         )
         raise ConfigError(msg)
+    from flows.example import EXAMPLE_SPEC, REPO, ensure_example_data
+
     print(
         "hygge: no --spec and no hygge.yml here or above: running the bundled example "
         f"({EXAMPLE_SPEC.relative_to(REPO)})",
         file=sys.stderr,
     )
-    from flows.example import ensure_example_data
 
     if prestart is not None:
         prestart()

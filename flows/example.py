@@ -21,7 +21,12 @@ PRODUCTS = 500
 LINES = 300_000
 #: where `python -m flows.run`, run from the checkout root, and the `shop-example` deployment
 #: keep the sample database: an absolute path, the same from any working directory
-CHECKOUT_DATABASE = Path(__file__).resolve().parents[1] / "example_data" / "shop.sqlite"
+#: the checkout this code runs from, and the bundled example's specs in it (a run of either
+#: creates the sample database when it is missing)
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
+EXAMPLE_SPECS = (EXAMPLE_SPEC, REPO / "deployments" / "example_blocks.yaml")
+CHECKOUT_DATABASE = REPO / "example_data" / "shop.sqlite"
 
 _DDL = """
 CREATE TABLE customers (

@@ -33,6 +33,7 @@ from blocks import HomeBlock, SqliteHome, StoreBlock, WatermarkLedger
 from blocks.base import utc_now
 from flows import assets
 from flows.assets import Committed
+from flows.example import EXAMPLE_SPEC, EXAMPLE_SPECS, ensure_example_data
 from flows.plan import EntityJob, build_jobs, resolve_blocks
 from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_any
 from flows.summary import SummaryRow, render
@@ -41,11 +42,6 @@ from hygge_tasks.errors import ConfigError, FlowError
 from hygge_tasks.journal import Journal
 from hygge_tasks.move import EntityResult, finish_entity, move_entity
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_SPEC = REPO / "deployments" / "example.yaml"
-#: the bundled example's specs: a run of either creates the sample database when it is missing
-#: (a deployment's first run too, which `main` never sees)
-EXAMPLE_SPECS = (EXAMPLE_SPEC, REPO / "deployments" / "example_blocks.yaml")
 #: entities that finish within this window share one ledger save (each save is several API
 #: calls and grows with the ledger: one per entity made 200 small entities take 90 s)
 LEDGER_BATCH_SECONDS = 1.0
@@ -58,9 +54,9 @@ def _ensure_example(spec: str | dict[str, Any], home: HomeBlock, logger: Any) ->
     """Create the sample database a bundled example spec reads, if it does not exist yet."""
     if not isinstance(spec, str) or not isinstance(home, SqliteHome):
         return
+    # a deployment's first run too, which the command line never sees
     if Path(spec).resolve() not in EXAMPLE_SPECS or Path(home.path).exists():
         return
-    from flows.example import ensure_example_data
 
     logger.info("%s does not exist yet: creating the example database", home.path)
     ensure_example_data(Path(home.path))
