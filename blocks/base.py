@@ -20,8 +20,8 @@ from prefect.blocks.core import Block
 from prefect.types.names import MAX_ASSET_KEY_LENGTH, RESTRICTED_ASSET_CHARACTERS
 from pydantic import Field, HttpUrl
 
-from hygge_tasks.errors import StoreError
-from hygge_tasks.publish import Manifest
+from hygge_core.errors import StoreError
+from hygge_core.manifest import Manifest
 
 WriteMode = Literal["append", "replace"]
 LOGO = HttpUrl(
@@ -226,7 +226,7 @@ class StoreBlock(Block, ABC):
         raise NotImplementedError(msg)
 
     def write_journal(self, run_id: str, records: pa.Table) -> None:
-        """Keep this flow run's journal records (`hygge_tasks.journal`) beside the data.
+        """Keep this flow run's journal records (`flows.journal`) beside the data.
 
         One file or object per flow run, replaced in one step each time the run adds a record;
         other runs' records are never touched.

@@ -16,7 +16,7 @@ from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, model_validator
 
 from blocks.base import LOGO
-from hygge_tasks.errors import ConfigError, HomeError
+from hygge_core.errors import ConfigError, HomeError
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 _KV_KEY = re.compile(r"(?:^|\s)([A-Za-z_]+)\s*=")

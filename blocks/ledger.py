@@ -8,7 +8,7 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from blocks.base import LOGO
-from hygge_tasks.errors import LedgerError
+from hygge_core.errors import LedgerError
 
 
 class WatermarkLedger(Block):

@@ -38,7 +38,7 @@ from typing import Any
 from prefect.blocks.core import Block
 
 from blocks import HOMES, STORES
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from hygge_tasks.polish import PolishSpec
 
 _REF = re.compile(r"^([a-z0-9][a-z0-9-]*-(?:home|store))/([^/\\]+)$")

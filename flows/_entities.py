@@ -16,7 +16,7 @@ from blocks import HomeBlock, StoreBlock
 from flows import _earlier
 from flows._earlier import FILE_SUFFIXES, check_keys, mapping
 from flows.spec import EntitySpec, expand_env, read_yaml
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 
 ENTITY_FIELDS = {f.alias or n for n, f in EntitySpec.model_fields.items()}
 SOURCE = ("path", "table", "query")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 from blocks import HOMES, STORES, HomeBlock, StoreBlock
 from flows.plan import entity_blocks, read_request, resolve_block, with_overrides
 from flows.spec import EntitySpec, FlowSpec
-from hygge_tasks.errors import ConfigError, HyggeError, first_line, is_transient, redact
+from hygge_core.errors import ConfigError, HyggeError, first_line, is_transient, redact
 
 
 @dataclass(frozen=True)

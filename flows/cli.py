@@ -22,7 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hygge_tasks.errors import ConfigError, HyggeError
+from hygge_core.errors import ConfigError, HyggeError
 
 if TYPE_CHECKING:
     from flows.spec import RunType

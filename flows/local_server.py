@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hygge_tasks.errors import ServerError
+from hygge_core.errors import ServerError
 
 #: how long a start may take: a first start creates Prefect's database (36-62 s seen on 2 cores)
 START_TIMEOUT = float(os.environ.get("HYGGE_SERVER_START_TIMEOUT", "300"))

@@ -16,7 +16,7 @@ from blocks import HomeBlock, StoreBlock, WatermarkLedger
 from blocks.base import ReadRequest, WriteMode
 from flows.keys import block_problems
 from flows.spec import EntitySpec, FlowSpec, RunType, setting_problem
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from hygge_tasks.move import EntityPlan
 
 

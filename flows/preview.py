@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from blocks import WatermarkLedger
+from flows.journal import render_history
 from flows.plan import build_jobs, resolve_blocks
 from flows.spec import RunType, load_any
-from hygge_tasks.journal import render_history
 
 
 def dry_run(

@@ -32,7 +32,7 @@ from flows._earlier import check_keys, mapping
 from flows._entities import ENTITY_FIELDS, JOURNAL, FlowEntities, put, run_type
 from flows.plan import resolve_block, with_overrides
 from flows.spec import FlowSpec, expand_env, parse_spec, read_yaml
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 
 PROJECT_FILE = "hygge.yml"
 FLOW_FILE = "flow.yml"

@@ -34,12 +34,12 @@ from blocks.base import utc_now
 from flows import assets
 from flows.assets import Committed
 from flows.example import EXAMPLE_SPEC, EXAMPLE_SPECS, ensure_example_data
+from flows.journal import Journal
 from flows.plan import EntityJob, build_jobs, resolve_blocks
 from flows.spec import FlowSpec, RunType, TaskRunnerSpec, load_any
 from flows.summary import SummaryRow, render
-from hygge_tasks import faults
-from hygge_tasks.errors import ConfigError, FlowError
-from hygge_tasks.journal import Journal
+from hygge_core import faults
+from hygge_core.errors import ConfigError, FlowError
 from hygge_tasks.move import EntityResult, finish_entity, move_entity
 
 #: entities that finish within this window share one ledger save (each save is several API

@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from flows.project import FLOW_FILE, PROJECT_FILE
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 
 CUSTOMERS = 200
 ORDERS = 500

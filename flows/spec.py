@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from blocks import HOMES, STORES
 from flows.keys import block_problems, model_at, unknown_key, valid_keys
+from hygge_core.errors import ConfigError
 from hygge_tasks.drift import SchemaSpec
-from hygge_tasks.errors import ConfigError
 from hygge_tasks.polish import PolishSpec
 from hygge_tasks.watermark import watermark_label
 

@@ -41,8 +41,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from blocks.base import EntityWriter, StoreBlock
-from hygge_tasks.errors import HyggeError, first_line
-from hygge_tasks.views import SMALL, unviewed
+from hygge_core.arrow_types import SMALL, unviewed
+from hygge_core.errors import HyggeError, first_line
 
 DriftPolicy = Literal["fail", "warn", "evolve"]
 _INT_DIGITS = {8: 3, 16: 5, 32: 10, 64: 20}

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from blocks.base import HomeBlock
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 
 
 @contextmanager

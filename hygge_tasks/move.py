@@ -20,13 +20,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
-from hygge_tasks import faults
+from hygge_core import faults
+from hygge_core.arrow_types import unview
+from hygge_core.errors import HomeError, StoreError, is_transient
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
-from hygge_tasks.errors import HomeError, StoreError, is_transient
 from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
-from hygge_tasks.views import unview
 from hygge_tasks.watermark import BoundaryFilter, Watermark
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from hygge_tasks.rowhash import encode_column, row_hash
 
 Case = Literal["snake_case", "camelCase", "PascalCase"]

@@ -17,7 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.testing.utilities import prefect_test_harness
 
-from hygge_tasks import faults
+from hygge_core import faults
 from tests.azurite import azurite  # noqa: F401  (fixtures)
 from tests.pg_server import pg, pg_schema  # noqa: F401  (fixtures)
 

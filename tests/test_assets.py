@@ -14,7 +14,7 @@ from prefect.types.names import validate_valid_asset_key
 from blocks import AdlsStore, OneLakeStore, OpenMirroringStore, ParquetStore
 from blocks.base import asset_uri
 from blocks.stores._blob import table_url
-from hygge_tasks import faults
+from hygge_core import faults
 from tests.conftest import make_events_db, run_flow
 from tests.flow_helpers import events_rows, spec_for
 

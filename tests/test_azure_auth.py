@@ -167,7 +167,7 @@ def test_a_rejected_token_is_an_authentication_error(
 ) -> None:
     """No identity available at all: the error says to fix the credentials, and names no key."""
     from blocks import OneLakeStore
-    from hygge_tasks.errors import StoreError
+    from hygge_core.errors import StoreError
 
     server, cert = oauth_azurite
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))

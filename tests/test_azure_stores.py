@@ -212,7 +212,7 @@ def test_missing_container_names_the_fix(azurite: Azurite, tmp_path: Path, spec_
 def test_a_second_run_waits_for_the_lease(azurite: Azurite, tmp_path: Path, spec_name: str) -> None:
     """The lock is a blob lease: held by one run, the other fails fast naming the holder."""
     from blocks import AdlsStore
-    from hygge_tasks.errors import StoreError
+    from hygge_core.errors import StoreError
 
     cont = azurite.new_container()
     store = AdlsStore(
@@ -353,7 +353,7 @@ def test_sas_tokens_never_show_in_messages(azurite: Azurite) -> None:
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
     from blocks import AdlsStore
-    from hygge_tasks.errors import StoreError
+    from hygge_core.errors import StoreError
     from tests.azurite import ACCOUNT
 
     cont = azurite.new_container()

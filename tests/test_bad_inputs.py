@@ -21,8 +21,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from hygge_tasks import faults
-from hygge_tasks.errors import ConfigError, FlowError, StoreError
+from hygge_core import faults
+from hygge_core.errors import ConfigError, FlowError, StoreError
 from tests.conftest import ledger_of, read_lake, run_flow
 from tests.flow_helpers import file_spec_for as spec_for
 from tests.flow_helpers import write_parquet as write

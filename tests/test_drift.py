@@ -16,8 +16,8 @@ import pytest
 import blocks
 from blocks import ParquetHome, ParquetStore
 from blocks.base import ReadRequest
+from hygge_core.errors import HyggeError
 from hygge_tasks.drift import SchemaGuard, diff, recall, remember, widens
-from hygge_tasks.errors import HyggeError
 from tests.conftest import ledger_of, make_events_db, read_lake, run_flow
 from tests.flow_helpers import events_rows, spec_for, summary_row, ts
 
@@ -449,7 +449,7 @@ def test_guard_without_a_remembered_schema_takes_the_source() -> None:
 
 def test_schema_policy_in_defaults_and_bad_values_name_the_field() -> None:
     from flows.spec import parse_spec
-    from hygge_tasks.errors import ConfigError
+    from hygge_core.errors import ConfigError
 
     base = {"name": "t", "home": "h/x", "store": "s/y"}
     spec = parse_spec(

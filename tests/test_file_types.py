@@ -20,7 +20,7 @@ import pytest
 from blocks import CsvHome, ParquetHome
 from blocks.base import ReadRequest
 from blocks.stores._schema import comparable
-from hygge_tasks.errors import FlowError, HomeError
+from hygge_core.errors import FlowError, HomeError
 from tests.conftest import run_flow
 from tests.flow_helpers import file_spec_for as spec_for
 

@@ -17,7 +17,7 @@ import pytest
 import blocks
 from blocks.base import ReadRequest
 from blocks.homes.sqlite import SqliteHome
-from hygge_tasks import faults
+from hygge_core import faults
 from tests.conftest import ledger_of, make_events_db, read_lake, run_flow
 from tests.flow_helpers import (
     T0,

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from blocks import ParquetStore
+from flows.journal import SCHEMA, JournalRecord, render_history, to_table
 from flows.run import main
-from hygge_tasks import faults
-from hygge_tasks.journal import SCHEMA, JournalRecord, render_history, to_table
+from hygge_core import faults
 from tests.conftest import ledger_of, make_events_db, run_flow
 from tests.flow_helpers import T0, events_rows, spec_for
 

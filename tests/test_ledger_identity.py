@@ -14,7 +14,7 @@ import pytest
 from blocks import HOMES, STORES, HomeBlock, StoreBlock, WatermarkLedger
 from flows.plan import build_jobs, resolve_block
 from flows.spec import parse_spec
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from tests.conftest import ledger_of, make_events_db, read_lake, run_flow
 from tests.flow_helpers import assert_lake_equals_source, events_rows, spec_for
 from tests.test_cli import run_cli

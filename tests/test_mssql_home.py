@@ -36,8 +36,8 @@ from blocks.base import ReadRequest, Since
 from blocks.homes import _odbc
 from blocks.homes._sql import POSTGRES, Dialect
 from blocks.homes.mssql import Column, describe_sql, tsql_column
-from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, is_transient
-from hygge_tasks.watermark import NanoTimestamp
+from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
+from hygge_core.timestamps import NanoTimestamp
 from tests.conftest import ledger_of, run_flow
 from tests.pg_server import PgServer, free_port
 

@@ -34,7 +34,7 @@ from blocks.base import ReadRequest
 from blocks.credentials import ENTRA_SCOPE, SQL_COPT_SS_ACCESS_TOKEN, access_token_struct
 from blocks.homes import _odbc
 from blocks.homes.mssql import tsql_column
-from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, is_transient
+from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
 from tests.conftest import run_flow
 from tests.pg_server import PgServer, free_port
 from tests.test_mssql_home import PgOdbcHome, pg_odbc_home

@@ -453,7 +453,7 @@ def test_the_writer_refuses_a_type_change_on_its_own(azurite: Azurite) -> None:
     """The landing zone's newest file is the reference, even without a ledger schema (an
     older ledger, another tool's files): int32 -> int64 is refused before any upload."""
     from blocks import OpenMirroringStore
-    from hygge_tasks.errors import StoreError
+    from hygge_core.errors import StoreError
 
     ws = azurite.new_container()
     store = OpenMirroringStore(

@@ -15,9 +15,9 @@ import pytest
 
 from blocks.base import EntityWriter, WriteMode
 from blocks.stores.parquet import ParquetStore
-from hygge_tasks.errors import StoreError
-from hygge_tasks.faults import InjectedFault
-from hygge_tasks.publish import Manifest
+from hygge_core.errors import StoreError
+from hygge_core.faults import InjectedFault
+from hygge_core.manifest import Manifest
 
 ENTRY = {"watermark": {"column": "id", "kind": "int", "value": 9, "boundary": ["9"]}}
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.spec import parse_spec
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from hygge_tasks.polish import Polisher, PolishSpec, normalise_name, polish_names
 from hygge_tasks.rowhash import encode_rows, row_hash, sha256_prefix
 from tests.conftest import ledger_of, read_lake, run_flow

@@ -18,8 +18,8 @@ import pytest
 import blocks
 from blocks import PostgresCredentials, PostgresHome
 from blocks.base import ReadRequest, Since
-from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, is_transient
-from hygge_tasks.watermark import NanoTimestamp
+from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
+from hygge_core.timestamps import NanoTimestamp
 from tests.conftest import ledger_of, run_flow
 from tests.pg_server import PgServer, free_port, pg_home
 

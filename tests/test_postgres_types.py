@@ -23,7 +23,7 @@ import pytest
 
 from blocks import PostgresCredentials, PostgresHome
 from blocks.base import ReadRequest
-from hygge_tasks.errors import HomeError
+from hygge_core.errors import HomeError
 from tests.conftest import run_flow
 from tests.pg_server import PgServer, pg_home
 

@@ -15,7 +15,7 @@ from blocks import WatermarkLedger
 from flows.project import Project, find_project, load_project
 from flows.scaffold import scaffold
 from flows.spec import FlowSpec, parse_spec
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from tests.conftest import make_events_db, read_lake, run_flow
 from tests.flow_helpers import events_rows, summary_row, ts
 

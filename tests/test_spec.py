@@ -27,7 +27,7 @@ from blocks import (
 )
 from flows.plan import EntityJob, build_jobs, resolve_block
 from flows.spec import FlowSpec, load_spec
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

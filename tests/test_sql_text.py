@@ -12,7 +12,7 @@ import pytest
 from blocks.base import ReadRequest, Since
 from blocks.homes import _sql
 from blocks.homes._sql import POSTGRES, SQLITE, TSQL, Binder, qmark
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 
 
 class NameCase(NamedTuple):

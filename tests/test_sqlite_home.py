@@ -16,8 +16,8 @@ import pytest
 import blocks.homes.sqlite as sqlite_home
 from blocks import SqliteHome
 from blocks.base import ReadRequest, Since
-from hygge_tasks.errors import ConfigError, HomeError
-from hygge_tasks.watermark import NanoTimestamp
+from hygge_core.errors import ConfigError, HomeError
+from hygge_core.timestamps import NanoTimestamp
 
 
 @pytest.fixture(autouse=True, scope="module")

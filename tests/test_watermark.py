@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from hygge_tasks.watermark import BoundaryFilter, NanoTimestamp, Watermark
 
 UTC = dt.UTC

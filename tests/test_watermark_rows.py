@@ -21,7 +21,7 @@ from blocks.stores.adls import AdlsStore
 from blocks.stores.blob_parquet import BlobParquetWriter
 from blocks.stores.parquet import ParquetStore, ParquetWriter
 from flows.spec import parse_spec
-from hygge_tasks.errors import ConfigError
+from hygge_core.errors import ConfigError
 from hygge_tasks.watermark import BoundaryFilter
 from tests.azurite import Azurite
 from tests.conftest import ledger_of, read_lake, run_flow

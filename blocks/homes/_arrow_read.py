@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
-from hygge_tasks.errors import HomeError, first_line
+from hygge_core.errors import HomeError, first_line
 
 #: the widest decimal Polars (and Fabric, and Delta) hold
 MAX_DIGITS = 38

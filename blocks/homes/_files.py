@@ -11,8 +11,8 @@ import polars as pl
 import pyarrow as pa
 
 from blocks.base import ReadRequest
-from hygge_tasks.errors import HomeError, first_line
-from hygge_tasks.watermark import NanoTimestamp
+from hygge_core.errors import HomeError, first_line
+from hygge_core.timestamps import NanoTimestamp
 
 
 def resolve_files(
@@ -174,7 +174,7 @@ def stream_batches(lf: pl.LazyFrame, request: ReadRequest, what: str) -> Iterato
     try:
         lf = _shaped(lf, request)
         schema: pa.Schema | None = None
-        # flat frames leave as views, without copying their text (`hygge_tasks.views`)
+        # flat frames leave as views, without copying their text (`hygge_core.arrow_types`)
         compat = pl.CompatLevel.newest() if _flat(lf.collect_schema()) else None
         for frame in lf.collect_batches(chunk_size=request.batch_size):
             table = frame.to_arrow(compat_level=compat)

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, redact
+from hygge_core.errors import ConfigError, HomeError, TransientHomeError, redact
 
 #: tried in this order when a Home's `driver` is "auto"
 SUPPORTED_DRIVERS = ("ODBC Driver 18 for SQL Server", "ODBC Driver 17 for SQL Server", "FreeTDS")

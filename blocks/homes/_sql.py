@@ -23,8 +23,8 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from blocks.base import HomeBlock, ReadRequest, Since
-from hygge_tasks.errors import ConfigError
-from hygge_tasks.watermark import NanoTimestamp
+from hygge_core.errors import ConfigError
+from hygge_core.timestamps import NanoTimestamp
 
 #: what a watermark column is, as far as pushing its bound into SQL is concerned
 Kind = Literal["timestamp", "timestamptz", "date", "int", "decimal", "float", "text"]

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from blocks.homes._sql import SQLITE
-from hygge_tasks.errors import HomeError, first_line
+from hygge_core.errors import HomeError, first_line
 
 DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
 SENTINEL = "__hygge_sentinel__"

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
 from blocks.homes._files import check_scan, resolve_files, stream_batches
-from hygge_tasks.errors import ConfigError, HomeError, first_line
+from hygge_core.errors import ConfigError, HomeError, first_line
 
 _POLARS_ENCODINGS = {"utf8", "utf-8", "utf8-lossy"}
 

@@ -30,7 +30,7 @@ from blocks.homes import _odbc, _sql
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import TSQL, Binder, Dialect, qmark
-from hygge_tasks.errors import ConfigError, HomeError, HyggeError
+from hygge_core.errors import ConfigError, HomeError, HyggeError
 
 _TYPE = re.compile(r"^(\w+)(?:\((\w+)(?:,\s*(\d+))?\))?$")
 

@@ -14,7 +14,7 @@ from pydantic import Field
 from blocks.base import HomeBlock, ReadRequest
 from blocks.homes._arrow_read import needs_arrow, read_schema, scan_arrow
 from blocks.homes._files import check_scan, resolve_files, stream_batches
-from hygge_tasks.errors import HomeError, first_line
+from hygge_core.errors import HomeError, first_line
 
 _SUFFIXES = (".parquet", ".parq")
 

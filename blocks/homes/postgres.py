@@ -29,8 +29,8 @@ from blocks.homes import _sql
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import POSTGRES, Binder
-from hygge_tasks import faults
-from hygge_tasks.errors import ConfigError, HomeError, TransientHomeError, redact
+from hygge_core import faults
+from hygge_core.errors import ConfigError, HomeError, TransientHomeError, redact
 
 # SQLSTATEs worth a retry: connection exceptions (class 08), admin/crash shutdown, cannot
 # connect now, too many connections, serialization failure and deadlock

@@ -30,8 +30,8 @@ from blocks.homes._sqlite_values import (
     quote_ident,
     with_sentinel,
 )
-from hygge_tasks.errors import HomeError, TransientHomeError, first_line
-from hygge_tasks.watermark import NanoTimestamp
+from hygge_core.errors import HomeError, TransientHomeError, first_line
+from hygge_core.timestamps import NanoTimestamp
 
 #: `NUMERIC` or `DECIMAL` declared without (p,s): typed from the values it holds (`_bare_numeric`)
 _BARE_NUMERIC = re.compile(r"\s*(?:DECIMAL|NUMERIC)\s*", re.I)

@@ -36,7 +36,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient
 
-from hygge_tasks.errors import StoreError, TransientStoreError, first_line
+from hygge_core.errors import StoreError, TransientStoreError, first_line
 
 if TYPE_CHECKING:
     from prefect_azure import AzureBlobStorageCredentials

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hygge_tasks.errors import StoreError
+from hygge_core.errors import StoreError
 
 
 @contextmanager

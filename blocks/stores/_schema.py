@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from hygge_tasks.errors import StoreError, first_line
-from hygge_tasks.views import SMALL
+from hygge_core.arrow_types import SMALL
+from hygge_core.errors import StoreError, first_line
 
 __all__ = ["SMALL", "appendable", "comparable", "conform"]
 

@@ -3,8 +3,8 @@
 Layout under the Store's root folder (same as the local ParquetStore):
 
     <entity>/part-<run_id>-00000.parquet   published data (readers list <entity>/*.parquet)
-    _manifests/<entity>/<run_id>.json      the run record of `hygge_tasks.publish`
-    _journal/<run_id>.parquet              the run journal of `hygge_tasks.journal`
+    _manifests/<entity>/<run_id>.json      the run record of `hygge_core.manifest`
+    _journal/<run_id>.parquet              the run journal of `flows.journal`
     _hygge.lock                            leased by the run that writes the Store
 
 Object storage has no rename, so staging uses the Blob API's own two-step write: a file's
@@ -45,10 +45,10 @@ from blocks.stores._blob import (
     table_url,
 )
 from blocks.stores._schema import appendable, conform
-from hygge_tasks import faults
-from hygge_tasks.errors import StoreError
-from hygge_tasks.publish import Manifest, run_file_name
-from hygge_tasks.views import unview
+from hygge_core import faults
+from hygge_core.arrow_types import unview
+from hygge_core.errors import StoreError
+from hygge_core.manifest import Manifest, run_file_name
 
 _KEEP_COMMITTED = 10
 _MB = 1024 * 1024

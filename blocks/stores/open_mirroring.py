@@ -55,9 +55,9 @@ from blocks.stores.blob_parquet import (
     _iter_blob,
     footer_schema,
 )
-from hygge_tasks import faults
-from hygge_tasks.errors import ConfigError, StoreError
-from hygge_tasks.publish import Manifest, run_file_name
+from hygge_core import faults
+from hygge_core.errors import ConfigError, StoreError
+from hygge_core.manifest import Manifest, run_file_name
 
 MARKER = "__rowMarker__"
 INSERT, DELETE, UPSERT = 0, 2, 4

@@ -4,8 +4,8 @@ Layout under `path`:
 
     <entity>/part-<run_id>-00000.parquet   published data; `scan_parquet("<entity>/*.parquet")`
     _staging/<entity>/<run_id>/            files being written (readers ignore `_` names)
-    _manifests/<entity>/<run_id>.json      the run record of `hygge_tasks.publish`
-    _journal/<run_id>.parquet              the run journal of `hygge_tasks.journal`
+    _manifests/<entity>/<run_id>.json      the run record of `hygge_core.manifest`
+    _journal/<run_id>.parquet              the run journal of `flows.journal`
 
 Appends publish each file by `rename` into the entity folder. A replace (full_drop) stages the
 complete new table and exchanges it with the old folder in one `renameat2(RENAME_EXCHANGE)`
@@ -41,10 +41,10 @@ from pydantic import Field
 from blocks.base import EntityWriter, StoreBlock, WriteMode, asset_uri, utc_now
 from blocks.stores._local_lock import exclusive
 from blocks.stores._schema import SMALL, appendable, comparable, conform
-from hygge_tasks import faults
-from hygge_tasks.errors import StoreError, TransientStoreError, first_line, is_transient
-from hygge_tasks.publish import Manifest, fsync_dir, run_file_name, write_json_atomic
-from hygge_tasks.views import VIEWS, unview, unviewed
+from hygge_core import faults
+from hygge_core.arrow_types import VIEWS, unview, unviewed
+from hygge_core.errors import StoreError, TransientStoreError, first_line, is_transient
+from hygge_core.manifest import Manifest, fsync_dir, run_file_name, write_json_atomic
 
 _KEEP_COMMITTED = 10
 _PROBE = '{"written_by": "hygge check", "removed": "at once"}'
