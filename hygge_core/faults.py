@@ -15,6 +15,19 @@ import threading
 import time
 from collections import Counter
 
+#: every fault point, where it sits; a name not listed here is a bug (`point` refuses it)
+POINTS = {
+    "stage.after_batch": "a Store staged one more batch (nothing is visible yet)",
+    "move.after_read": "the engine read the whole entity, before the Store prepares",
+    "postgres.before_read": "PostgreSQL connected, before the first batch is read",
+    "publish.after_prepare": "the manifest says prepared; no file is visible yet",
+    "publish.between_files": "some of a run's files are visible, the next is not yet",
+    "publish.between_swap_renames": "a replace is half done: old table parked or dropped",
+    "publish.before_mark": "every file is visible; the manifest still says prepared",
+    "flow.before_ledger": "the run is published; the ledger does not cover it yet",
+    "flow.before_mark_committed": "the ledger covers the run; the manifest is not committed",
+}
+
 _hits: Counter[str] = Counter()
 _lock = threading.Lock()
 _local = threading.local()
@@ -30,6 +43,9 @@ def set_entity(entity: str | None) -> None:
 
 
 def point(name: str) -> None:
+    if name not in POINTS:
+        msg = f"{name!r} is not a fault point (hygge_core.faults.POINTS)"
+        raise ValueError(msg)
     spec = os.environ.get("HYGGE_FAULT")
     if not spec:
         return
@@ -38,6 +54,10 @@ def point(name: str) -> None:
         return
     where, _, action = spec.partition(":")
     target, _, nth = where.partition("@")
+    if target not in POINTS:
+        # a misspelt point would never fire, and a test relying on it would prove nothing
+        msg = f"HYGGE_FAULT names no fault point: {target!r}; known: {', '.join(POINTS)}"
+        raise ValueError(msg)
     if target != name:
         return
     with _lock:

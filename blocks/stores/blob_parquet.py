@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,7 +33,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from prefect_azure import AzureBlobStorageCredentials
 from pydantic import Field
 
-from blocks.base import EntityWriter, StoreBlock, WriteMode, asset_uri, utc_now
+from blocks.base import WriteMode, asset_uri
 from blocks.stores._blob import (
     BlobArea,
     BlockSink,
@@ -45,12 +45,12 @@ from blocks.stores._blob import (
     table_url,
 )
 from blocks.stores._schema import appendable, conform
+from blocks.stores.protocol import PublishingStore, Staged, StagedWriter
 from hygge_core import faults
 from hygge_core.arrow_types import unview
 from hygge_core.errors import StoreError
 from hygge_core.manifest import Manifest, run_file_name
 
-_KEEP_COMMITTED = 10
 _MB = 1024 * 1024
 #: a row group also closes at this much Arrow data, so wide rows keep memory bounded
 _ROW_GROUP_BYTES = 128 * _MB
@@ -58,8 +58,10 @@ _clients: dict[str, Any] = {}
 _PROBE = b"written by hygge check, removed at once"
 
 
-class BlobStoreBase(StoreBlock):
+class BlobStoreBase(PublishingStore):
     """Settings and plumbing every Blob-API Store shares."""
+
+    backend_errors: ClassVar[tuple[type[BaseException], ...]] = (AzureError,)
 
     credentials: AzureBlobStorageCredentials | None = Field(
         default=None,
@@ -157,6 +159,25 @@ class BlobStoreBase(StoreBlock):
     def lock_id(self) -> str:
         return f"blob:{self.area().url()}"
 
+    def backend_error(self, exc: BaseException, action: str, entity: str | None) -> StoreError:
+        return store_error(exc, action, entity=entity)
+
+    def state_key(self, entity: str, *name: str) -> str:
+        return self.state_area().key("_state", self.table_folder(entity), *name)
+
+    def put_state(self, entity: str, name: str, data: bytes) -> None:
+        self.state_area().put(self.state_key(entity, name), data)
+
+    def get_state(self, entity: str, name: str) -> bytes | None:
+        return self.state_area().get_bytes(self.state_key(entity, name))
+
+    def state_names(self, entity: str) -> list[str]:
+        names = self.state_area().names("_state", self.table_folder(entity))
+        return [n for n in names if "/" not in n]
+
+    def delete_state(self, entity: str, name: str) -> None:
+        self.state_area().delete(self.state_key(entity, name))
+
     def write_journal(self, run_id: str, records: pa.Table) -> None:
         buf = io.BytesIO()
         pq.write_table(records, buf)
@@ -191,89 +212,70 @@ class BlobParquetStore(BlobStoreBase):
         except AzureError as exc:
             raise store_error(exc, "cannot list the Store", entity=entity) from exc
 
-    # -- manifests and recovery --------------------------------------------------------------
+    # -- the protocol's primitives -------------------------------------------------------------
 
     def manifest_key(self, entity: str, run_id: str) -> str:
         return self.area().key("_manifests", entity, f"{run_id}.json")
+
+    def manifest_ids(self, entity: str) -> list[str]:
+        names = self.area().names("_manifests", entity)
+        return [n.removesuffix(".json") for n in names if "/" not in n and n.endswith(".json")]
+
+    def load_manifest(self, entity: str, run_id: str) -> Manifest | None:
+        raw = self.area().get_bytes(self.manifest_key(entity, run_id))
+        return None if raw is None else Manifest.from_json(raw.decode())
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.area().put(
             self.manifest_key(manifest.entity, manifest.run_id), manifest.to_json().encode()
         )
 
-    def recover(self, entity: str) -> list[Manifest]:
-        try:
-            return self._recover(entity)
-        except AzureError as exc:
-            raise store_error(exc, "cannot recover earlier runs", entity=entity) from exc
+    def delete_manifest(self, entity: str, run_id: str) -> None:
+        self.area().delete(self.manifest_key(entity, run_id))
 
-    def _recover(self, entity: str) -> list[Manifest]:
-        area = self.area()
-        pending: list[Manifest] = []
-        committed: list[str] = []
-        for name in area.names("_manifests", entity):
-            raw = area.get_bytes(area.key("_manifests", entity, name))
-            if raw is None:
-                continue
-            manifest = Manifest.from_json(raw.decode())
-            if manifest.state == "prepared" and not self._finish_or_undo(manifest):
-                continue  # rolled back: nothing of that run remains
-            if manifest.state == "published":
-                pending.append(manifest)
-            else:
-                committed.append(name)
-        for name in committed[:-_KEEP_COMMITTED]:
-            area.delete(area.key("_manifests", entity, name))
-        return pending
-
-    def mark_committed(self, entity: str, run_id: str) -> None:
-        area = self.area()
-        raw = area.get_bytes(self.manifest_key(entity, run_id))
-        if raw is None:
-            return
-        manifest = Manifest.from_json(raw.decode())
-        manifest.state = "committed"
-        self.save_manifest(manifest)
-
-    def _finish_or_undo(self, manifest: Manifest) -> bool:
-        """Roll a prepared run forward when every file can be committed, else back."""
+    def staged_complete(self, manifest: Manifest) -> bool:
         area = self.area()
         blocks: dict[str, int] = manifest.extra.get("blocks", {})
         for name in manifest.files:
             key = area.key(manifest.entity, name)
             wanted = set(block_ids(manifest.run_id, name, blocks.get(name, 0)))
             if not area.exists(key) and not wanted <= area.staged_ids(key):
-                self.roll_back(manifest)
                 return False
-        self.publish(manifest)
         return True
 
-    def publish(self, manifest: Manifest) -> None:
-        """Commit every file's block list, then drop what a replace replaces; safe to repeat."""
+    def publish_file(self, manifest: Manifest, name: str) -> None:
+        # committing the same list again is harmless: the blocks are then the committed ones
         area = self.area()
-        blocks: dict[str, int] = manifest.extra.get("blocks", {})
-        for i, name in enumerate(manifest.files):
-            if i:
-                faults.point("publish.between_files")
-            # committing the same list again is harmless: the blocks are then the committed ones
-            area.commit(
-                area.key(manifest.entity, name),
-                block_ids(manifest.run_id, name, blocks.get(name, 0)),
-            )
+        count = manifest.extra.get("blocks", {}).get(name, 0)
+        area.commit(area.key(manifest.entity, name), block_ids(manifest.run_id, name, count))
+
+    def replace_table(self, manifest: Manifest) -> bool:
+        """Commit the new files, then delete the old ones: a reader in between sees both."""
+        self.publish_files(manifest)
+        area = self.area()
         for i, old in enumerate(manifest.extra.get("replaces", [])):
             if i == 0:
                 faults.point("publish.between_swap_renames")
             area.delete(area.key(manifest.entity, old))
-        faults.point("publish.before_mark")
-        manifest.state = "published"
-        self.save_manifest(manifest)
+        return True
 
-    def roll_back(self, manifest: Manifest) -> None:
-        """Undo a run that never fully published; its staged blocks expire on their own."""
+    def unpublish(self, manifest: Manifest) -> None:
+        # staged blocks are invisible and expire on their own
         area = self.area()
         for name in manifest.files:
             area.delete(area.key(manifest.entity, name))
-        area.delete(self.manifest_key(manifest.entity, manifest.run_id))
+
+    def abort_prepared(self, manifest: Manifest) -> None:
+        area = self.area()
+        with contextlib.suppress(AzureError):
+            if manifest.mode == "replace" and all(
+                area.exists(area.key(manifest.entity, n)) for n in manifest.files
+            ):
+                # the new table is in and old files may be gone: finish (drop the old files)
+                # rather than leave readers a doubled table; else recovery finishes it
+                self.publish(manifest)
+                return
+            self.roll_back(manifest)
 
     # -- reading back ------------------------------------------------------------------------
 
@@ -406,10 +408,9 @@ class BlobFiles:
         self._rows_in_file = 0
 
 
-class StagedBlobWriter(EntityWriter):
+class StagedBlobWriter(StagedWriter):
     """What every Blob-API writer does per batch: check the schema once, conform, stage."""
 
-    entity: str
     files: BlobFiles
     _schema: pa.Schema | None
     #: where uploads go, for error messages
@@ -427,6 +428,20 @@ class StagedBlobWriter(EntityWriter):
         except AzureError as exc:
             raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
 
+    def abandon_files(self) -> None:
+        self.files.abandon()
+
+    def publish_error(self, exc: BaseException) -> StoreError:
+        return store_error(exc, f"cannot publish to {self.where}", entity=self.entity)
+
+    def staged_files(self) -> list[str]:
+        """Finish the upload; the file names of what was staged (refused when nothing was)."""
+        if self._schema is None:
+            msg = "nothing to publish: the run wrote no batch"
+            raise StoreError(msg, entity=self.entity)
+        self.files.close()
+        return [k.rsplit("/", 1)[1] for k in self.files.keys]
+
     def _prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """What the Store adds or changes in each batch before staging: pyarrow encodes these
         files, so views become the large types every reader knows."""
@@ -438,6 +453,8 @@ class StagedBlobWriter(EntityWriter):
 
 class BlobParquetWriter(StagedBlobWriter):
     """Stages one entity's batches as blocks of Parquet files for one run."""
+
+    store: BlobParquetStore
 
     def __init__(self, store: BlobParquetStore, entity: str, run_id: str, mode: WriteMode) -> None:
         self.store = store
@@ -453,7 +470,6 @@ class BlobParquetWriter(StagedBlobWriter):
             entity,
         )
         self._schema = None
-        self._prepared = False
 
     def staged_rows(self) -> dict[str, int] | None:
         if self._schema is None:
@@ -464,59 +480,13 @@ class BlobParquetWriter(StagedBlobWriter):
             raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
         return {k.rsplit("/", 1)[1]: n for k, n in self.files.rows.items()}
 
-    def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
-        try:
-            if self._schema is None:
-                msg = "nothing to publish: the run wrote no batch"
-                raise StoreError(msg, entity=self.entity)
-            self.files.close()
-            names = [k.rsplit("/", 1)[1] for k in self.files.keys]
-            replaces: list[str] = []
-            if self.mode == "replace":
-                replaces = [
-                    n for n in self.area.names(self.entity) if "/" not in n and n not in names
-                ]
-            manifest = Manifest(
-                entity=self.entity,
-                run_id=self.run_id,
-                mode=self.mode,
-                files=names,
-                rows=rows,
-                bytes=self.files.bytes,
-                ledger_entry=ledger_entry,
-                created_at=utc_now().isoformat(),
-                extra={
-                    "blocks": {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()},
-                    "replaces": replaces,
-                },
-            )
-            self.store.save_manifest(manifest)
-            self._prepared = True
-            faults.point("publish.after_prepare")
-            self.store.publish(manifest)
-            return manifest
-        except AzureError as exc:
-            raise store_error(exc, "cannot publish to the Store", entity=self.entity) from exc
-
-    def abort(self) -> None:
-        self.files.abandon()
-        if not self._prepared:
-            return  # staged blocks are invisible and expire on their own
-        with contextlib.suppress(AzureError):
-            raw = self.area.get_bytes(self.store.manifest_key(self.entity, self.run_id))
-            if raw is None:
-                return
-            manifest = Manifest.from_json(raw.decode())
-            if manifest.state != "prepared":
-                return
-            if manifest.mode == "replace" and all(
-                self.area.exists(self.area.key(self.entity, n)) for n in manifest.files
-            ):
-                # the new table is in and old files may be gone: finish (drop the old files)
-                # rather than leave readers a doubled table; else recovery finishes it
-                self.store.publish(manifest)
-                return
-            self.store.roll_back(manifest)
+    def close_files(self) -> Staged:
+        names = self.staged_files()
+        replaces: list[str] = []
+        if self.mode == "replace":
+            replaces = [n for n in self.area.names(self.entity) if "/" not in n and n not in names]
+        blocks = {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()}
+        return Staged(names, self.files.bytes, {"blocks": blocks, "replaces": replaces})
 
     def _check_schema(self, schema: pa.Schema) -> pa.Schema:
         """On append, the new files must read as one dataset with the published ones."""

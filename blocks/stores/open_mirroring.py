@@ -55,6 +55,7 @@ from blocks.stores.blob_parquet import (
     _iter_blob,
     footer_schema,
 )
+from blocks.stores.protocol import Staged
 from hygge_core import faults
 from hygge_core.errors import ConfigError, StoreError
 from hygge_core.manifest import Manifest, run_file_name
@@ -62,7 +63,6 @@ from hygge_core.manifest import Manifest, run_file_name
 MARKER = "__rowMarker__"
 INSERT, DELETE, UPSERT = 0, 2, 4
 _NUMBERED = re.compile(r"^(\d{20})\.parquet$")
-_KEEP_COMMITTED = 10
 
 
 class OpenMirroringStore(BlobStoreBase):
@@ -237,9 +237,16 @@ class OpenMirroringStore(BlobStoreBase):
         except AzureError as exc:
             raise store_error(exc, "cannot open the landing zone", entity=entity) from exc
 
+    # -- the protocol's primitives -------------------------------------------------------------
+
     def manifest_key(self, entity: str, run_id: str) -> str:
         # by table folder, not entity name: two specs may mirror `customers` into two schemas
         return self.state().key("_manifests", self.table_folder(entity), f"{run_id}.json")
+
+    def manifest_ids(self, entity: str) -> list[str]:
+        names = self.state().names("_manifests", self.table_folder(entity))
+        # a name with `/` is another table's folder nested below this one
+        return [n.removesuffix(".json") for n in names if "/" not in n and n.endswith(".json")]
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.state().put(
@@ -250,27 +257,83 @@ class OpenMirroringStore(BlobStoreBase):
         raw = self.state().get_bytes(self.manifest_key(entity, run_id))
         return None if raw is None else Manifest.from_json(raw.decode())
 
-    def publish_append(self, manifest: Manifest) -> None:
-        """Commit the run's numbered files in order; safe to repeat.
+    def delete_manifest(self, entity: str, run_id: str) -> None:
+        self.state().delete(self.manifest_key(entity, run_id))
 
-        A file that is there, or numbered below one that is there, was committed before (Fabric
-        may since have consumed and removed it): it is never written again.
-        """
+    def _top(self, entity: str) -> int:
+        present = self.numbers(entity)
+        return present[-1] if present else 0
+
+    def staged_complete(self, manifest: Manifest) -> bool:
+        if manifest.mode == "replace":
+            return False  # nothing was dropped yet: the old table stands; forget the staged copy
         area = self.area()
-        self.ensure_metadata(manifest.entity)
-        blocks: dict[str, int] = manifest.extra["blocks"]
         folder = self.table_folder(manifest.entity)
-        present = self.numbers(manifest.entity)
-        top = present[-1] if present else 0
-        for i, name in enumerate(manifest.files):
+        top = self._top(manifest.entity)
+        for name in manifest.files:
             if _number(name) <= top:
-                continue
-            if i:
-                faults.point("publish.between_files")
-            area.commit(area.key(folder, name), block_ids(manifest.run_id, name, blocks[name]))
-        faults.point("publish.before_mark")
-        manifest.state = "published"
-        self.save_manifest(manifest)
+                continue  # committed (and possibly consumed by Fabric since)
+            wanted = set(block_ids(manifest.run_id, name, manifest.extra["blocks"][name]))
+            if not wanted <= area.staged_ids(area.key(folder, name)):
+                return False
+        return True
+
+    def unpublished(self, manifest: Manifest) -> list[str]:
+        """A file that is there, or numbered below one that is there, was committed before
+        (Fabric may since have consumed and removed it): it is never written again."""
+        top = self._top(manifest.entity)
+        return [n for n in manifest.files if _number(n) > top]
+
+    def before_publish(self, manifest: Manifest) -> None:
+        if manifest.mode == "append":
+            self.ensure_metadata(manifest.entity)
+
+    def publish_file(self, manifest: Manifest, name: str) -> None:
+        area = self.area()
+        key = area.key(self.table_folder(manifest.entity), name)
+        area.commit(key, block_ids(manifest.run_id, name, manifest.extra["blocks"][name]))
+
+    def replace_table(self, manifest: Manifest) -> bool:
+        self.drop_table(manifest)
+        return False  # Fabric needs time to drop the table: `finish` publishes the new one
+
+    def after_publish(self, manifest: Manifest) -> None:
+        state = self.state()
+        for key in manifest.extra.get("staged", []):
+            state.delete(key)
+
+    def unpublish(self, manifest: Manifest) -> None:
+        area, state = self.area(), self.state()
+        if manifest.mode == "append":
+            for name in manifest.files:
+                area.delete(area.key(self.table_folder(manifest.entity), name))
+        for key in manifest.extra.get("staged", []):
+            state.delete(key)
+
+    def clean_staging(self, entity: str, live: set[str]) -> None:
+        if not live:
+            # leftovers of runs that never prepared
+            self.state().delete_folder("_staging", self.table_folder(entity))
+
+    def abort_prepared(self, manifest: Manifest) -> None:
+        try:
+            present = self.numbers(manifest.entity) if manifest.mode == "append" else []
+            if not present or present[-1] < _number(manifest.files[0]):
+                self.roll_back(manifest)  # nothing of it is visible: undo, retry cleanly
+                return
+        except AzureError:
+            return
+        # some files are visible to Fabric (it may have read them): never take them back, and
+        # never let a retry reuse their numbers. Finish publishing now if the service lets us,
+        # else the next run's recovery does; either way that run commits the watermark.
+        with contextlib.suppress(AzureError, StoreError):
+            self.publish(manifest)
+        msg = (
+            "publishing stopped after some of this run's files became visible to Fabric; they "
+            "are kept (never rewritten or renumbered) and the next run finishes and commits "
+            "them, so this entity is not retried now"
+        )
+        raise StoreError(msg, entity=manifest.entity)
 
     def drop_table(self, manifest: Manifest) -> None:
         """Delete the table folder (Fabric then drops the table) and start the wait."""
@@ -353,83 +416,7 @@ class OpenMirroringStore(BlobStoreBase):
                 max_concurrency=self.upload_parallelism,
             )
         manifest.files = [f"{i + 1:020d}.parquet" for i in range(len(staged))]
-        faults.point("publish.before_mark")
-        manifest.state = "published"
-        self.save_manifest(manifest)
-        for key in staged:
-            state.delete(key)
-
-    # -- recovery ----------------------------------------------------------------------------
-
-    def recover(self, entity: str) -> list[Manifest]:
-        try:
-            return self._recover(entity)
-        except AzureError as exc:
-            raise store_error(exc, "cannot recover earlier runs", entity=entity) from exc
-
-    def _recover(self, entity: str) -> list[Manifest]:
-        state = self.state()
-        folder = self.table_folder(entity)
-        pending: list[Manifest] = []
-        committed: list[str] = []
-        for name in state.names("_manifests", folder):
-            if "/" in name:
-                continue  # another table's folder nested below this name
-            raw = state.get_bytes(state.key("_manifests", folder, name))
-            if raw is None:
-                continue
-            manifest = Manifest.from_json(raw.decode())
-            if manifest.state == "prepared":
-                if not self._finish_or_undo(manifest):
-                    continue
-            elif manifest.state in ("dropping", "waiting", "publishing"):
-                # the old table is (being) dropped: only going forward restores the data
-                manifest = self.finish(entity, manifest.run_id)
-            if manifest.state == "published":
-                pending.append(manifest)
-            else:
-                committed.append(name)
-        for name in committed[:-_KEEP_COMMITTED]:
-            state.delete(state.key("_manifests", folder, name))
-        if not pending:
-            state.delete_folder("_staging", folder)  # leftovers of runs that never prepared
-        return pending
-
-    def _finish_or_undo(self, manifest: Manifest) -> bool:
-        area = self.area()
-        if manifest.mode == "replace":
-            # nothing was dropped yet: the old table stands; forget the staged copy
-            self.roll_back(manifest)
-            return False
-        folder = self.table_folder(manifest.entity)
-        blocks = manifest.extra["blocks"]
-        present = self.numbers(manifest.entity)
-        top = present[-1] if present else 0
-        for name in manifest.files:
-            if _number(name) <= top:
-                continue  # committed (and possibly consumed by Fabric since)
-            key = area.key(folder, name)
-            wanted = set(block_ids(manifest.run_id, name, blocks[name]))
-            if not wanted <= area.staged_ids(key):
-                self.roll_back(manifest)
-                return False
-        self.publish_append(manifest)
-        return True
-
-    def roll_back(self, manifest: Manifest) -> None:
-        area, state = self.area(), self.state()
-        if manifest.mode == "append":
-            for name in manifest.files:
-                area.delete(area.key(self.table_folder(manifest.entity), name))
-        for key in manifest.extra.get("staged", []):
-            state.delete(key)
-        state.delete(self.manifest_key(manifest.entity, manifest.run_id))
-
-    def mark_committed(self, entity: str, run_id: str) -> None:
-        manifest = self.load_manifest(entity, run_id)
-        if manifest is not None:
-            manifest.state = "committed"
-            self.save_manifest(manifest)
+        self.mark_published(manifest)
 
     # -- reading back ------------------------------------------------------------------------
 
@@ -451,6 +438,7 @@ class MirroringWriter(StagedBlobWriter):
     """Stages one entity's run for the landing zone: numbered files, row markers last."""
 
     where = "the landing zone"
+    store: OpenMirroringStore
 
     def __init__(self, store: OpenMirroringStore, entity: str, run_id: str, mode: WriteMode):
         self.store = store
@@ -475,70 +463,17 @@ class MirroringWriter(StagedBlobWriter):
             staging = lambda i: self.state.key("_staging", folder, run_id, run_file_name(run_id, i))  # noqa: E731
             self.files = BlobFiles(store, self.state, run_id, staging, entity)
         self._schema = None
-        self._prepared = False
 
-    def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
-        try:
-            if self._schema is None:
-                msg = "nothing to publish: the run wrote no batch"
-                raise StoreError(msg, entity=self.entity)
-            self.files.close()
-            base = [k.rsplit("/", 1)[1] for k in self.files.keys]
-            manifest = Manifest(
-                entity=self.entity,
-                run_id=self.run_id,
-                mode=self.mode,
-                files=base,
-                rows=rows,
-                bytes=self.files.bytes,
-                ledger_entry=ledger_entry,
-                created_at=utc_now().isoformat(),
-                extra={"blocks": {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()}},
-            )
-            if self.mode == "replace":
-                # the staged copy becomes a set of ordinary blobs outside the landing zone
-                for key in self.files.keys:
-                    count = manifest.extra["blocks"][key.rsplit("/", 1)[1]]
-                    self.state.commit(key, block_ids(self.run_id, key, count))
-                manifest.extra["staged"] = list(self.files.keys)
-            self.store.save_manifest(manifest)
-            self._prepared = True
-            faults.point("publish.after_prepare")
-            if self.mode == "append":
-                self.store.publish_append(manifest)
-            else:
-                self.store.drop_table(manifest)
-            return manifest
-        except AzureError as exc:
-            raise store_error(
-                exc, "cannot publish to the landing zone", entity=self.entity
-            ) from exc
-
-    def abort(self) -> None:
-        self.files.abandon()
-        if not self._prepared:
-            return
-        try:
-            manifest = self.store.load_manifest(self.entity, self.run_id)
-            if manifest is None or manifest.state != "prepared":
-                return  # dropping/waiting: the old table is going; recovery finishes it
-            present = self.store.numbers(self.entity) if self.mode == "append" else []
-            if not present or present[-1] < _number(manifest.files[0]):
-                self.store.roll_back(manifest)  # nothing of it is visible: undo, retry cleanly
-                return
-        except AzureError:
-            return
-        # some files are visible to Fabric (it may have read them): never take them back, and
-        # never let a retry reuse their numbers. Finish publishing now if the service lets us,
-        # else the next run's recovery does; either way that run commits the watermark.
-        with contextlib.suppress(AzureError, StoreError):
-            self.store.publish_append(manifest)
-        msg = (
-            "publishing stopped after some of this run's files became visible to Fabric; they "
-            "are kept (never rewritten or renumbered) and the next run finishes and commits "
-            "them, so this entity is not retried now"
-        )
-        raise StoreError(msg, entity=self.entity)
+    def close_files(self) -> Staged:
+        names = self.staged_files()
+        blocks = {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()}
+        extra: dict[str, Any] = {"blocks": blocks}
+        if self.mode == "replace":
+            # the staged copy becomes a set of ordinary blobs outside the landing zone
+            for key in self.files.keys:
+                self.state.commit(key, block_ids(self.run_id, key, blocks[key.rsplit("/", 1)[1]]))
+            extra["staged"] = list(self.files.keys)
+        return Staged(names, self.files.bytes, extra)
 
     def _prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Canonical column types, and `__rowMarker__` appended as the last column."""
