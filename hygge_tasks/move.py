@@ -23,6 +23,7 @@ from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock,
 from hygge_core import faults
 from hygge_core.arrow_types import unview
 from hygge_core.errors import HomeError, StoreError, is_transient
+from hygge_tasks.boundary_spill import restore, spill
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
 from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
@@ -59,10 +60,6 @@ class EntityPlan:
     identity: dict[str, str] | None = None
     #: a replace may empty a published table (else a source with no rows fails the entity)
     allow_empty: bool = False
-
-    @property
-    def previous_watermark(self) -> Watermark | None:
-        return Watermark.from_json(self.previous) if self.previous else None
 
 
 @dataclass
@@ -111,7 +108,9 @@ def move(
     start = time.perf_counter()
     run_id = f"{run_id}-{uuid.uuid4().hex[:4]}"
     faults.set_entity(plan.name)
-    previous = plan.previous_watermark if plan.mode == "append" else None
+    previous = None
+    if plan.mode == "append" and plan.previous:
+        previous = Watermark.from_json(restore(store, plan.name, plan.previous) or {})
     request = plan.request
     if previous is not None:
         columns = tuple(plan.watermark_columns) if len(plan.watermark_columns) > 1 else ()
@@ -191,7 +190,10 @@ def move(
         if mode == "replace" and rows + carried == 0 and not plan.allow_empty:
             _refuse_empty_replace(plan, store)
         published = _reconcile(plan.name, writer, rows + carried)
-        entry = _entry(watermark.to_json() if watermark else None, run_id, rows, mode)
+        ledger_watermark = spill(
+            store, plan.name, run_id, watermark.to_json() if watermark else None
+        )
+        entry = _entry(ledger_watermark, run_id, rows, mode)
         entry["schema"] = guard.remembered
         if plan.identity is not None:
             entry["identity"] = plan.identity

@@ -21,7 +21,8 @@ Primitives of a `PublishingStore` (each safe to repeat after a crash):
   into a `StoreError` that names the cause and the fix;
 - `exclusive` (from `StoreBlock`): the lock that lets one run at a time write the Store;
 - `put_state`, `get_state`, `state_names`, `delete_state`: small named objects an entity keeps
-  beside its manifests (a boundary set too large for the ledger), each written in one step.
+  beside its manifests (a boundary set too large for the ledger), each written in one step. An
+  object named `<run_id>.<what>` belongs to that run and goes when its manifest goes.
 
 A `StagedWriter` stages one entity's run; it supplies `close_files` (finish encoding, make the
 staged files durable), `abandon_files` and `discard_staging`.
@@ -161,7 +162,15 @@ class PublishingStore(StoreBlock):
             for run_id in committed[:-KEEP_COMMITTED]:
                 self.delete_manifest(entity, run_id)
             self.clean_staging(entity, {m.run_id for m in pending})
+            self.sweep_state(entity, {m.run_id for m in pending} | set(committed[-KEEP_COMMITTED:]))
             return pending
+
+    def sweep_state(self, entity: str, kept: set[str]) -> None:
+        """Delete the state objects of runs no kept manifest names (`<run_id>.<what>`)."""
+        for name in self.state_names(entity):
+            run_id, dot, _ = name.partition(".")
+            if dot and run_id not in kept:
+                self.delete_state(entity, name)
 
     def publish(self, manifest: Manifest) -> None:
         """Make a prepared run visible, then mark it published; safe to repeat."""
