@@ -19,9 +19,12 @@ int32 5 and an int64 5 are one value, as are `12.50` as decimal(5,2) and decimal
 microsecond and a nanosecond timestamp of the same instant), so a later run that reads a
 column a little differently still names the same rows. A list's payload is its elements'
 fields, a struct's its fields' `<n>:<name>` and value fields, a map's its entries' key and
-value fields. Every field delimits itself, so no value can pass for another: NULL is not the
-text `\\N` nor the empty text (`str 0:`), `("a\\x1fb", "c")` is not `("a", "b\\x1fc")`, and the
-integer 5 (`int 1:5`) is not the text `5` (`str 1:5`).
+value fields; an extension type's (uuid) is its storage's, and a type without a canonical
+form (an interval) is the value's Python text, its kind the type's name.
+
+Every field delimits itself, so no value can pass for another: NULL is not the text `\\N`
+nor the empty text (`str 0:`), `("a\\x1fb", "c")` is not `("a", "b\\x1fc")`, and the integer
+5 (`int 1:5`) is not the text `5` (`str 1:5`).
 
 With `keys`, the fields are the key columns, in the spec's order; without keys, every column
 in name order, each field preceded by `<n>:<column name>`. The identity is the first 128 bits
@@ -104,11 +107,24 @@ def _sized(data: bytes) -> bytes:
 def _field(col: pa.Array) -> pa.Array:
     """Each value's `<kind> <n>:<payload>`, or `-` for NULL (never NULL itself)."""
     col = _decoded(col)
-    payload = _payload(col)
-    length = pc.cast(pc.cast(pc.binary_length(payload), pa.string()), _BIN)
+    if isinstance(col.type, pa.BaseExtensionType):  # uuid and the like: their stored bytes
+        col = col.storage
+    try:
+        payload = _payload(col)
+    except TypeError:
+        # no canonical form (intervals, ...): the value's Python text, under its type's name
+        text = [None if v is None else str(v).encode() for v in col.to_pylist()]
+        payload = pa.array(text, _BIN)
+        kind = pa.scalar(str(col.type).encode() + b" ", _BIN)
+        field = pc.binary_join_element_wise(kind, _length(payload), _COLON, payload, _EMPTY)
+        return pc.fill_null(field, _NULL_FIELD)
     kind = pa.scalar(_kind(col.type).encode() + b" ", _BIN)
-    field = pc.binary_join_element_wise(kind, length, _COLON, payload, _EMPTY)
+    field = pc.binary_join_element_wise(kind, _length(payload), _COLON, payload, _EMPTY)
     return pc.fill_null(field, _NULL_FIELD)
+
+
+def _length(payload: pa.Array) -> pa.Array:
+    return pc.cast(pc.cast(pc.binary_length(payload), pa.string()), _BIN)
 
 
 def _payload(col: pa.Array) -> pa.Array:

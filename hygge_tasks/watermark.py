@@ -11,7 +11,9 @@ Semantics (the one place they are defined):
   `\\N` and the empty text are three identities, and no key value can pass for two. The ledger
   marks the format (`boundary_format`); an entry written before the mark keeps its old meaning
   (keys joined with `\\x1f`, NULL as `\\N`, or JSON row hashes) and still excludes exactly the
-  rows it excluded, and the next commit rewrites it in the current format from those rows.
+  rows it excluded; when the value does not move, the next commit names the rows it excluded
+  in the current format (its identities that matched no row are dropped), else the new value
+  starts a set in the current format.
 - end bound: none. Everything present at read time is loaded; the new watermark is the largest
   value admitted and the new boundary set holds the identities of the rows at that value
   (joined with the old set when the value did not move).

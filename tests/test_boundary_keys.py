@@ -134,6 +134,17 @@ def test_rows_without_keys_hash_every_column_in_name_order_with_nested_values() 
     assert identities(rows.slice(1, 3), []) == got[1:]
 
 
+def test_uuid_and_interval_columns_have_identities_too() -> None:
+    u = pa.array([bytes(15) + b"\x05", None], pa.uuid())
+    iv = pa.array([pa.MonthDayNano([1, 2, 3]), None], pa.month_day_nano_interval())
+    got = identities(batch(u=u, iv=iv), [])
+    text = b"MonthDayNano(months=1, days=2, nanoseconds=3)"
+    assert got == [
+        digest(b"2:ivmonth_day_nano_interval 45:" + text + b"1:ubytes 16:" + bytes(15) + b"\x05"),
+        digest(b"2:iv-1:u-"),
+    ]
+
+
 # -- the ledger's format mark -------------------------------------------------------------------
 
 

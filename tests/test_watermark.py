@@ -461,7 +461,7 @@ def test_nanosecond_column_on_whole_microseconds_keeps_the_datetime_kind() -> No
 def test_nanosecond_rows_without_keys_hash_exactly_and_as_before() -> None:
     f = BoundaryFilter("e", "wm", [], None)
     typ = pa.timestamp("ns")
-    # whole microseconds hash as they always did (str of a datetime); finer values by 9 digits
+    # whole microseconds hash as the microsecond value does; finer values by their nanoseconds
     same = f.identities(rows(pa.timestamp("us"), [1], [dt.datetime(2024, 5, 1, 12)]))
     assert f.identities(rows(typ, [1], [NS0])) == same
     a, b = f.identities(rows(typ, [1, 1], [NS0 + 1, NS0 + 2]))
