@@ -6,7 +6,14 @@ Semantics (the one place they are defined):
   in the ledger's boundary set: the rows already loaded at exactly `last_value`. A plain
   `column > last_value` would lose rows that arrive later with the same value (common with
   second- or day-granular timestamps); a plain `>=` would repeat the rows already loaded.
-- identity: the `keys` columns when the spec names them, else a hash of the whole row.
+- identity: the `keys` columns when the spec names them, else the whole row, in a typed,
+  length-prefixed encoding digested to 128 bits (`hygge_tasks.boundary_keys`): NULL, the text
+  `\\N` and the empty text are three identities, and no key value can pass for two. The ledger
+  marks the format (`boundary_format`); an entry written before the mark keeps its old meaning
+  (keys joined with `\\x1f`, NULL as `\\N`, or JSON row hashes) and still excludes exactly the
+  rows it excluded; when the value does not move, the next commit names the rows it excluded
+  in the current format (its identities that matched no row are dropped), else the new value
+  starts a set in the current format.
 - end bound: none. Everything present at read time is loaded; the new watermark is the largest
   value admitted and the new boundary set holds the identities of the rows at that value
   (joined with the old set when the value did not move).
@@ -27,19 +34,17 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hygge_core.errors import ConfigError
+from hygge_core.errors import ConfigError, LedgerError
 from hygge_core.timestamps import NanoTimestamp
-
-_KEY_SEP = "\x1f"
+from hygge_tasks.boundary_keys import BOUNDARY_FORMAT, identities, legacy_identities
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class Watermark:
     column: str
     value: Any
     boundary: frozenset[str] = field(default_factory=frozenset)
+    #: how `boundary` names rows (`hygge_tasks.boundary_keys`); an empty set means the same in
+    #: every format, so it always reads as the current one
+    boundary_format: int = BOUNDARY_FORMAT
 
     def to_json(self) -> dict[str, Any]:
         kind, text = _encode(self.value)
@@ -57,14 +65,27 @@ class Watermark:
             "kind": kind,
             "value": text,
             "boundary": sorted(self.boundary),
+            "boundary_format": self.boundary_format,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Watermark:
+        boundary = frozenset(data.get("boundary", []))
+        # entries written before the mark are format 1
+        fmt = int(data.get("boundary_format", 1)) if boundary else BOUNDARY_FORMAT
+        if fmt not in (1, BOUNDARY_FORMAT):
+            msg = (
+                f"the ledger's watermark on {data['column']!r} names its boundary rows in "
+                f"format {fmt}, which this hygge does not know (it reads formats 1 and "
+                f"{BOUNDARY_FORMAT}); run this entity with the hygge that wrote the ledger, or "
+                "upgrade hygge"
+            )
+            raise LedgerError(msg)
         return cls(
             column=data["column"],
             value=_decode(data["kind"], data["value"]),
-            boundary=frozenset(data.get("boundary", [])),
+            boundary=boundary,
+            boundary_format=fmt,
         )
 
 
@@ -118,7 +139,10 @@ class BoundaryFilter:
         self.null_loaded = 0
         self._max: pa.Scalar | None = None
         self._boundary: set[str] = set()
+        #: current-format identities of the rows an older-format boundary excluded
+        self._carried: set[str] = set()
         self._prev_scalar: pa.Scalar | None = None
+        self._prev_ids: pa.Array | None = None
 
     def admit(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Return the rows of `batch` that belong to this run, and remember the new boundary."""
@@ -165,27 +189,29 @@ class BoundaryFilter:
 
     def _already_loaded(self, batch: pa.RecordBatch, at_prev: pa.Array) -> pa.Array:
         """Mask of the rows tied with the previous watermark that the last run loaded."""
-        flags = [False] * batch.num_rows
+        flags = np.zeros(batch.num_rows, dtype=bool)
         if pc.any(at_prev).as_py():
             assert self.previous is not None
-            positions = pc.indices_nonzero(at_prev).to_pylist()
-            for pos, ident in zip(positions, self.identities(batch.filter(at_prev)), strict=True):
-                flags[pos] = ident in self.previous.boundary
+            tied = batch.filter(at_prev)
+            legacy = self.previous.boundary_format != BOUNDARY_FORMAT
+            ids = legacy_identities(tied, self.keys) if legacy else self.identities(tied)
+            hits = pc.is_in(pa.array(ids, pa.string()), value_set=self._previous_ids())
+            hit = hits.to_numpy(zero_copy_only=False)
+            flags[pc.indices_nonzero(at_prev).to_numpy()[hit]] = True
+            if legacy and hit.any():
+                # the next commit names these rows in the current format
+                self._carried.update(self.identities(tied.filter(hits)))
         return pa.array(flags, type=pa.bool_())
 
+    def _previous_ids(self) -> pa.Array:
+        if self._prev_ids is None:
+            assert self.previous is not None
+            self._prev_ids = pa.array(sorted(self.previous.boundary), pa.string())
+        return self._prev_ids
+
     def identities(self, rows: pa.RecordBatch) -> list[str]:
-        """Stable identities of `rows`: joined key values, or a hash of the whole row."""
-        if self.keys:
-            parts = [pc.fill_null(rows.column(k).cast(pa.string()), "\\N") for k in self.keys]
-            if len(parts) == 1:
-                return parts[0].to_pylist()
-            return pc.binary_join_element_wise(*parts, _KEY_SEP).to_pylist()
-        return [
-            hashlib.sha256(
-                json.dumps(row, default=str, sort_keys=True, ensure_ascii=False).encode()
-            ).hexdigest()[:32]
-            for row in _pylist(rows)
-        ]
+        """Stable identities of `rows` (`hygge_tasks.boundary_keys`): by keys, or whole rows."""
+        return identities(rows, self.keys)
 
     def result(self) -> Watermark | None:
         """The watermark after this run: unchanged when nothing new was admitted."""
@@ -193,7 +219,11 @@ class BoundaryFilter:
             return self.previous
         value = _py_value(self._max)
         if self.previous is not None and self._max_equals_previous():
-            return Watermark(self.column, value, self.previous.boundary | self._boundary)
+            if self.previous.boundary_format == BOUNDARY_FORMAT:
+                kept = self.previous.boundary
+            else:  # an older format: the rows it excluded, named anew
+                kept = frozenset(self._carried)
+            return Watermark(self.column, value, kept | self._boundary)
         return Watermark(self.column, value, frozenset(self._boundary))
 
     def _track(self, admitted: pa.RecordBatch) -> None:
@@ -257,22 +287,3 @@ def _py_value(scalar: pa.Scalar) -> Any:
         if exact.ns % 1000:
             return exact
     return scalar.as_py()
-
-
-def _pylist(rows: pa.RecordBatch) -> list[dict[str, Any]]:
-    """`rows.to_pylist()`, with sub-microsecond timestamps as 9-digit text (row hashes).
-
-    Values without sub-microsecond digits hash as they always did (a datetime's `str`).
-    """
-    columns = {}
-    for name, col in zip(rows.schema.names, rows.columns, strict=True):
-        typ = col.type
-        if pa.types.is_timestamp(typ) and typ.unit == "ns":
-            values = [_py_value(v) for v in col]
-            columns[name] = [
-                v.isoformat().replace("T", " ") if isinstance(v, NanoTimestamp) else v
-                for v in values
-            ]
-        else:
-            columns[name] = col.to_pylist()
-    return [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]

@@ -278,6 +278,7 @@ def test_incremental_runs_load_each_row_once_for_every_watermark_kind(
         "kind": "str",
         "value": "a",
         "boundary": ["32", "33"],
+        "boundary_format": 2,
     }
     full = lake_rows(lake, "by_ts")
     assert full[0] == {

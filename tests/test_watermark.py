@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterator
 from decimal import Decimal
@@ -181,11 +182,17 @@ def test_boundary_decimal_column() -> None:
 # -- identity -----------------------------------------------------------------------------------
 
 
+def digest(encoding: bytes) -> str:
+    """A format-2 identity from its documented bytes (`hygge_tasks.boundary_keys`)."""
+    return hashlib.sha256(encoding).hexdigest()[:32]
+
+
 def test_boundary_composite_keys_identify_rows() -> None:
     f = BoundaryFilter("e", "wm", ["region", "id"], None)
     b = rows(pa.int64(), [1, 1, 2, 3], [7, 7, 7, 6], region=["eu", "us", None, "eu"])
     run(f, b)
-    assert f.result() == Watermark("wm", 7, frozenset({"eu\x1f1", "us\x1f1", "\\N\x1f2"}))
+    eu1, us1, null2 = (digest(e) for e in (b"str 2:euint 1:1", b"str 2:usint 1:1", b"-int 1:2"))
+    assert f.result() == Watermark("wm", 7, frozenset({eu1, us1, null2}))
 
     # same id in another region is a different row; a NULL key matches its stored form
     previous = f.result()
@@ -194,27 +201,22 @@ def test_boundary_composite_keys_identify_rows() -> None:
     out = g.admit(later)
     assert out.column("id").to_pylist() == [1, 2]
     assert out.column("region").to_pylist() == ["asia", "eu"]
-    assert g.result() == Watermark(
-        "wm", 7, frozenset({"eu\x1f1", "us\x1f1", "\\N\x1f2", "asia\x1f1", "eu\x1f2"})
-    )
+    asia1, eu2 = digest(b"str 4:asiaint 1:1"), digest(b"str 2:euint 1:2")
+    assert g.result() == Watermark("wm", 7, frozenset({eu1, us1, null2, asia1, eu2}))
 
 
 def test_boundary_without_keys_uses_row_hashes() -> None:
     f = BoundaryFilter("e", "wm", [], None)
     b = rows(pa.int64(), [1, 2, None], [10, 10, 10], label=["a", "b", "é"])
     assert f.identities(b) == [
-        # sha256 of the row as sorted-key JSON, first 32 hex digits: stored in ledgers, so fixed
-        "bdd0d43c0e7a68ea4ce1267e171a91de",
-        "326b9a6cfe6fda41ee41c62767027ab0",
-        "d80af718d75c9963bd10c1a871b6a3a9",
+        # every column in name order, `<n>:<name>` then its typed field: stored in ledgers
+        digest(b"2:idint 1:15:labelstr 1:a2:wmint 2:10"),
+        digest(b"2:idint 1:25:labelstr 1:b2:wmint 2:10"),
+        digest("2:id-5:labelstr 2:é2:wmint 2:10".encode()),
     ]
     run(f, b.slice(0, 2))
     previous = f.result()
-    assert previous == Watermark(
-        "wm",
-        10,
-        frozenset({"bdd0d43c0e7a68ea4ce1267e171a91de", "326b9a6cfe6fda41ee41c62767027ab0"}),
-    )
+    assert previous == Watermark("wm", 10, frozenset(f.identities(b.slice(0, 2))))
 
     g = BoundaryFilter("e", "wm", [], previous)
     # the same two rows come back, plus a third at the boundary that differs in one column
@@ -222,7 +224,7 @@ def test_boundary_without_keys_uses_row_hashes() -> None:
     assert g.admit(again).column("label").to_pylist() == ["c"]
 
 
-def test_boundary_single_key_of_other_types_is_text() -> None:
+def test_boundary_single_key_of_other_types_is_typed_and_canonical() -> None:
     f = BoundaryFilter("e", "wm", ["code"], None)
     b = pa.record_batch(
         {
@@ -231,7 +233,8 @@ def test_boundary_single_key_of_other_types_is_text() -> None:
         }
     )
     assert f.admit(b).num_rows == 2
-    assert f.result() == Watermark("wm", 3, frozenset({"1.50", "\\N"}))
+    # the decimal's scale does not matter: 1.50 is `15e-1`, as 1.5 read at another scale
+    assert f.result() == Watermark("wm", 3, frozenset({digest(b"decimal 5:15e-1"), digest(b"-")}))
 
 
 # -- NULL watermarks ----------------------------------------------------------------------------
@@ -357,7 +360,13 @@ def test_boundary_stored_value_widening_is_accepted(
 def test_watermark_json_round_trip(value: Any, kind: str, text: Any) -> None:
     wm = Watermark("wm", value, frozenset({"b", "a"}))
     data = wm.to_json()
-    assert data == {"column": "wm", "kind": kind, "value": text, "boundary": ["a", "b"]}
+    assert data == {
+        "column": "wm",
+        "kind": kind,
+        "value": text,
+        "boundary": ["a", "b"],
+        "boundary_format": 2,
+    }
     back = Watermark.from_json(json.loads(json.dumps(data)))  # through real JSON text
     assert back == wm
     assert type(back.value) is type(value)
@@ -391,6 +400,7 @@ def test_watermark_round_trip_feeds_the_next_run() -> None:
         "kind": "datetime",
         "value": "2024-05-01T12:00:00+00:00",
         "boundary": ["1", "2"],
+        "boundary_format": 2,
     }
     second = BoundaryFilter("e", "wm", ["id"], Watermark.from_json(stored))
     admitted = run(second, rows(typ, [1, 2, 3], [t(2024, 5, 1, 12, tzinfo=UTC)] * 3))
@@ -420,6 +430,7 @@ def test_boundary_nanosecond_column_ties_and_late_ties_are_exact(tz: str | None)
         "kind": "timestamp_ns",
         "value": "2024-05-01T12:00:00.123456789" + suffix,
         "boundary": ["3", "4"],
+        "boundary_format": 2,
     }
     second = BoundaryFilter("e", "wm", ["id"], Watermark.from_json(stored))
     later = rows(
@@ -450,7 +461,7 @@ def test_nanosecond_column_on_whole_microseconds_keeps_the_datetime_kind() -> No
 def test_nanosecond_rows_without_keys_hash_exactly_and_as_before() -> None:
     f = BoundaryFilter("e", "wm", [], None)
     typ = pa.timestamp("ns")
-    # whole microseconds hash as they always did (str of a datetime); finer values by 9 digits
+    # whole microseconds hash as the microsecond value does; finer values by their nanoseconds
     same = f.identities(rows(pa.timestamp("us"), [1], [dt.datetime(2024, 5, 1, 12)]))
     assert f.identities(rows(typ, [1], [NS0])) == same
     a, b = f.identities(rows(typ, [1, 1], [NS0 + 1, NS0 + 2]))
