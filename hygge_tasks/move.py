@@ -251,8 +251,11 @@ def _reconcile(entity: str, writer: EntityWriter, rows: int) -> int | None:
     if staged is None:
         return None
     held = sum(staged.values())
-    if held != rows:
+    left_out = writer.left_out()
+    if held + left_out != rows:
         files = ", ".join(f"{name}: {n:,}" for name, n in staged.items()) or "no files"
+        if left_out:
+            files += f"; {left_out:,} left out by design"
         msg = (
             f"{rows:,} rows were read but the staged files hold {held:,} ({files}); nothing "
             "was published and the watermark did not move. Run the entity again; if it "

@@ -479,3 +479,46 @@ def test_the_writer_refuses_a_type_change_on_its_own(azurite: Azurite) -> None:
     third.write(pa.record_batch({"id": pa.array([4], pa.int64()), "n": pa.array([4], pa.int32())}))
     third.commit_files(None, 1)
     assert data_files(c, "nums")[-1] == "00000000000000000002.parquet"
+
+
+def test_rows_are_reconciled_and_a_rebuilt_tables_deletes_are_counted(
+    azurite: Azurite, tmp_path: Path, spec_name: str
+) -> None:
+    """The staged files' own row counts are checked against the rows read before anything is
+    published; rows a rebuilt table leaves out (its `delete_column` marks them) are counted as
+    left out, and the journal keeps both figures."""
+    from blocks import OpenMirroringStore
+
+    ws = azurite.new_container()
+    con = sqlite3.connect(tmp_path / "src.db")
+    con.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, seq INTEGER, gone BOOLEAN)")
+    con.executemany("INSERT INTO customers VALUES (?,?,?)", [(i, i, i % 4 == 0) for i in range(20)])
+    con.commit()
+    con.close()
+    spec = om_spec(spec_name, tmp_path / "src.db", azurite, ws)
+    spec["entities"] = [
+        {
+            "name": "customers",
+            "table": "customers",
+            "watermark": {"column": "seq", "keys": ["id"]},
+            "key_columns": ["id"],
+            "delete_column": "gone",
+        }
+    ]
+    assert summary_row(run_flow(spec), "customers")["rows"] == 20
+    c = azurite.container(ws)
+    first = read(c, "customers", "00000000000000000001.parquet")
+    assert sorted(first["id"].to_pylist()) == [i for i in range(20) if i % 4]  # 15 rows
+    settings = {k: v for k, v in spec["store"].items() if k != "type"}
+    store = OpenMirroringStore(**settings, key_columns=["id"], delete_column="gone")
+    journal = store.read_journal()
+    assert journal is not None
+    assert journal.select(["rows_read", "rows_published"]).to_pylist() == [
+        {"rows_read": 20, "rows_published": 15}
+    ]
+    # the writer's own view: rows per staged file, and what it left out
+    writer = store.open_writer("other", "r1", "replace")
+    writer.write(pa.record_batch({"id": [1, 2, 3], "gone": [True, False, None]}))
+    assert writer.staged_rows() == {"part-r1-00000.parquet": 2}
+    assert writer.left_out() == 1
+    writer.abort()

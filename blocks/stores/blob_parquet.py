@@ -431,6 +431,15 @@ class StagedBlobWriter(StagedWriter):
     def abandon_files(self) -> None:
         self.files.abandon()
 
+    def staged_rows(self) -> dict[str, int] | None:
+        if self._schema is None:
+            return None  # nothing staged: commit_files says so
+        try:
+            self.files.close()
+        except AzureError as exc:
+            raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
+        return {k.rsplit("/", 1)[1]: n for k, n in self.files.rows.items()}
+
     def publish_error(self, exc: BaseException) -> StoreError:
         return store_error(exc, f"cannot publish to {self.where}", entity=self.entity)
 
@@ -470,15 +479,6 @@ class BlobParquetWriter(StagedBlobWriter):
             entity,
         )
         self._schema = None
-
-    def staged_rows(self) -> dict[str, int] | None:
-        if self._schema is None:
-            return None  # nothing staged: commit_files says so
-        try:
-            self.files.close()
-        except AzureError as exc:
-            raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
-        return {k.rsplit("/", 1)[1]: n for k, n in self.files.rows.items()}
 
     def close_files(self) -> Staged:
         names = self.staged_files()

@@ -463,6 +463,10 @@ class MirroringWriter(StagedBlobWriter):
             staging = lambda i: self.state.key("_staging", folder, run_id, run_file_name(run_id, i))  # noqa: E731
             self.files = BlobFiles(store, self.state, run_id, staging, entity)
         self._schema = None
+        self._left_out = 0
+
+    def left_out(self) -> int:
+        return self._left_out
 
     def close_files(self) -> Staged:
         names = self.staged_files()
@@ -501,6 +505,7 @@ class MirroringWriter(StagedBlobWriter):
                 keep = pc.invert(flag)
                 arrays = [pc.filter(a, keep) for a in arrays]
                 marker = pc.filter(marker, keep)
+                self._left_out += batch.num_rows - len(marker)
             else:
                 marker = pc.if_else(flag, pa.scalar(DELETE, pa.int32()), marker)
         arrays.append(marker)
