@@ -162,7 +162,10 @@ class MssqlHome(HomeBlock):
     )
     partition_column: str | None = Field(
         default=None,
-        description="An integer, date or datetime column to split one read into ranges.",
+        description="An integer, date or datetime column to split one read into ranges. Each "
+        "range has its own connection and SQL Server shares no snapshot between connections: "
+        "pick a column whose values never change (an identity key, a creation date), or a row "
+        "moved between ranges during the read may be read twice or missed.",
     )
     partitions: int = Field(
         default=1, ge=1, le=64, description="How many ranges to read in parallel (1: no split)."
