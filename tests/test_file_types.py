@@ -451,3 +451,53 @@ def test_csv_integer_past_38_digits_fails_naming_the_column(tmp_path: Path) -> N
         ReadRequest(entity="e", path=str(path))
     )
     assert batch.column("huge").to_pylist() == ["170141183460469231731687303715884105727", "1"]
+
+
+def _csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def _read_csv(path: Path, **home: Any) -> pa.Table:
+    return pa.Table.from_batches(
+        list(CsvHome(**home).read(ReadRequest(entity="e", path=str(path))))
+    )
+
+
+def test_csv_leading_zeros_and_nanoseconds_in_the_sample_are_kept(tmp_path: Path) -> None:
+    rows = [
+        f"{i},{i:05d},2024-01-31 12:00:00.{i:09d},2024-01-31 12:00:0{i % 10}" for i in range(1, 6)
+    ]
+    table = _read_csv(_csv(tmp_path / "a.csv", "id,zip,fine,plain", rows))
+    assert table.schema.field("id").type == pa.int64()  # plain integers stay integers
+    assert small(table.schema.field("zip").type) == pa.string()
+    assert table.column("zip").to_pylist() == ["00001", "00002", "00003", "00004", "00005"]
+    assert table.schema.field("fine").type == pa.timestamp("ns")
+    assert table.column("fine").cast(pa.int64()).to_pylist() == [
+        1706702400 * NS["s"] + i for i in range(1, 6)
+    ]
+    assert table.schema.field("plain").type == pa.timestamp("us")  # no finer digits: as before
+
+
+def test_csv_values_past_the_sample_that_the_type_would_change_fail_the_entity(
+    tmp_path: Path,
+) -> None:
+    ints = [f"{i},{i}" for i in range(1, 20)] + ["20,007"]
+    with pytest.raises(HomeError) as err:
+        _read_csv(_csv(tmp_path / "z.csv", "id,code", ints), infer_schema_length=10)
+    assert "column 'code'" in err.value.msg and "007 (a leading zero" in err.value.msg
+    assert "schema_overrides: {column: String}" in err.value.msg
+    pinned = _read_csv(
+        tmp_path / "z.csv", infer_schema_length=10, schema_overrides={"code": "String"}
+    )
+    assert pinned.column("code").to_pylist()[-1] == "007"
+
+    stamps = [f"{i},2024-01-31 12:00:00.{i:06d}" for i in range(1, 20)]
+    stamps.append("20,2024-01-31 12:00:00.000001500")
+    with pytest.raises(HomeError) as err:
+        _read_csv(_csv(tmp_path / "t.csv", "id,at", stamps), infer_schema_length=10)
+    assert "column 'at'" in err.value.msg and "digits past microseconds" in err.value.msg
+    # trailing zeros past the sixth digit change nothing: they read as microseconds
+    zeros = [*stamps[:-1], "20,2024-01-31 12:00:00.000001000"]
+    table = _read_csv(_csv(tmp_path / "t0.csv", "id,at", zeros), infer_schema_length=10)
+    assert table.column("at").cast(pa.int64()).to_pylist()[-1] == 1706702400 * 10**6 + 1

@@ -8,12 +8,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
+from blocks.homes._csv_types import exact_reads, guard_hint
 from blocks.homes._files import check_scan, resolve_files, stream_batches
 from hygge_core.errors import ConfigError, HomeError, first_line
 
@@ -89,27 +91,59 @@ class CsvHome(HomeBlock):
                 raise HomeError(msg, entity=request.entity)
         with tempfile.TemporaryDirectory(prefix="hygge-csv-") as tmp:
             sources = self._utf8_sources(files, Path(tmp), request.entity)
-            lf = pl.scan_csv(
-                sources,
-                separator=self.delimiter,
-                has_header=self.has_header,
-                new_columns=None if self.has_header else self._headerless_names(sources, request),
-                quote_char=self.quote_char or None,
-                null_values=self.null_values or None,
-                infer_schema_length=self.infer_schema_length,
-                infer_schema=self.infer_schema_length != 0,
-                schema_overrides=self._overrides(request.entity),
-                try_parse_dates=self.try_parse_dates,
-                encoding="utf8-lossy" if self.encoding == "utf8-lossy" else "utf8",
-                raise_if_empty=True,
-            )
             what = f"{str(files[0])!r}" if len(files) == 1 else f"{len(files)} CSV files"
+            lf = self._exact_scan(sources, request, what)
             try:
                 yield lf, what
             except HomeError as exc:
                 # the hint comes from the engine's text, not from a path that may contain "utf8"
                 hint = _hint(str(exc.__cause__ or ""))
                 raise HomeError(exc.msg + hint, entity=request.entity) from exc.__cause__
+
+    def _scan_csv(self, sources: list[Path], request: ReadRequest, **options: Any) -> pl.LazyFrame:
+        kwargs: dict[str, Any] = {
+            "infer_schema_length": self.infer_schema_length,
+            "infer_schema": self.infer_schema_length != 0,
+            "schema_overrides": self._overrides(request.entity),
+            "try_parse_dates": self.try_parse_dates,
+        }
+        return pl.scan_csv(
+            sources,
+            separator=self.delimiter,
+            has_header=self.has_header,
+            new_columns=None if self.has_header else self._headerless_names(sources, request),
+            quote_char=self.quote_char or None,
+            null_values=self.null_values or None,
+            encoding="utf8-lossy" if self.encoding == "utf8-lossy" else "utf8",
+            raise_if_empty=True,
+            **(kwargs | options),
+        )
+
+    def _exact_scan(self, sources: list[Path], request: ReadRequest, what: str) -> pl.LazyFrame:
+        """The scan, with integer and timestamp columns read exactly (`_csv_types`)."""
+        lf = self._scan_csv(sources, request)
+        if self.infer_schema_length == 0:
+            return lf
+        try:
+            inferred = lf.collect_schema()
+            if not any(t.is_integer() or isinstance(t, pl.Datetime) for t in inferred.dtypes()):
+                return lf
+            sample = self._scan_csv(
+                sources,
+                request,
+                infer_schema=False,
+                schema_overrides=None,
+                n_rows=self.infer_schema_length,
+            ).collect()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            msg = f"could not read {what}: {first_line(exc)}{_hint(str(exc))}"
+            raise HomeError(msg, entity=request.entity) from exc
+        pinned = set(self.schema_overrides)
+        as_text, casts = exact_reads(inferred, sample, pinned)
+        if not as_text:
+            return lf
+        overrides = {**(self._overrides(request.entity) or {}), **as_text}
+        return self._scan_csv(sources, request, schema_overrides=overrides).with_columns(casts)
 
     def describe(self, request: ReadRequest) -> str:
         return f"csv {request.path or ''} under {self.path or '.'}"
@@ -191,6 +225,8 @@ _FIELDS_HINT = ". A line has more fields than the header: check `delimiter` and 
 
 def _hint(msg: str) -> str:
     """What to do next about a CSV read error, from the engine's message."""
+    if guarded := guard_hint(msg):
+        return guarded
     text = msg.lower()
     if "utf-8" in text or "utf8" in text:
         return _ENCODING_HINT
