@@ -142,6 +142,16 @@ def test_incremental_numbering_markers_and_stable_schema(
     assert data_files(c, "events") == [f"{i:020d}.parquet" for i in (6, 7)]
 
 
+#: a keyed entity whose `gone` column marks rows deleted at the source
+CUSTOMERS = {
+    "name": "customers",
+    "table": "customers",
+    "watermark": {"column": "seq", "keys": ["id"]},
+    "key_columns": ["id"],
+    "delete_column": "gone",
+}
+
+
 def test_insert_marker_and_deletes_by_config(
     azurite: Azurite, tmp_path: Path, spec_name: str
 ) -> None:
@@ -151,15 +161,7 @@ def test_insert_marker_and_deletes_by_config(
     con.executemany("INSERT INTO customers VALUES (?,?,?)", [(i, i, 0) for i in range(20)])
     con.commit()
     spec = om_spec(spec_name, tmp_path / "src.db", azurite, ws, row_marker="insert")
-    spec["entities"] = [
-        {
-            "name": "customers",
-            "table": "customers",
-            "watermark": {"column": "seq", "keys": ["id"]},
-            "key_columns": ["id"],
-            "delete_column": "gone",
-        }
-    ]
+    spec["entities"] = [CUSTOMERS]
     assert run_flow(spec).is_completed()
     con.execute("UPDATE customers SET seq = seq + 100, gone = (id % 5 = 0) WHERE id >= 10")
     con.commit()
@@ -496,15 +498,7 @@ def test_rows_are_reconciled_and_a_rebuilt_tables_deletes_are_counted(
     con.commit()
     con.close()
     spec = om_spec(spec_name, tmp_path / "src.db", azurite, ws)
-    spec["entities"] = [
-        {
-            "name": "customers",
-            "table": "customers",
-            "watermark": {"column": "seq", "keys": ["id"]},
-            "key_columns": ["id"],
-            "delete_column": "gone",
-        }
-    ]
+    spec["entities"] = [CUSTOMERS]
     assert summary_row(run_flow(spec), "customers")["rows"] == 20
     c = azurite.container(ws)
     first = read(c, "customers", "00000000000000000001.parquet")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import blocks
-from blocks.base import StoreBlock
+from blocks.base import EntityWriter, StoreBlock
 from blocks.stores import AdlsStore, OneLakeStore, OpenMirroringStore, ParquetStore
 from blocks.stores.protocol import KEEP_COMMITTED, PublishingStore
 from hygge_core.faults import InjectedFault
@@ -90,10 +90,8 @@ def test_publish_recover_and_commit(make_store: Make) -> None:
     assert rows_of(store, "t") == [1, 2]
 
 
-def test_a_run_prepared_before_a_crash_rolls_forward(
-    make_store: Make, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = make_store()
+def prepared_then_stopped(store: PublishingStore, monkeypatch: pytest.MonkeyPatch) -> EntityWriter:
+    """r1 committed, then r2 (ids 3, 4) stops right after its manifest says prepared."""
     load(store, "r1", [1, 2])
     store.mark_committed("t", "r1")
     monkeypatch.setenv("HYGGE_FAULT", "publish.after_prepare:raise")
@@ -103,6 +101,14 @@ def test_a_run_prepared_before_a_crash_rolls_forward(
         writer.commit_files({"watermark": {"value": "r2"}}, 2)
     monkeypatch.delenv("HYGGE_FAULT")
     assert rows_of(store, "t") == [1, 2]  # prepared: nothing visible yet
+    return writer
+
+
+def test_a_run_prepared_before_a_crash_rolls_forward(
+    make_store: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store()
+    prepared_then_stopped(store, monkeypatch)
     # the process died here (no abort): the next run's recovery finishes the publish
     assert [(m.run_id, m.state) for m in store.recover("t")] == [("r2", "published")]
     assert rows_of(store, "t") == [1, 2, 3, 4]
@@ -112,14 +118,7 @@ def test_an_aborted_attempt_leaves_nothing(
     make_store: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = make_store()
-    load(store, "r1", [1, 2])
-    store.mark_committed("t", "r1")
-    monkeypatch.setenv("HYGGE_FAULT", "publish.after_prepare:raise")
-    writer = store.open_writer("t", "r2", "append")
-    writer.write(pa.record_batch({"id": pa.array([3], pa.int64())}))
-    with pytest.raises(InjectedFault):
-        writer.commit_files(None, 1)
-    monkeypatch.delenv("HYGGE_FAULT")
+    writer = prepared_then_stopped(store, monkeypatch)
     writer.abort()  # what the engine does on any error
     assert store.load_manifest("t", "r2") is None
     assert store.recover("t") == []
