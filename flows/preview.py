@@ -28,8 +28,9 @@ def dry_run(
     ]
     for job in jobs:
         entry = ledger.entry(job.plan.name)
-        wm = entry.watermark if entry else None
-        current = f"{wm.get('column')} = {wm.get('value')}" if wm else "none"
+        current = "none"
+        if entry is not None and entry.watermark:
+            current = f"{entry.watermark_column} = {entry.watermark_value}"
         lines.append(f"{job.plan.name}")
         lines.append(f"  from  {job.home.describe(job.plan.request)}")
         lines.append(f"  to    {job.store.describe(job.plan.name)}")
