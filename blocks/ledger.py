@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -9,13 +10,18 @@ from pydantic import Field
 
 from blocks.base import LOGO
 from hygge_core.errors import LedgerError
+from hygge_core.ledger_entry import LedgerEntry
+
+#: what `commit` takes for an entity: an entry, its JSON, or None to forget the entity
+Entry = LedgerEntry | Mapping[str, Any] | None
 
 
 class WatermarkLedger(Block):
     """How far each entity of one flow spec has been loaded.
 
-    `value` maps entity name to its entry: the watermark (column, value, and the identities of
-    the rows loaded at exactly that value), the run that committed it, and its row count. Only
+    `value` maps entity name to its entry (`hygge_core.ledger_entry.LedgerEntry`, kept as
+    JSON): the watermark (column, value, and the identities of the rows loaded at exactly that
+    value), the run that committed it, its row count, schema and identity. Only
     the parent flow writes it, once per committed entity: many writers of one block lose
     updates.
 
@@ -53,21 +59,29 @@ class WatermarkLedger(Block):
         assert isinstance(ledger, WatermarkLedger)  # load() is sync outside an event loop
         return ledger
 
-    def commit(self, name: str, entity: str, entry: dict[str, Any] | None) -> None:
+    def entry(self, entity: str) -> LedgerEntry | None:
+        """The entity's entry, or None when it has never been committed."""
+        data = self.value.get(entity)
+        return None if data is None else LedgerEntry.from_json(data, entity)
+
+    def commit(self, name: str, entity: str, entry: Entry) -> None:
         """Set one entity's entry and save the ledger."""
         self.commit_many(name, {entity: entry})
 
-    def commit_many(self, name: str, entries: dict[str, dict[str, Any] | None]) -> None:
+    def commit_many(self, name: str, entries: Mapping[str, Entry]) -> None:
         """Set several entities' entries and save the ledger once (the only write path).
 
         One save costs several API calls and grows with the ledger, so the flow commits the
-        entities that finished close together in one save.
+        entities that finished close together in one save. An entry given as JSON is read as a
+        `LedgerEntry` first, so what is saved always has the entry's form.
         """
         for entity, entry in entries.items():
             if entry is None:
                 self.value.pop(entity, None)
-            else:
-                self.value[entity] = entry
+                continue
+            if not isinstance(entry, LedgerEntry):
+                entry = LedgerEntry.from_json(entry, entity)
+            self.value[entity] = entry.to_json()
         try:
             self.save(name, overwrite=True)
         except Exception as exc:

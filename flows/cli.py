@@ -105,14 +105,15 @@ def _names_saved(spec: Any) -> bool:
 
 
 def _preflight(targets: list[Target], api: bool, run_type: RunType | None = None) -> None:
-    """Resolve each spec's blocks and plan its entities now: a mistake stops all, exit 2.
+    """Resolve each spec's blocks and check its entities now: a mistake stops all, exit 2.
 
-    Without the Prefect API (`api=False`) only the specs with inline blocks are planned,
-    against an empty ledger; with it, every spec against its ledger, so a saved block that
-    does not exist or a ledger that belongs to another source is found before anything runs.
+    Without the Prefect API (`api=False`) only the specs with inline blocks are checked;
+    with it, every spec against its ledger, so a saved block that does not exist or a ledger
+    that belongs to another source is found before anything runs. No Store is asked anything:
+    each flow run plans its entities once, when it holds its Stores (`flows.plan`).
     """
     from blocks import WatermarkLedger
-    from flows.plan import build_jobs, resolve_blocks
+    from flows.plan import blocks_of, check_ledger, resolve_blocks
     from flows.spec import load_any
 
     for target in targets:
@@ -120,8 +121,10 @@ def _preflight(targets: list[Target], api: bool, run_type: RunType | None = None
             continue
         plan = load_any(target.spec)
         home, store = resolve_blocks(plan)
-        ledger = WatermarkLedger.load_or_new(plan.ledger_name) if api else WatermarkLedger()
-        build_jobs(plan, home, store, ledger, target.entities, run_type)
+        entities = blocks_of(plan, home, store, target.entities)
+        if api:
+            ledger = WatermarkLedger.load_or_new(plan.ledger_name)
+            check_ledger(plan, entities, ledger, run_type)
 
 
 def _api() -> None:

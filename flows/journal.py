@@ -97,12 +97,12 @@ class JournalRecord:
         return {k: ("" if v is None else v) for k, v in row.items()}
 
 
-def watermark_value(entry: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """(column, value) of a ledger watermark, as text."""
-    if not entry:
+def watermark_value(watermark: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """(column, value) of a watermark's JSON (`LedgerEntry.watermark`), as text."""
+    if not watermark:
         return None, None
-    value = entry.get("value")
-    return entry.get("column"), None if value is None else str(value)
+    value = watermark.get("value")
+    return watermark.get("column"), None if value is None else str(value)
 
 
 class Journal:

@@ -1,8 +1,16 @@
-"""From a validated spec to runnable pieces: resolved blocks and one plan per entity."""
+"""From a validated spec to runnable pieces: resolved blocks and one plan per entity.
+
+A run plans in two steps, so that it plans once: `blocks_of` applies each entity's overrides
+to the Home and Store (no I/O: the flow needs the Stores to lock them, and recovery needs them,
+before the ledger may be read), then `plan_jobs` decides each entity's mode from the ledger and
+the Store, once the ledger is final. `check_ledger` runs planning's ledger checks without
+asking any Store, for the command line's preflight.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -17,7 +25,21 @@ from blocks.base import ReadRequest, WriteMode
 from flows.keys import block_problems
 from flows.spec import EntitySpec, FlowSpec, RunType, setting_problem
 from hygge_core.errors import ConfigError
+from hygge_core.ledger_entry import LedgerEntry
 from hygge_tasks.move import EntityPlan
+
+
+@dataclass(frozen=True)
+class EntityBlocks:
+    """A selected entity and the blocks it runs on, with its overrides applied; not planned."""
+
+    entity: EntitySpec
+    home: HomeBlock
+    store: StoreBlock
+
+    @property
+    def name(self) -> str:
+        return self.entity.name
 
 
 @dataclass
@@ -74,6 +96,41 @@ def with_overrides(block: Block, entity: EntitySpec, taken: set[str]) -> Block:
         raise ConfigError(msg, entity=entity.name) from exc
 
 
+def blocks_of(
+    spec: FlowSpec, home: HomeBlock, store: StoreBlock, selected: list[str] | None = None
+) -> list[EntityBlocks]:
+    """Each selected entity (default: all) with its Home and Store; unknown settings refused."""
+    names = selected or [e.name for e in spec.entities]
+    out = []
+    for name in names:
+        entity = spec.entity(name)
+        out.append(EntityBlocks(entity, *entity_blocks(entity, home, store)))
+    return out
+
+
+def plan_jobs(
+    spec: FlowSpec,
+    entities: list[EntityBlocks],
+    ledger: WatermarkLedger,
+    run_type: RunType | None = None,
+    loaded_at: dt.datetime | None = None,
+) -> list[EntityJob]:
+    """One job per entity, with the mode chosen from run type, ledger and Store.
+
+    `loaded_at` is the run's load timestamp (the polisher's `load_timestamp` column).
+    """
+    jobs = []
+    for e in entities:
+        e_plan = plan_entity(
+            e,
+            ledger.entry(e.name),
+            run_type or e.entity.run_type or spec.run_type,
+            spec.ledger_name,
+        )
+        jobs.append(EntityJob(replace(e_plan, loaded_at=loaded_at), e.home, e.store))
+    return jobs
+
+
 def build_jobs(
     spec: FlowSpec,
     home: HomeBlock,
@@ -83,25 +140,24 @@ def build_jobs(
     run_type: RunType | None = None,
     loaded_at: dt.datetime | None = None,
 ) -> list[EntityJob]:
-    """One job per selected entity, with the mode chosen from run type, ledger and Store.
+    """`blocks_of`, then `plan_jobs`: the jobs of the selected entities, in one call."""
+    return plan_jobs(spec, blocks_of(spec, home, store, selected), ledger, run_type, loaded_at)
 
-    `loaded_at` is the run's load timestamp (the polisher's `load_timestamp` column).
-    """
-    names = selected or [e.name for e in spec.entities]
-    jobs = []
-    for name in names:
-        entity = spec.entity(name)
-        e_home, e_store = entity_blocks(entity, home, store)
-        e_plan = _plan(
-            entity,
-            e_home,
-            e_store,
-            ledger,
-            run_type or entity.run_type or spec.run_type,
-            spec.ledger_name,
-        )
-        jobs.append(EntityJob(replace(e_plan, loaded_at=loaded_at), e_home, e_store))
-    return jobs
+
+def check_ledger(
+    spec: FlowSpec,
+    entities: list[EntityBlocks],
+    ledger: WatermarkLedger,
+    run_type: RunType | None = None,
+) -> None:
+    """Raise what planning would about the ledger (another source's entry, a renamed watermark
+    column) without asking any Store; the run plans for real once it holds its Stores."""
+    for e in entities:
+        if (run_type or e.entity.run_type or spec.run_type) == "full_drop":
+            continue  # the entry starts over
+        entry = ledger.entry(e.name)
+        if entry is not None:
+            _check_entry(e, entry, spec.ledger_name)
 
 
 def identity(entity: EntitySpec, home: HomeBlock, store: StoreBlock) -> dict[str, str]:
@@ -154,19 +210,18 @@ def read_request(entity: EntitySpec) -> ReadRequest:
     )
 
 
-def _plan(
-    entity: EntitySpec,
-    home: HomeBlock,
-    store: StoreBlock,
-    ledger: WatermarkLedger,
-    run_type: RunType,
-    ledger_name: str,
+def plan_entity(
+    e: EntityBlocks, entry: LedgerEntry | None, run_type: RunType, ledger_name: str
 ) -> EntityPlan:
+    """The entity's plan: its mode (and why), from its run type, ledger entry and Store."""
+    entity, store = e.entity, e.store
     request = read_request(entity)
     wm = entity.watermark
-    entry = ledger.value.get(entity.name) or {}
-    previous = entry.get("watermark")
-    mine = identity(entity, home, store)
+    entry = entry or LedgerEntry()
+    previous = entry.watermark
+    mine = identity(entity, e.home, store)
+    # asked at most once: for a Store in object storage, each ask lists the entity's files
+    has_data = functools.cache(lambda: store.has_data(entity.name))
 
     def plan(mode: WriteMode, reason: str, previous: dict[str, Any] | None = None) -> EntityPlan:
         return EntityPlan(
@@ -183,32 +238,42 @@ def _plan(
             polish=entity.polish,
             run_type=run_type,
             on_drift=entity.drift.on_drift,
-            previous_schema=entry.get("schema"),
+            previous_schema=entry.schema,
             # a rebuilt table takes the source's schema as it is now
-            schema_reset=run_type == "full_drop" or not store.has_data(entity.name),
+            schema_reset=run_type == "full_drop" or not has_data(),
             identity=mine,
         )
 
     if run_type == "full_drop":
         return plan("replace", "full_drop: replace the table")  # the entry starts over
-    # an entry written before hygge kept identities has none: accepted, and its next commit
-    # records one (every commit writes the plan's identity)
-    theirs = entry.get("identity")
-    if theirs is not None and theirs != mine:
-        raise ConfigError(_not_ours(ledger_name, theirs, mine), entity=entity.name)
+    _check_entry(e, entry, ledger_name, mine)
     if wm is None:
         return plan("replace", "no watermark: full reload")
-    if previous and previous.get("column") != wm.label:
-        msg = (
-            f"the ledger's watermark is on column {previous.get('column')!r} but the spec now says "
-            f"{wm.label!r}; run this entity once with --full-drop to reload it and start over"
-        )
-        raise ConfigError(msg, entity=entity.name)
     if not previous:
         return plan("replace", "first load: no watermark yet")
-    if not store.has_data(entity.name):
+    if not has_data():
         return plan("replace", "destination is empty: reloading from the start")
     return plan("append", "incremental", previous)
+
+
+def _check_entry(
+    e: EntityBlocks, entry: LedgerEntry, ledger_name: str, mine: dict[str, str] | None = None
+) -> None:
+    """Refuse to load on from an entry of another source, or of another watermark column."""
+    entity = e.entity
+    mine = mine or identity(entity, e.home, e.store)
+    # an entry written before hygge kept identities has none: accepted, and its next commit
+    # records one (every commit writes the plan's identity)
+    theirs = entry.identity
+    if theirs is not None and theirs != mine:
+        raise ConfigError(_not_ours(ledger_name, theirs, mine), entity=entity.name)
+    wm = entity.watermark
+    if wm is not None and entry.watermark and entry.watermark_column != wm.label:
+        msg = (
+            f"the ledger's watermark is on column {entry.watermark_column!r} but the spec now "
+            f"says {wm.label!r}; run this entity once with --full-drop to reload it and start over"
+        )
+        raise ConfigError(msg, entity=entity.name)
 
 
 def resolve_blocks(spec: FlowSpec) -> tuple[HomeBlock, StoreBlock]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from blocks import WatermarkLedger
 from flows.journal import render_history
-from flows.plan import build_jobs, resolve_blocks
+from flows.plan import blocks_of, build_jobs, resolve_blocks
 from flows.spec import RunType, load_any
 
 
@@ -27,8 +27,10 @@ def dry_run(
         "",
     ]
     for job in jobs:
-        wm = (ledger.value.get(job.plan.name) or {}).get("watermark") or {}
-        current = f"{wm.get('column')} = {wm.get('value')}" if wm else "none"
+        entry = ledger.entry(job.plan.name)
+        current = "none"
+        if entry is not None and entry.watermark:
+            current = f"{entry.watermark_column} = {entry.watermark_value}"
         lines.append(f"{job.plan.name}")
         lines.append(f"  from  {job.home.describe(job.plan.request)}")
         lines.append(f"  to    {job.store.describe(job.plan.name)}")
@@ -41,7 +43,6 @@ def history(spec: str | dict[str, Any], entities: list[str] | None, limit: int) 
     """The recent run journal of a spec, read from its Store(s); needs no Prefect server."""
     plan = load_any(spec)
     home, store = resolve_blocks(plan)
-    jobs = build_jobs(plan, home, store, WatermarkLedger(), entities)
-    areas = {j.store.lock_id(): j.store for j in jobs}
+    areas = {e.store.lock_id(): e.store for e in blocks_of(plan, home, store, entities)}
     tables = [t for s in areas.values() if (t := s.read_journal()) is not None]
     return render_history(tables, plan.name, entities, limit)

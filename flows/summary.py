@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from prefect.artifacts import create_table_artifact
 
 from hygge_tasks.move import EntityResult
 
@@ -88,3 +91,12 @@ def render(rows: list[SummaryRow]) -> str:
     if notes:
         out += ["", *notes]
     return "\n".join(out)
+
+
+def publish_summary(rows: list[SummaryRow]) -> None:
+    """The table as the run's `hygge-summary` artifact in the Prefect UI."""
+    # the summary is also logged; an artifact hiccup must not fail the run
+    with contextlib.suppress(Exception):
+        create_table_artifact(
+            key="hygge-summary", table=[r.as_dict() for r in rows], description="hygge run summary"
+        )

@@ -23,6 +23,7 @@ from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock,
 from hygge_core import faults
 from hygge_core.arrow_types import unview
 from hygge_core.errors import HomeError, StoreError, is_transient
+from hygge_core.ledger_entry import LedgerEntry
 from hygge_tasks.boundary_spill import restore, spill
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
 from hygge_tasks.limits import home_slot
@@ -74,7 +75,7 @@ class EntityResult:
     seconds: float
     files: list[str]
     null_watermark_rows: int = 0
-    ledger_entry: dict[str, Any] | None = None
+    ledger_entry: LedgerEntry | None = None
     changed: bool = True
     #: the watermark after this run (unchanged when nothing new arrived), for reports
     watermark: dict[str, Any] | None = None
@@ -190,14 +191,19 @@ def move(
         if mode == "replace" and rows + carried == 0 and not plan.allow_empty:
             _refuse_empty_replace(plan, store)
         published = _reconcile(plan.name, writer, rows + carried)
-        ledger_watermark = spill(
-            store, plan.name, run_id, watermark.to_json() if watermark else None
+        reached = watermark.to_json() if watermark else None
+        entry = LedgerEntry(
+            # a large boundary set goes beside the data; the ledger keeps its digest
+            watermark=spill(store, plan.name, run_id, reached),
+            run_id=run_id,
+            rows=rows,
+            mode=mode,
+            committed_at=utc_now().isoformat(),
+            schema=guard.remembered,
+            identity=plan.identity,
         )
-        entry = _entry(ledger_watermark, run_id, rows, mode)
-        entry["schema"] = guard.remembered
-        if plan.identity is not None:
-            entry["identity"] = plan.identity
-        manifest = writer.commit_files(entry, rows + carried)
+        # the manifest keeps the entry as JSON until the flow commits it
+        manifest = writer.commit_files(entry.to_json(), rows + carried)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -219,7 +225,7 @@ def move(
         files=manifest.files,
         null_watermark_rows=boundary.null_rows if boundary else 0,
         ledger_entry=entry,
-        watermark=entry["watermark"],
+        watermark=entry.watermark,
         schema_change=note,
         ready_at=manifest.extra.get("ready_at") if manifest.state == "waiting" else None,
         rows_read=rows + carried,
@@ -295,16 +301,6 @@ def _protected(plan: EntityPlan) -> dict[str, str]:
         if column:
             out[column] = "watermark column"
     return out
-
-
-def _entry(watermark: dict[str, Any] | None, run_id: str, rows: int, mode: str) -> dict[str, Any]:
-    return {
-        "watermark": watermark,
-        "run_id": run_id,
-        "rows": rows,
-        "mode": mode,
-        "committed_at": utc_now().isoformat(),
-    }
 
 
 def _with_since(request: ReadRequest, since: Since) -> ReadRequest:

@@ -6,15 +6,18 @@ import datetime as dt
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
 import pytest
+import yaml
 
 import blocks
+from blocks import ParquetStore
 from blocks.base import ReadRequest
 from blocks.homes.sqlite import SqliteHome
 from hygge_core import faults
@@ -24,6 +27,7 @@ from tests.flow_helpers import (
     assert_lake_equals_source,
     events_rows,
     failed_row,
+    file_spec_for,
     spec_for,
     summary_row,
     ts,
@@ -312,3 +316,106 @@ def test_sqlite_column_null_for_a_whole_batch_then_text(tmp_path: Path, spec_nam
     assert got.schema["note"] == pl.String and got.schema["score"] == pl.Float64
     assert got["note"].to_list() == [None] * 250 + ["late ✓"] * 50
     assert got["score"].to_list() == [None] * 250 + [float(i) for i in range(250, 300)]
+
+
+class _Counts:
+    """How often one run plans each entity, asks its Store for data and lists its Home's files."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import blocks.homes.parquet as parquet_home
+        import flows.plan
+
+        self.plans: Counter[str] = Counter()
+        self.store_asks: Counter[str] = Counter()
+        self.home_lists: Counter[str] = Counter()
+        plan_entity, has_data = flows.plan.plan_entity, ParquetStore.has_data
+        resolve_files = parquet_home.resolve_files
+
+        def counted_plan(e: Any, *args: Any) -> Any:
+            self.plans[e.name] += 1
+            return plan_entity(e, *args)
+
+        def counted_has_data(store: ParquetStore, entity: str) -> bool:
+            self.store_asks[entity] += 1
+            return has_data(store, entity)
+
+        def counted_files(*args: Any) -> Any:
+            self.home_lists[args[-1]] += 1  # (base, path, suffixes, entity)
+            return resolve_files(*args)
+
+        monkeypatch.setattr(flows.plan, "plan_entity", counted_plan)
+        monkeypatch.setattr(ParquetStore, "has_data", counted_has_data)
+        monkeypatch.setattr(parquet_home, "resolve_files", counted_files)
+
+    def clear(self) -> None:
+        for counter in (self.plans, self.store_asks, self.home_lists):
+            counter.clear()
+
+
+def test_a_run_plans_each_entity_once(
+    tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the command line's run (its preflight, then the flow run) of incremental file entities:
+    # each is planned once, its Store asked once whether it has data, its files listed once
+    # (to read them); the flow planned three times and asked the Store five times
+    import flows.run
+    from flows.cli import main
+
+    monkeypatch.setattr(flows.run, "ECHO_SUMMARY", True)  # the command line turns it off
+    src = tmp_path / "src"
+    frame = pl.DataFrame({"id": range(20), "n": range(20)}, schema={"id": pl.Int64, "n": pl.Int64})
+    for name in ("a", "b"):
+        (src / name).mkdir(parents=True)
+        frame.slice(0, 10).write_parquet(src / name / "p0.parquet")
+    wm = {"column": "n", "keys": ["id"]}
+    spec = file_spec_for(
+        spec_name,
+        {"type": "parquet", "path": str(src)},
+        tmp_path / "lake",
+        [{"name": "a", "path": "a", "watermark": wm}, {"name": "b", "path": "b", "watermark": wm}],
+    )
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    counts = _Counts(monkeypatch)
+    assert main(["run", "--spec", str(path)]) == 0  # the first load
+    assert counts.plans == {"a": 1, "b": 1}
+    assert counts.store_asks == {"a": 1, "b": 1}
+    assert counts.home_lists == {"a": 1, "b": 1}
+
+    frame.slice(10, 10).write_parquet(src / "a" / "p1.parquet")
+    counts.clear()
+    assert main(["run", "--spec", str(path)]) == 0
+    ledger = ledger_of(spec)
+    assert [(ledger[e]["mode"], ledger[e]["rows"]) for e in "ab"] == [
+        ("append", 10),  # the new file's rows
+        ("replace", 10),  # nothing new: the first load's entry stands
+    ]
+    assert counts.plans == {"a": 1, "b": 1}
+    assert counts.store_asks == {"a": 1, "b": 1}
+    assert counts.home_lists == {"a": 1, "b": 1}
+    assert sorted(read_lake(tmp_path / "lake", "a")["id"].to_list()) == list(range(20))
+
+
+def test_a_run_that_recovers_plans_once_after_recovery(
+    tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a published run whose ledger save failed is committed by the next run's recovery, and
+    # that run then plans from the recovered watermark: once, with no replan
+    db = make_events_db(tmp_path / "src.sqlite", events_rows(0, 100))
+    lake = tmp_path / "lake"
+    spec = spec_for(spec_name, db, lake)
+    monkeypatch.setenv("HYGGE_FAULT", "flow.before_ledger:raise")
+    assert run_flow(spec).is_failed()  # published, not in the ledger
+    assert ledger_of(spec) == {}
+    monkeypatch.delenv("HYGGE_FAULT")
+    make_events_db(db, events_rows(100, 30))
+    counts = _Counts(monkeypatch)
+    state = run_flow(spec)
+    assert state.is_completed()
+    assert (summary_row(state, "events")["mode"], summary_row(state, "events")["rows"]) == (
+        "append",
+        30,
+    )
+    assert counts.plans == {"events": 1}
+    assert counts.store_asks == {"events": 1}
+    assert_lake_equals_source(lake, db)

@@ -1,0 +1,141 @@
+"""The parent flow's ledger writes: finishing interrupted runs, and committing finished entities.
+
+The parent is the ledger's only writer (`blocks.ledger`). Before a run moves anything,
+`recover` commits what an interrupted run published but did not commit. As entities finish,
+`Commits` saves their entries in one ledger save per batch, marks their manifests committed,
+journals each entity and records the assets, and keeps each entity's summary row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from blocks import WatermarkLedger
+from flows import assets
+from flows.assets import Committed
+from flows.journal import Journal
+from flows.plan import EntityBlocks, EntityJob
+from flows.spec import FlowSpec
+from flows.summary import SummaryRow
+from hygge_core import faults
+from hygge_core.ledger_entry import LedgerEntry
+from hygge_tasks.move import EntityResult
+
+#: entities that finish within this window share one ledger save (each save is several API
+#: calls and grows with the ledger: one per entity made 200 small entities take 90 s)
+LEDGER_BATCH_SECONDS = 1.0
+
+
+def recover(
+    entities: list[EntityBlocks], ledger: WatermarkLedger, spec: FlowSpec, logger: Any
+) -> None:
+    """Finish or undo what an interrupted run left, before anything new is planned."""
+    recovered: list[Committed] = []
+    for e in entities:
+        for manifest in e.store.recover(e.name):
+            logger.warning(
+                "%s: run %s published data but did not commit its watermark; committing it now",
+                e.name,
+                manifest.run_id,
+            )
+            # the manifest keeps the entry as JSON (`hygge_core.manifest`)
+            raw = manifest.ledger_entry
+            entry = None if raw is None else LedgerEntry.from_json(raw, e.name)
+            ledger.commit(spec.ledger_name, e.name, entry)
+            e.store.mark_committed(e.name, manifest.run_id)
+            recovered.append(
+                Committed(
+                    e.name,
+                    e.store,
+                    manifest.run_id,
+                    manifest.mode,
+                    manifest.rows,
+                    manifest.bytes,
+                    len(manifest.files),
+                    entry.watermark if entry else None,
+                )
+            )
+    if recovered:
+        assets.record(spec.name, recovered, logger)
+
+
+class Commits:
+    """Each entity's outcome as it comes back: committed in batches, journalled, summarised.
+
+    `started` is when each entity was handed to a worker (the scheduler's), for the journal.
+    """
+
+    def __init__(
+        self,
+        spec: FlowSpec,
+        ledger: WatermarkLedger,
+        journal: Journal,
+        started: dict[str, dt.datetime],
+        logger: Any,
+    ) -> None:
+        self.spec = spec
+        self.ledger = ledger
+        self.journal = journal
+        self.started = started
+        self.logger = logger
+        self.rows: dict[str, SummaryRow] = {}
+        #: published, not yet in the ledger
+        self.pending: list[tuple[EntityJob, EntityResult, dict[str, Any] | None]] = []
+
+    def before(self, entity: str) -> dict[str, Any] | None:
+        """The entity's watermark in the ledger before this run commits it."""
+        entry = self.ledger.entry(entity)
+        return entry.watermark if entry else None
+
+    def published(self, job: EntityJob, result: EntityResult, before: Any) -> None:
+        """Published: the ledger follows with the next `flush` (a crash before it is finished
+        by the next run's recovery)."""
+        self.pending.append((job, result, before))
+
+    def done(self, job: EntityJob, result: EntityResult, before: Any) -> None:
+        """Report an entity that finished (committed, or with nothing new to commit)."""
+        self.rows[job.plan.name] = SummaryRow.ok(result)
+        self.journal.ok(job.plan, job.store, result, before, self.started[job.plan.name])
+
+    def failed(self, job: EntityJob, exc: Exception, before: Any) -> None:
+        self.logger.error("%s: failed: %s", job.plan.name, exc)
+        self.rows[job.plan.name] = SummaryRow.failed(job.plan.name, job.plan.mode, exc)
+        self.journal.failed(job.plan, job.store, exc, before, self.started[job.plan.name])
+
+    def flush(self) -> None:
+        """Save the published entities' entries in one ledger save, then mark them."""
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        try:
+            faults.point("flow.before_ledger")
+            self.ledger.commit_many(
+                self.spec.ledger_name, {j.plan.name: r.ledger_entry for j, r, _ in batch}
+            )
+        except Exception as exc:
+            for job, _, before in batch:
+                self.failed(job, exc, before)
+            return
+        faults.point("flow.before_mark_committed")
+        committed: list[Committed] = []
+        for job, result, before in batch:
+            try:
+                job.store.mark_committed(job.plan.name, result.run_id)
+            except Exception as exc:
+                self.failed(job, exc, before)
+                continue
+            self.done(job, result, before)
+            committed.append(
+                Committed(
+                    job.plan.name,
+                    job.store,
+                    result.run_id,
+                    result.mode,
+                    result.rows,
+                    result.bytes,
+                    len(result.files),
+                    result.watermark,
+                )
+            )
+        assets.record(self.spec.name, committed, self.logger)
