@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from prefect.blocks.core import Block
 from prefect.types.names import MAX_ASSET_KEY_LENGTH, RESTRICTED_ASSET_CHARACTERS
-from pydantic import Field, HttpUrl
+from pydantic import ConfigDict, Field, HttpUrl
 
 from hygge_core.errors import StoreError
 from hygge_core.manifest import Manifest
@@ -64,8 +64,14 @@ class ReadRequest:
     since: Since | None = None
 
 
+#: a validation error never echoes what it was given: that may hold a password or a DSN
+HIDE_INPUT = ConfigDict(hide_input_in_errors=True)
+
+
 class HomeBlock(Block, ABC):
     """Where data lives. Subclasses read one entity as a stream of Arrow record batches."""
+
+    model_config = HIDE_INPUT
 
     _logo_url = LOGO
     #: the `type:` a spec uses for an inline Home of this class
@@ -156,6 +162,8 @@ class EntityWriter(ABC):
 
 class StoreBlock(Block, ABC):
     """Where data rests. Subclasses stage and publish as `docs/crash-safety.md` describes."""
+
+    model_config = HIDE_INPUT
 
     _logo_url = LOGO
     spec_type: ClassVar[str]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, model_validator
 
-from blocks.base import LOGO
+from blocks.base import HIDE_INPUT, LOGO
 from hygge_core.errors import ConfigError, HomeError
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -38,6 +38,8 @@ class PostgresCredentials(CredentialsBlock):
         credentials = PostgresCredentials.load("BLOCK_NAME")
         ```
     """
+
+    model_config = HIDE_INPUT
 
     _block_type_name = "PostgreSQL Credentials"
     _block_type_slug = "hygge-postgres-credentials"
@@ -191,6 +193,8 @@ class SqlServerCredentials(CredentialsBlock):
         credentials = SqlServerCredentials.load("BLOCK_NAME")
         ```
     """
+
+    model_config = HIDE_INPUT
 
     _block_type_name = "SQL Server Credentials"
     _block_type_slug = "hygge-sql-server-credentials"

@@ -36,7 +36,7 @@ NullPolicy = Literal["fail", "skip", "include"]
 class WatermarkSpec(BaseModel):
     """Which column moves forward, and which columns identify a row at the boundary."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     column: str | list[str] = Field(
         description="The column that moves forward, or a list compared as COALESCE(a, b, ...): "
         "`[modified, created]` when `modified` stays NULL until a row's first update.",
@@ -102,7 +102,7 @@ class WatermarkSpec(BaseModel):
 class EntitySpec(BaseModel):
     """One table or file set. Fields not listed here override the Home's or Store's settings."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
     name: str
     table: str | None = None
     query: str | None = None
@@ -145,7 +145,7 @@ class EntitySpec(BaseModel):
 class TaskRunnerSpec(BaseModel):
     """Where entity tasks run: threads in the flow's process, or an existing Dask cluster."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     type: Literal["threads", "dask"] = "threads"
     address: str | None = Field(
         default=None,
@@ -157,7 +157,7 @@ class TaskRunnerSpec(BaseModel):
 class FlowSpec(BaseModel):
     """A whole job: one Home, one Store, the entities that move between them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Lowercase; names the ledger.")
     home: str | dict[str, Any]
     store: str | dict[str, Any]
