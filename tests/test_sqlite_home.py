@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -16,7 +19,7 @@ import pytest
 import blocks.homes.sqlite as sqlite_home
 from blocks import SqliteHome
 from blocks.base import ReadRequest, Since
-from hygge_core.errors import ConfigError, HomeError
+from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
 from hygge_core.timestamps import NanoTimestamp
 
 
@@ -268,3 +271,65 @@ def test_sqlite_unknown_columns_fail_instead_of_reading_their_names(tmp_path: Pa
     said = r"SQLite rejected the SQL: near \"FROM\": syntax error; check the entity's `query`"
     with pytest.raises(HomeError, match=said):
         list(home.read(ReadRequest(entity="e", query="SELEC id FROM t")))
+
+
+def _hold_write_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process takes SQLite's exclusive lock on `db`, holds it, then commits a row.
+
+    A separate process: POSIX file locks never conflict within one process."""
+    code = (
+        "import sqlite3, sys, time\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE'); c.execute('INSERT INTO t VALUES (100)')\n"
+        "print('locked', flush=True)\n"
+        f"time.sleep({seconds}); c.execute('COMMIT')\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _locked_db(tmp_path: Path) -> Path:
+    db = tmp_path / "locked.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)])
+        con.commit()
+    return db
+
+
+def test_a_write_lock_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    db = _locked_db(tmp_path)
+    holder = _hold_write_lock(db, 1.5)
+    try:
+        rows = pa.Table.from_batches(
+            list(SqliteHome(path=str(db)).read(ReadRequest("e", table="t")))
+        )
+    finally:
+        holder.wait(timeout=30)
+    assert rows.num_rows == 11  # waited for the writer, then read what it committed
+
+
+def test_a_lock_that_outlasts_the_wait_is_transient_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _locked_db(tmp_path)
+    monkeypatch.setattr(sqlite_home, "_BUSY_TIMEOUT_MS", 200)
+    holder = _hold_write_lock(db, 5)
+    try:
+        with pytest.raises(TransientHomeError) as err:
+            list(SqliteHome(path=str(db)).read(ReadRequest("e", table="t")))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert f"SQLite database {str(db)!r} is locked by another process" in err.value.msg
+    assert is_transient(err.value)  # the entity task retries it
+
+
+def test_a_file_that_is_no_database_is_named_with_what_to_check(tmp_path: Path) -> None:
+    bad = tmp_path / "export.db"
+    bad.write_text("id,name\n1,a\n" * 100)
+    with pytest.raises(HomeError) as err:
+        list(SqliteHome(path=str(bad)).read(ReadRequest("e", table="t")))
+    assert f"SQLite database {str(bad)!r} is not a SQLite database or is damaged" in err.value.msg
+    assert "PRAGMA integrity_check" in err.value.msg

@@ -130,7 +130,7 @@ class SqliteHome(HomeBlock):
             if not sent:
                 yield pa.RecordBatch.from_pylist([], schema=schema)
         except adbc.Error as exc:
-            raise _error(exc, request.entity) from exc
+            raise _error(exc, request.entity, self.path) from exc
         finally:
             if isinstance(merged, Generator):
                 merged.close()  # stops the range threads before their connections close
@@ -146,7 +146,12 @@ class SqliteHome(HomeBlock):
 
         try:
             # read-only: a typo'd path must never create an empty database
-            return adbc.connect(f"file:{db.resolve()}?mode=ro")
+            conn = adbc.connect(f"file:{db.resolve()}?mode=ro")
+            with contextlib.closing(conn.cursor()) as cur:
+                # a writer's lock is waited for (then the read is retried), not failed at once
+                cur.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                cur.fetchall()
+            return conn
         except adbc.Error as exc:
             msg = f"cannot open SQLite database {self.path!r}: {exc}"
             raise HomeError(msg, entity=entity) from exc
@@ -363,13 +368,29 @@ class SqliteHome(HomeBlock):
         return out
 
 
-def _error(exc: Exception, entity: str) -> HomeError:
+#: how long a read waits for another process's write lock before it gives up (and is retried)
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def _error(exc: Exception, entity: str, path: str | None = None) -> HomeError:
     """A driver error as a HomeError that says what to fix (transient while the file is busy)."""
     import adbc_driver_sqlite.dbapi as adbc
 
     text = first_line(exc).split("Failed to prepare query: ", 1)[-1]
-    if isinstance(exc, adbc.OperationalError) and ("locked" in text or "busy" in text):
-        return TransientHomeError(f"SQLite database is busy: {text}", entity=entity)
+    where = f"SQLite database {path!r}" if path else "the SQLite database"
+    if "locked" in text or "busy" in text:
+        msg = (
+            f"{where} is locked by another process (a writer holds it): {text}; the entity is "
+            "retried (`retries`), or run it again once the writer is done"
+        )
+        return TransientHomeError(msg, entity=entity)
+    if "not a database" in text or "malformed" in text or "disk image" in text:
+        msg = (
+            f"{where} is not a SQLite database or is damaged ({text}): check that `path` "
+            "points at the database file itself and not at a copy still being written; "
+            "`sqlite3 FILE 'PRAGMA integrity_check'` shows the damage, and a backup restores it"
+        )
+        return HomeError(msg, entity=entity)
     if isinstance(exc, adbc.ProgrammingError):
         msg = f"SQLite rejected the SQL: {text}; check the entity's `query`, `columns` and `where`"
         return HomeError(msg, entity=entity)
