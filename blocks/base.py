@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -222,8 +222,12 @@ class StoreBlock(Block, ABC):
         """Names the area `exclusive` locks: stores with equal ids share one lock."""
 
     @abstractmethod
-    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
+    def exclusive(
+        self, owner: str, wait_seconds: float = 0.0, on_wait: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[None]:
         """Hold this Store for one flow run; raise `StoreError` if another run holds it.
+
+        While it waits (up to `wait_seconds`) it tells `on_wait`, once, who holds the Store.
 
         Recovery removes staging it does not own and a replace swaps whole tables, so two runs
         writing one Store at once must take turns.

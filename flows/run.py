@@ -18,6 +18,7 @@ if __name__ == "__main__":
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def hygge(
     run_id = _run_id()
     # the entities' Stores (entities may override the Store's settings); nothing is planned yet
     selected = blocks_of(plan, home, store, entities)
-    with _exclusive([e.store for e in selected], run_id, plan.lock_wait_seconds):
+    with _exclusive([e.store for e in selected], run_id, plan.lock_wait_seconds, logger.warning):
         # read the ledger only once the Stores are ours: a run before us may just have saved it
         ledger = WatermarkLedger.load_or_new(plan.ledger_name)
         recover(selected, ledger, plan, logger)
@@ -114,13 +115,15 @@ def _run_id() -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{suffix or uuid.uuid4().hex[:8]}"
 
 
-def _exclusive(stores: list[StoreBlock], run_id: str, wait_seconds: float) -> ExitStack:
+def _exclusive(
+    stores: list[StoreBlock], run_id: str, wait_seconds: float, on_wait: Callable[[str], None]
+) -> ExitStack:
     """Lock every distinct Store area this run writes, in a fixed order (no deadlock)."""
     stack = ExitStack()
     unique = {s.lock_id(): s for s in stores}
     try:
         for key in sorted(unique):
-            stack.enter_context(unique[key].exclusive(run_id, wait_seconds))
+            stack.enter_context(unique[key].exclusive(run_id, wait_seconds, on_wait))
     except BaseException:
         stack.close()
         raise

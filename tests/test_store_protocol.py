@@ -6,6 +6,7 @@ OneLake and Open Mirroring Stores (not faked: every call is a real request).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import blocks
 from blocks.base import EntityWriter, StoreBlock
 from blocks.stores import AdlsStore, OneLakeStore, OpenMirroringStore, ParquetStore
 from blocks.stores.protocol import KEEP_COMMITTED, PublishingStore
+from hygge_core.errors import StoreError
 from hygge_core.faults import InjectedFault
 from tests.azurite import Azurite
 
@@ -157,3 +159,21 @@ def test_state_objects_are_kept_per_entity(make_store: Make) -> None:
     load(store, "r1", [5])
     assert rows_of(store, "t") == [5]
     assert store.manifest_ids("t") == ["r1"]
+
+
+def test_one_run_at_a_time_and_a_queued_run_says_whom_it_waits_for(make_store: Make) -> None:
+    store = make_store()
+    said: list[str] = []
+    with (
+        store.exclusive("run-a"),
+        pytest.raises(StoreError, match="another hygge run is writing to"),
+        store.exclusive("run-b", 1.5, said.append),
+    ):
+        pytest.fail("two runs held one Store")
+    assert len(said) == 1  # once, not once per retry of the lock
+    assert "waiting up to 1.5 s (`lock_wait_seconds`)" in said[0]
+    assert f"run run-a, pid {os.getpid()}" in said[0]
+    # released: the next run takes it at once, and says nothing
+    with store.exclusive("run-c", 5, said.append):
+        pass
+    assert len(said) == 1

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient
 
+from blocks.stores.protocol import waiting_message
 from hygge_core.errors import StoreError, TransientStoreError, first_line
 
 if TYPE_CHECKING:
@@ -335,7 +336,11 @@ def with_retries(fn: Any, attempts: int = 6, first_delay: float = 1.0) -> Any:
 
 @contextmanager
 def lease_lock(
-    area: BlobArea, owner: str, wait_seconds: float = 0.0, lease_seconds: int = 60
+    area: BlobArea,
+    owner: str,
+    wait_seconds: float = 0.0,
+    lease_seconds: int = 60,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
     """Hold `<root>/_hygge.lock` with a blob lease for the duration.
 
@@ -354,6 +359,7 @@ def lease_lock(
     except AzureError as exc:
         raise store_error(exc, f"cannot create the Store's lock blob {name!r}") from exc
     deadline = time.monotonic() + wait_seconds
+    told = False
     while True:
         try:
             lease = blob.acquire_lease(lease_duration=lease_seconds)
@@ -361,6 +367,9 @@ def lease_lock(
         except HttpResponseError as exc:
             if getattr(exc, "error_code", None) != "LeaseAlreadyPresent":
                 raise store_error(exc, f"cannot lock the Store at {where}") from exc
+            if not told and on_wait is not None and wait_seconds > 0:
+                on_wait(waiting_message(where, _holder(blob), wait_seconds))
+                told = True
             if time.monotonic() >= deadline:
                 msg = (
                     f"another hygge run is writing to {where} ({_holder(blob)}); runs that share "

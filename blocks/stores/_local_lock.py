@@ -11,16 +11,23 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from blocks.stores.protocol import waiting_message
 from hygge_core.errors import StoreError
 
 
 @contextmanager
-def exclusive(directory: Path, owner: str, wait_seconds: float = 0.0) -> Iterator[None]:
-    """Hold `<directory>/_hygge.lock` for the duration; wait up to `wait_seconds` for it."""
+def exclusive(
+    directory: Path,
+    owner: str,
+    wait_seconds: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold `<directory>/_hygge.lock` for the duration; wait up to `wait_seconds` for it,
+    telling `on_wait` once who holds it."""
     path = directory / "_hygge.lock"
     if directory.exists() and not directory.is_dir():
         msg = f"the Store's path {str(directory)!r} is a file, not a directory; point `path` at one"
@@ -36,11 +43,15 @@ def exclusive(directory: Path, owner: str, wait_seconds: float = 0.0) -> Iterato
         raise StoreError(msg) from exc
     try:
         deadline = time.monotonic() + wait_seconds
+        told = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not told and on_wait is not None and wait_seconds > 0:
+                    on_wait(waiting_message(str(directory), _holder(path), wait_seconds))
+                    told = True
                 if time.monotonic() >= deadline:
                     holder = _holder(path)
                     msg = (

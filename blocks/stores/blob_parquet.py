@@ -193,8 +193,10 @@ class BlobStoreBase(PublishingStore):
         ]
         return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
-    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
-        return lease_lock(self.area(), owner, wait_seconds, self.lease_seconds)
+    def exclusive(
+        self, owner: str, wait_seconds: float = 0.0, on_wait: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[None]:
+        return lease_lock(self.area(), owner, wait_seconds, self.lease_seconds, on_wait)
 
 
 class BlobParquetStore(BlobStoreBase):

@@ -27,7 +27,7 @@ import datetime as dt
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -155,8 +155,10 @@ class OpenMirroringStore(BlobStoreBase):
     def lock_id(self) -> str:
         return f"blob:{self.state().url()}"
 
-    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
-        return lease_lock(self.state(), owner, wait_seconds, self.lease_seconds)
+    def exclusive(
+        self, owner: str, wait_seconds: float = 0.0, on_wait: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[None]:
+        return lease_lock(self.state(), owner, wait_seconds, self.lease_seconds, on_wait)
 
     def describe(self, entity: str) -> str:
         return f"open mirroring {self.area().url()}/{self.table_folder(entity)}/"

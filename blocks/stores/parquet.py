@@ -23,7 +23,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import ClassVar
@@ -117,8 +117,10 @@ class ParquetStore(PublishingStore):
     def lock_id(self) -> str:
         return f"parquet:{self._root.resolve()}"
 
-    def exclusive(self, owner: str, wait_seconds: float = 0.0) -> AbstractContextManager[None]:
-        return exclusive(self._root, owner, wait_seconds)
+    def exclusive(
+        self, owner: str, wait_seconds: float = 0.0, on_wait: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[None]:
+        return exclusive(self._root, owner, wait_seconds, on_wait)
 
     def has_data(self, entity: str) -> bool:
         return self.table_dir(entity).is_dir()

@@ -47,6 +47,14 @@ KEEP_COMMITTED = 10
 DEFERRED = ("dropping", "waiting", "publishing")
 
 
+def waiting_message(where: str, holder: str, wait_seconds: float) -> str:
+    """What a run says, once, when it queues for a Store another run holds (`exclusive`)."""
+    return (
+        f"waiting up to {wait_seconds:g} s (`lock_wait_seconds`) for another hygge run writing "
+        f"to {where} ({holder}) to finish"
+    )
+
+
 @dataclass
 class Staged:
     """What a writer staged: final file names, their bytes, and Store-specific manifest data."""
