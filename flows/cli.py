@@ -158,6 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(targets, api=True, run_type=args.run_type)
     from flows.runner import run_targets
 
+    if not args.verbose:
+        from flows.console import quiet_failures
+
+        quiet_failures()
+
     return run_targets(targets, args.run_type, args.concurrency)
 
 
@@ -263,6 +268,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         help="load only new rows where a watermark is configured (the usual default)",
     )
     p.add_argument("--concurrency", type=int, metavar="N", help="entities moving at once")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Prefect's own failure records and tracebacks (the run logs keep them)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -56,5 +56,12 @@ def _report(state: Any) -> tuple[str, bool]:
         message = str(exc)
         summary = getattr(exc, "summary", None)
         table = render([SummaryRow(**r) for r in summary]) + "\n" if summary else ""
+        if summary:
+            # each failure was reported on its own line as it happened: name them, once
+            failed = [r["entity"] for r in summary if r["status"].lower() == "failed"]
+            message = (
+                f"{len(failed)} of {len(summary)} entities failed: {', '.join(failed)}; each "
+                "one's cause and fix is above, and the Prefect run logs keep the details"
+            )
     print(f"hygge: run {state.name}: {message}", file=sys.stderr)
     return table.rstrip("\n"), False

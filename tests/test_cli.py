@@ -132,3 +132,32 @@ def test_cli_exits_nonzero_when_an_entity_fails(tmp_path: Path, prefect_server: 
     assert "1 of 2 entities failed: bad" in result.stderr
     assert "table 'missing' does not exist" in result.stderr
     assert pl.read_parquet(sorted((tmp_path / "lake" / "good").glob("*.parquet"))).height == 10
+    # the failure is said once, as one line with its cause, then in the summary: no traceback
+    assert result.stderr.count("bad: failed: entity 'bad':") == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Finished in state Failed" not in result.stderr
+    # --verbose prints Prefect's own records too (the run logs always keep them)
+    verbose = run_cli(["--spec", str(spec), "--verbose"], tmp_path, prefect_server)
+    assert verbose.returncode == 1
+    assert "Finished in state Failed" in verbose.stderr
+    assert "Traceback" in verbose.stderr
+
+    # a transient failure that is retried says so in one line, without its traceback
+    spec.write_text(spec.read_text().replace("retries: 0", "retries: 1\nretry_delay_seconds: 0"))
+    retried = subprocess.run(
+        [sys.executable, "-m", "flows.run", "--spec", str(spec), "--entity", "good"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PREFECT_API_URL": prefect_server,
+            "PYTHONPATH": str(REPO),
+            "HYGGE_FAULT": "stage.after_batch@1:transient",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert retried.returncode == 0, retried.stderr
+    assert "Retry 1/" in retried.stderr
+    assert "Traceback" not in retried.stderr
