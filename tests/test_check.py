@@ -471,6 +471,7 @@ def test_blob_store_missing_container_or_wrong_key_fails_with_the_fix(
 # -- the spec itself --------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # its second half looks a saved block up on the Prefect server
 def test_an_unknown_setting_or_entity_is_a_spec_line_and_the_rest_is_still_checked(
     tmp_path: Path,
 ) -> None:
