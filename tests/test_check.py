@@ -22,8 +22,8 @@ from flows.spec import parse_spec
 from tests.azurite import ACCOUNT, Azurite
 from tests.conftest import make_events_db
 from tests.flow_helpers import events_rows
+from tests.pg_odbc import PgOdbcHome, pg_odbc_home
 from tests.pg_server import PgServer, free_port, pg_home
-from tests.test_mssql_home import PgOdbcHome, pg_odbc_home
 
 
 def spec(home: Any, store: Any, *entities: dict[str, Any]) -> Any:
