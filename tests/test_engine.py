@@ -312,10 +312,10 @@ def test_a_corrupt_parquet_file_is_named_and_nothing_is_published(tmp_path: Path
         ParquetStore(path=str(tmp_path / "lake")),
         ReadRequest(entity="broken", path="broken.parquet"),
     )
-    with pytest.raises(HyggeError) as info:
+    with pytest.raises(HomeError) as info:
         engine.run()
     message = str(info.value)
-    assert "broken.parquet" in message
-    assert not (tmp_path / "lake" / "broken").exists() or not list(
-        (tmp_path / "lake" / "broken").glob("*.parquet")
-    )
+    assert message.startswith("entity 'broken': file ")
+    assert f"{src / 'broken.parquet'}' is not a readable Parquet file" in message
+    assert "write it again or remove it" in message
+    assert not list((tmp_path / "lake").glob("broken/*.parquet"))
