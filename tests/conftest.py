@@ -142,10 +142,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
         if tier == "fast":
             item.add_marker(pytest.mark.filterwarnings("error", *FAST_TIER_WARNING_FILTERS))
+    # one process runs the tiers in turn: fast failures show first, and the Prefect server
+    # (with its background workers) starts only after the last fast test
+    items.sort(key=lambda item: TIERS.index(_tier_of(item)))
 
 
 def _tier_of(item: pytest.Item) -> str:
-    return next(t for t in TIERS if item.get_closest_marker(t))
+    return next((t for t in TIERS if item.get_closest_marker(t)), "integration")
 
 
 @pytest.fixture(scope="session")
