@@ -186,6 +186,8 @@ def _tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> No
         no_api()
 
     def no_process(self: Any, args: Any, *_: Any, **__: Any) -> None:
+        if "prefect.server" in str(args):  # with no API URL, Prefect starts a temporary server
+            no_api()
         _refuse(f"it started a process ({args!r})", nodeid)
 
     monkeypatch.setattr(PrefectClient, "__aenter__", no_api_async)
