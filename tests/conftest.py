@@ -1,6 +1,6 @@
 """Shared fixtures, the test tiers, and small real sources.
 
-Every test lands in one tier (a marker; README "Running the tests"):
+Every test lands in one tier, a marker (README.md, under "Run the tests"):
 
 - `fast`: no Prefect server, no services, no processes. The engine and the blocks, called
   directly on real SQLite, CSV and Parquet files. Warnings are errors here.
