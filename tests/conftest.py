@@ -71,6 +71,8 @@ def _names_in(code: types.CodeType) -> Iterator[str]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             yield from _names_in(const)
+        elif const in SERVICE_FIXTURES:  # `request.getfixturevalue("azurite")`
+            yield const
 
 
 TESTS = Path(__file__).parent
@@ -119,7 +121,7 @@ def _derived_tier(item: pytest.Function) -> str:
     for defs in item._fixtureinfo.name2fixturedefs.values():
         if not defs[-1].func.__module__.endswith("conftest"):  # the tiers' own fixtures
             names |= _reached_names(defs[-1].func)
-    return "integration" if INTEGRATION_NAMES & names else "fast"
+    return "integration" if (INTEGRATION_NAMES | SERVICE_FIXTURES) & names else "fast"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

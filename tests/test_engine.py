@@ -64,8 +64,8 @@ class Engine:
         )
         self.runs += 1
         result = move(plan, self.home, self.store, f"run{self.runs}", LOG)
-        if result.ledger_entry is not None:  # what the flow commits to the ledger
-            self.entry = result.ledger_entry
+        if result.ledger_entry is not None:  # what the flow commits: the entry's JSON
+            self.entry = result.ledger_entry.to_json()
         return result
 
 
