@@ -22,8 +22,8 @@ from flows.spec import parse_spec
 from tests.azurite import ACCOUNT, Azurite
 from tests.conftest import make_events_db
 from tests.flow_helpers import events_rows
+from tests.pg_odbc import PgOdbcHome, pg_odbc_home
 from tests.pg_server import PgServer, free_port, pg_home
-from tests.test_mssql_home import PgOdbcHome, pg_odbc_home
 
 
 def spec(home: Any, store: Any, *entities: dict[str, Any]) -> Any:
@@ -471,6 +471,7 @@ def test_blob_store_missing_container_or_wrong_key_fails_with_the_fix(
 # -- the spec itself --------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # its second half looks a saved block up on the Prefect server
 def test_an_unknown_setting_or_entity_is_a_spec_line_and_the_rest_is_still_checked(
     tmp_path: Path,
 ) -> None:

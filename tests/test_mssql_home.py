@@ -24,7 +24,7 @@ import re
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -34,11 +34,11 @@ import blocks
 from blocks import MssqlHome, SqlServerCredentials
 from blocks.base import ReadRequest, Since
 from blocks.homes import _odbc
-from blocks.homes._sql import POSTGRES, Dialect
 from blocks.homes.mssql import Column, describe_sql, tsql_column
 from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
 from hygge_core.timestamps import NanoTimestamp
 from tests.conftest import ledger_of, run_flow
+from tests.pg_odbc import PgOdbcHome, pg_odbc_home
 from tests.pg_server import PgServer, free_port
 
 SECRET = "pa;ss}w=rd{x"
@@ -371,37 +371,6 @@ def test_sql_server_credentials_need_exactly_one_login() -> None:
 
 
 # --- the shared ODBC read path, end to end on PostgreSQL ---------------------------------
-
-
-class PgOdbcHome(MssqlHome):
-    """MssqlHome's read path against PostgreSQL via psqlODBC (see the module docstring)."""
-
-    _block_type_slug = "test-pg-odbc-home"
-    spec_type = "pg-odbc"
-    dialect: ClassVar[Dialect] = POSTGRES
-
-    def connection_string(self) -> str:
-        # psqlODBC reads values literally (no `{}`); BoolsAsChar=0 keeps booleans boolean
-        assert self.credentials.password is not None
-        return (
-            f"Driver={{PostgreSQL Unicode}};Server={self.host};Port={self.port};"
-            f"Database={self.database};UID={self.credentials.username};"
-            f"PWD={self.credentials.password.get_secret_value()};BoolsAsChar=0;"
-        )
-
-    def columns(self, opts: Any, base: str, request: ReadRequest) -> list[Column]:
-        return self.probe_columns(opts, base, request)
-
-
-def pg_odbc_home(pg: PgServer, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "pg-odbc",
-        "host": pg.host,
-        "port": pg.port,
-        "database": pg.dbname,
-        "credentials": {"username": pg.user, "password": pg.password},
-        **extra,
-    }
 
 
 def test_odbc_path_moves_a_table_fully_and_incrementally(

@@ -36,8 +36,8 @@ from blocks.homes import _odbc
 from blocks.homes.mssql import tsql_column
 from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
 from tests.conftest import run_flow
+from tests.pg_odbc import PgOdbcHome, pg_odbc_home
 from tests.pg_server import PgServer, free_port
-from tests.test_mssql_home import PgOdbcHome, pg_odbc_home
 
 # shaped like a JWT (header.payload.signature, base64url); no service would accept it
 TOKEN = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,6 @@ from hygge_core.faults import InjectedFault
 from hygge_core.manifest import Manifest
 
 ENTRY = {"watermark": {"column": "id", "kind": "int", "value": 9, "boundary": ["9"]}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def prefect_server() -> Iterator[None]:
-    """The Store works on plain files: don't start the session's Prefect test server here."""
-    yield
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,12 +29,6 @@ from flows.spec import FlowSpec, load_spec
 from hygge_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def prefect_server() -> Iterator[None]:
-    """Nothing here talks to Prefect: don't start the session's test server for this module."""
-    yield
 
 
 def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,6 @@ from blocks import SqliteHome
 from blocks.base import ReadRequest, Since
 from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
 from hygge_core.timestamps import NanoTimestamp
-
-
-@pytest.fixture(autouse=True, scope="module")
-def prefect_server() -> Iterator[None]:
-    """No flow runs here: don't start the session's Prefect test server for this module."""
-    yield
 
 
 def test_sqlite_select_is_built_by_the_shared_builders() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -16,12 +15,6 @@ from hygge_core.errors import ConfigError
 from hygge_tasks.watermark import BoundaryFilter, NanoTimestamp, Watermark
 
 UTC = dt.UTC
-
-
-@pytest.fixture(autouse=True, scope="module")
-def prefect_server() -> Iterator[None]:
-    """Pure Arrow logic: don't start the session's Prefect test server for this module."""
-    yield
 
 
 def rows(col_type: pa.DataType, ids: list[Any], values: list[Any], **extra: Any) -> pa.RecordBatch:
