@@ -192,6 +192,12 @@ class StoreBlock(Block, ABC):
         """
         return None
 
+    def for_entity(self, keys: list[str], watermark_columns: list[str]) -> StoreBlock:
+        """This Store for an entity whose rows its watermark `keys` identify and whose
+        `watermark_columns` order their versions: a Store that merges by key takes them as
+        its defaults (the Delta Store); others ignore them (the default: `self`)."""
+        return self
+
     @abstractmethod
     def describe(self, entity: str) -> str:
         """Where the entity lands, for dry runs and logs (no secrets)."""
