@@ -26,7 +26,7 @@ from deltalake import DeltaTable
 from blocks import STORES, DeltaStore
 from blocks.stores import _delta_log
 from hygge_core import faults
-from hygge_core.errors import StoreError
+from hygge_core.errors import StoreError, is_transient
 from tests.conftest import ledger_of, run_flow
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
@@ -254,6 +254,22 @@ class TestDeltaRecovery:
         assert DeltaTable(store.table_uri("t")).version() == 1
         assert rows(store) == [(1, "a", utc(0)), (2, "b-new", utc(2)), (3, "c", utc(1))]
 
+    def test_an_error_after_the_commit_is_not_retried(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = DeltaStore(path=str(tmp_path / "lake"))
+        load(store, "r1", "replace", batch([(1, "a", 0)]))
+        monkeypatch.setenv("HYGGE_FAULT", "publish.before_mark:transient")
+        writer = store.open_writer("t", "r2", "append")
+        writer.write(batch([(2, "b", 1)]))
+        with pytest.raises(StoreError, match="commit is in the table") as caught:
+            writer.commit_files({"watermark": "r2"}, 1)
+        assert not is_transient(caught.value)  # a retry would append the rows again
+        writer.abort()
+        monkeypatch.delenv("HYGGE_FAULT")
+        assert [m.run_id for m in store.recover("t")] == ["r2"]
+        assert rows(store) == [(1, "a", utc(0)), (2, "b", utc(1))]
+
     def test_a_failed_attempt_is_rolled_back_and_leaves_the_table(
         self, keyed: DeltaStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -393,3 +409,19 @@ def test_a_run_killed_at_the_commit_is_finished_once(
     src.assert_exact(f"after a kill at {point}")
     # the rerun found the run's commit (or made it) and added none of its own
     assert DeltaTable(str(src.lake / "items")).version() == 1
+
+
+def test_an_append_killed_after_its_commit_is_not_doubled(
+    tmp_path: Path, spec_name: str, prefect_server: str
+) -> None:
+    src = Source(tmp_path, spec_name)
+    src.spec["entities"][0]["watermark"]["keys"] = []  # no keys: incremental runs append
+    src.insert(range(1, 501))
+    assert src.cli(prefect_server) == 0, src.output
+    src.insert(range(501, 801))
+    assert src.cli(prefect_server, fault="publish.before_mark") == -signal.SIGKILL, src.output
+    assert src.cli(prefect_server) == 0, src.output
+    src.assert_exact("after a kill after the append's commit")
+    history = DeltaTable(str(src.lake / "items")).history()
+    assert [h["operation"] for h in history] == ["WRITE", "WRITE"]
+    assert history[0]["operationParameters"]["mode"] == "Append"

@@ -278,6 +278,23 @@ class DeltaWriter(ParquetWriter):
         }
         return staged
 
+    def publish_error(self, exc: BaseException) -> StoreError:
+        error = self.store.backend_error(exc, "cannot publish to the Store", self.entity)
+        try:
+            manifest = self.store.load_manifest(self.entity, self.run_id)
+            done = manifest is not None and self.store._committed(manifest)
+        except self.store.backend_errors:
+            return error
+        if not done:
+            return error
+        # a retry would re-read the rows this commit holds and apply them again: the entity
+        # fails instead, and the next run's recovery records the commit
+        msg = (
+            f"the run's Delta commit is in the table, but recording it failed "
+            f"({first_line(exc)}); the next run records it and moves the watermark"
+        )
+        return StoreError(msg, entity=self.entity)
+
     def discard_staging(self) -> None:
         remove_staging(self.staged)
         shutil.rmtree(self.staged, ignore_errors=True)
