@@ -162,6 +162,9 @@ class StoreBlock(Block, ABC):
     #: why this Store cannot change a published column's type (None: it can, by rewriting the
     #: table); schema drift's `evolve` refuses type changes with this explanation
     type_change_refusal: ClassVar[str | None] = None
+    #: whether an incremental run may add columns to the published table as it writes (Delta's
+    #: schema merge); otherwise schema drift's `evolve` rewrites the table once (carry-over)
+    evolves_in_place: ClassVar[bool] = False
 
     @abstractmethod
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> EntityWriter:

@@ -177,6 +177,18 @@ class TestDeltaStore:
         with pytest.raises(StoreError, match=r"v: string -> double.*--full-drop"):
             load(keyed, "r2", "append", other)
 
+    def test_new_columns_join_the_table_in_the_runs_own_commit(self, keyed: DeltaStore) -> None:
+        load(keyed, "r1", "replace", batch([(1, "a", 0), (2, "b", 0)]))
+        wider = batch([(2, "b-new", 1), (3, "c", 1)]).append_column("w", pa.array([7, None]))
+        manifest = load(keyed, "r2", "append", wider)
+        assert manifest.extra["add_columns"] is True
+        assert rows(keyed) == [
+            (1, "a", utc(0), None),
+            (2, "b-new", utc(1), 7),
+            (3, "c", utc(1), None),
+        ]
+        assert DeltaTable(keyed.table_uri("t")).version() == 1  # no rewrite of the table
+
     def test_reads_counts_and_names_the_table(self, keyed: DeltaStore) -> None:
         assert not keyed.has_data("t")
         assert keyed.published_rows("t") is None
@@ -391,6 +403,28 @@ def test_flow_updates_stay_one_row_per_key(tmp_path: Path, spec_name: str) -> No
     assert run_flow(src.spec, run_type="full_drop").is_completed()
     src.assert_exact("after a full drop")
     assert DeltaTable(str(src.lake / "items")).history(1)[0]["operation"] == "WRITE"
+
+
+def test_flow_evolves_the_schema_by_merge(tmp_path: Path, spec_name: str) -> None:
+    src = Source(tmp_path, spec_name)
+    src.spec["entities"][0]["schema"] = {"on_drift": "evolve"}
+    src.insert(range(1, 201))
+    assert run_flow(src.spec).is_completed()
+    con = sqlite3.connect(src.db)
+    con.execute("ALTER TABLE items ADD COLUMN color TEXT")
+    con.commit()
+    con.close()
+    src.update(range(1, 6), "recoloured")
+    con = sqlite3.connect(src.db)
+    con.execute("UPDATE items SET color = 'red' WHERE id <= 5")
+    con.commit()
+    con.close()
+    assert run_flow(src.spec).is_completed()
+    src.assert_exact("after a new column")
+    got = pl.read_delta(str(src.lake / "items")).sort("id")
+    assert got["color"].to_list() == ["red"] * 5 + [None] * 195
+    history = DeltaTable(str(src.lake / "items")).history()
+    assert [h["operation"] for h in history] == ["MERGE", "WRITE"]  # merged, not rewritten
 
 
 @pytest.mark.parametrize("point", ["publish.after_prepare", "publish.before_mark"])

@@ -92,6 +92,7 @@ def write_run(
     kind: DeltaKind,
     files: Sequence[Path],
     *,
+    add_columns: bool,
     keys: list[str],
     order: list[str],
     props: CommitProperties,
@@ -109,6 +110,7 @@ def write_run(
             predicate=merge_predicate(keys),
             source_alias="s",
             target_alias="t",
+            merge_schema=add_columns,
             writer_properties=writer,
             commit_properties=props,
         )
@@ -129,7 +131,9 @@ def write_run(
         "commit_properties": props,
     }
     if kind == "append" and exists:
-        write_deltalake(uri, data, mode="append", **common)
+        write_deltalake(
+            uri, data, mode="append", schema_mode="merge" if add_columns else None, **common
+        )
     else:
         # a replace takes the source's schema as it is now (full_drop, drift evolve)
         schema_mode: Literal["overwrite"] | None = "overwrite" if exists else None

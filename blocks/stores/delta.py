@@ -69,6 +69,13 @@ class DeltaStore(ParquetStore):
     _description = "A local directory of Delta Lake tables as a hygge Store."
     spec_type = "delta"
     transactional: ClassVar[bool] = True
+    # schema drift's `evolve` adds columns in the run's own commit (Delta's schema merge)
+    evolves_in_place: ClassVar[bool] = True
+    type_change_refusal = (
+        "a Delta table's column types stay as written (delta-rs merges new columns into a "
+        "table's schema, it does not widen existing ones); run this entity with --full-drop "
+        "to rebuild the table with the new type"
+    )
 
     path: str = Field(description="Directory that holds one Delta table per entity.")
     merge_keys: list[str] | None = Field(
@@ -206,6 +213,7 @@ class DeltaStore(ParquetStore):
             self.storage_options(),
             extra["delta"],
             [staged / n for n in manifest.files],
+            add_columns=bool(extra.get("add_columns")),
             keys=list(extra.get("keys") or []),
             order=list(extra.get("order") or []),
             props=log.commit_properties(manifest.run_id, int(extra["txn"]), entity),
@@ -252,6 +260,8 @@ class DeltaWriter(ParquetWriter):
             "overwrite" if mode == "replace" else "merge" if store.merge_keys else "append"
         )
         self._delta_schema: pa.Schema | None = None
+        #: the run adds columns to the table (schema drift's `evolve`)
+        self.adds_columns = False
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._delta_schema is None:
@@ -275,6 +285,7 @@ class DeltaWriter(ParquetWriter):
             "txn": txn,
             "keys": list(self.store.merge_keys or []) if self.kind == "merge" else [],
             "order": list(self.store.merge_order or []) if self.kind == "merge" else [],
+            "add_columns": self.adds_columns,
         }
         return staged
 
@@ -331,4 +342,13 @@ class DeltaWriter(ParquetWriter):
             existing = self.store.table_schema(self.entity)
         except DeltaError as exc:
             raise self.store.backend_error(exc, "cannot read the Delta table", self.entity) from exc
-        return schema if existing is None else appendable(existing, schema, self.entity)
+        if existing is None:
+            return schema
+        before = {f.name: f.type for f in comparable(existing)}
+        after = {f.name: f.type for f in comparable(schema)}
+        if set(after) > set(before) and all(after[n] == t for n, t in before.items()):
+            # only new columns: the drift guard let them through (`evolve`), and the commit
+            # merges them into the table's schema; earlier rows read them as NULL
+            self.adds_columns = True
+            return schema
+        return appendable(existing, schema, self.entity)
