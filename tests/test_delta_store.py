@@ -23,7 +23,7 @@ import pytest
 import yaml
 from deltalake import DeltaTable
 
-from blocks import STORES, DeltaStore
+from blocks import HOMES, STORES, DeltaStore
 from blocks.stores import _delta_log
 from hygge_core import faults
 from hygge_core.errors import StoreError, is_transient
@@ -170,6 +170,36 @@ class TestDeltaStore:
         with pytest.raises(StoreError, match=r"'t' \(time64\[us\]\): Delta has no time-of-day"):
             load(store, "r2", "replace", clock)
         assert not store.has_data("t")
+
+    def test_a_merge_key_the_rows_lack_is_refused_by_name(self, tmp_path: Path) -> None:
+        store = DeltaStore(path=str(tmp_path / "lake"), merge_keys=["sku"])
+        with pytest.raises(StoreError, match=r"needs column\(s\) 'sku'.*`merge_keys`"):
+            load(store, "r1", "append", batch([(1, "a", 0)]))
+
+    def test_an_entity_sets_its_merge_keys_in_the_spec(self, tmp_path: Path) -> None:
+        from flows.plan import entity_blocks, resolve_block
+        from flows.spec import parse_spec
+
+        spec = parse_spec(
+            {
+                "name": "x",
+                "home": {"type": "sqlite", "path": str(tmp_path / "s.sqlite")},
+                "store": {"type": "delta", "path": str(tmp_path / "lake")},
+                "entities": [
+                    {"name": "a", "watermark": {"column": "ts", "keys": ["id"]}},
+                    {"name": "b", "watermark": {"column": "ts"}, "merge_keys": ["sku"]},
+                    {"name": "c", "watermark": {"column": "ts"}},
+                ],
+            }
+        )
+        home = resolve_block(spec.home, HOMES, "home")
+        store = resolve_block(spec.store, STORES, "store")
+        got = {}
+        for e in spec.entities:
+            _, e_store = entity_blocks(e, home, store)  # type: ignore[arg-type]
+            assert isinstance(e_store, DeltaStore)
+            got[e.name] = (e_store.merge_keys, e_store.merge_order)
+        assert got == {"a": (["id"], ["ts"]), "b": (["sku"], ["ts"]), "c": (None, ["ts"])}
 
     def test_an_append_with_another_schema_is_refused(self, keyed: DeltaStore) -> None:
         load(keyed, "r1", "replace", batch([(1, "a", 0)]))
