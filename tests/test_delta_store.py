@@ -489,3 +489,53 @@ def test_an_append_killed_after_its_commit_is_not_doubled(
     history = DeltaTable(str(src.lake / "items")).history()
     assert [h["operation"] for h in history] == ["WRITE", "WRITE"]
     assert history[0]["operationParameters"]["mode"] == "Append"
+
+
+@pytest.mark.parametrize("point", ["publish.after_prepare", "publish.before_mark"])
+def test_a_full_drop_killed_at_the_commit_shows_the_old_or_the_new_table(
+    tmp_path: Path, spec_name: str, prefect_server: str, point: str
+) -> None:
+    src = Source(tmp_path, spec_name)
+    src.spec["run_type"] = "full_drop"
+    src.insert(range(1, 401))
+    assert src.cli(prefect_server) == 0, src.output
+    src.update(range(1, 21), "changed")
+    src.insert(range(401, 451))
+    assert src.cli(prefect_server, fault=point) == -signal.SIGKILL, src.output
+    seen = pl.read_delta(str(src.lake / "items"))
+    assert seen.height == (450 if point == "publish.before_mark" else 400)
+    assert src.cli(prefect_server) == 0, src.output
+    src.assert_exact(f"after a full drop killed at {point}")
+
+
+def test_merges_survive_kills_at_moments_nobody_chose(
+    tmp_path: Path, spec_name: str, prefect_server: str
+) -> None:
+    import random
+    import time
+
+    src = Source(tmp_path, spec_name)
+    src.insert(range(1, 3001))
+    assert src.cli(prefect_server) == 0, src.output
+    rng = random.Random(20261202)
+    next_id = 3001
+    for i in range(4):
+        start = rng.randrange(1, next_id - 200)
+        src.update(range(start, start + 200), f"round {i}")
+        src.insert(range(next_id, next_id + 300))
+        next_id += 300
+        spec = src.db.parent / "spec.yaml"
+        spec.write_text(yaml.safe_dump(src.spec), encoding="utf-8")
+        env = {**os.environ, "PREFECT_API_URL": prefect_server}
+        env.pop("HYGGE_FAULT", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.run", "--spec", str(spec)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(2.0, 7.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert src.cli(prefect_server) == 0, f"timed kill {i}: rerun failed\n{src.output}"
+        src.assert_exact(f"after timed kill {i}")
