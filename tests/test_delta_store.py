@@ -457,6 +457,7 @@ def test_flow_evolves_the_schema_by_merge(tmp_path: Path, spec_name: str) -> Non
     assert [h["operation"] for h in history] == ["MERGE", "WRITE"]  # merged, not rewritten
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["publish.after_prepare", "publish.before_mark"])
 def test_a_run_killed_at_the_commit_is_finished_once(
     tmp_path: Path, spec_name: str, prefect_server: str, point: str
@@ -475,6 +476,7 @@ def test_a_run_killed_at_the_commit_is_finished_once(
     assert DeltaTable(str(src.lake / "items")).version() == 1
 
 
+@pytest.mark.slow
 def test_an_append_killed_after_its_commit_is_not_doubled(
     tmp_path: Path, spec_name: str, prefect_server: str
 ) -> None:
@@ -491,6 +493,7 @@ def test_an_append_killed_after_its_commit_is_not_doubled(
     assert history[0]["operationParameters"]["mode"] == "Append"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["publish.after_prepare", "publish.before_mark"])
 def test_a_full_drop_killed_at_the_commit_shows_the_old_or_the_new_table(
     tmp_path: Path, spec_name: str, prefect_server: str, point: str
@@ -508,6 +511,7 @@ def test_a_full_drop_killed_at_the_commit_shows_the_old_or_the_new_table(
     src.assert_exact(f"after a full drop killed at {point}")
 
 
+@pytest.mark.slow
 def test_merges_survive_kills_at_moments_nobody_chose(
     tmp_path: Path, spec_name: str, prefect_server: str
 ) -> None:
