@@ -244,6 +244,16 @@ class TestDeltaStore:
             with pytest.raises(StoreError, match="another hygge run"), other.exclusive("run-2"):
                 pass
 
+    def test_delta_errors_are_classed_on_purpose(self, keyed: DeltaStore) -> None:
+        from deltalake.exceptions import CommitFailedError, SchemaMismatchError
+
+        conflict = keyed.backend_error(CommitFailedError("version 3 exists"), "cannot publish", "t")
+        assert is_transient(conflict)
+        assert "another writer committed" in str(conflict) and "retry is safe" in str(conflict)
+        schema = keyed.backend_error(SchemaMismatchError("no"), "cannot publish", "t")
+        assert not is_transient(schema)
+        assert "--full-drop" in str(schema) and schema.entity == "t"
+
     def test_the_commit_records_the_run(self, keyed: DeltaStore) -> None:
         load(keyed, "r1", "replace", batch([(1, "a", 0)]))
         manifest = load(keyed, "r2", "append", batch([(1, "b", 1)]))
