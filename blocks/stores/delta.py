@@ -25,7 +25,6 @@ all delta-rs needs to write to ADLS or OneLake as well as to a local path.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -188,19 +187,20 @@ class DeltaStore(ParquetStore):
         )
         return StoreError(msg, entity=entity)
 
-    def _committed(self, manifest: Manifest) -> bool:
+    def run_committed(self, manifest: Manifest) -> bool:
+        """Whether the table's log holds the commit of this manifest's run."""
         txn = int(manifest.extra["txn"])
         uri, options = self.table_uri(manifest.entity), self.storage_options()
         return log.committed(uri, options, manifest.run_id, txn)
 
     def staged_complete(self, manifest: Manifest) -> bool:
-        if self._committed(manifest):
+        if self.run_committed(manifest):
             return True
         staged = self.staging_dir(manifest.entity, manifest.run_id)
         return bool(manifest.files) and all((staged / n).exists() for n in manifest.files)
 
     def unpublished(self, manifest: Manifest) -> list[str]:
-        return [] if self._committed(manifest) else list(manifest.files)
+        return [] if self.run_committed(manifest) else list(manifest.files)
 
     def before_publish(self, manifest: Manifest) -> None:
         pass  # delta-rs creates the table folder with its first commit
@@ -239,7 +239,7 @@ class DeltaStore(ParquetStore):
         remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
 
     def abort_prepared(self, manifest: Manifest) -> None:
-        if self._committed(manifest):
+        if self.run_committed(manifest):
             return  # the commit happened: recovery marks it published, nothing to undo
         self.roll_back(manifest)
 
@@ -293,7 +293,7 @@ class DeltaWriter(ParquetWriter):
         error = self.store.backend_error(exc, "cannot publish to the Store", self.entity)
         try:
             manifest = self.store.load_manifest(self.entity, self.run_id)
-            done = manifest is not None and self.store._committed(manifest)
+            done = manifest is not None and self.store.run_committed(manifest)
         except self.store.backend_errors:
             return error
         if not done:
@@ -305,10 +305,6 @@ class DeltaWriter(ParquetWriter):
             f"({first_line(exc)}); the next run records it and moves the watermark"
         )
         return StoreError(msg, entity=self.entity)
-
-    def discard_staging(self) -> None:
-        remove_staging(self.staged)
-        shutil.rmtree(self.staged, ignore_errors=True)
 
     # -- helpers --------------------------------------------------------------------------------
 
