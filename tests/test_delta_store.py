@@ -112,6 +112,23 @@ class TestDeltaStore:
         )
         assert rows(keyed) == [(1, "a", utc(0)), (2, "b@5", utc(5)), (5, "e-last", utc(1))]
 
+    def test_a_merge_reads_only_files_that_can_hold_its_keys(self, keyed: DeltaStore) -> None:
+        load(keyed, "r1", "replace", batch([(i, "old", 0) for i in range(0, 100)]))
+        for n, start in enumerate((100, 200, 300)):
+            load(
+                keyed,
+                f"r{n + 2}",
+                "append",
+                batch([(i, "old", 1) for i in range(start, start + 100)]),
+            )
+        load(keyed, "r9", "append", batch([(150, "new", 2), (160, "new", 2), (999, "new", 2)]))
+        metrics = DeltaTable(keyed.table_uri("t")).history(1)[0]["operationMetrics"]
+        # the key range 150..999 excludes the first file (0..99) by its statistics
+        assert metrics["num_target_files_skipped_during_scan"] >= 1
+        got = rows(keyed)
+        assert len(got) == 401 and len({r[0] for r in got}) == 401
+        assert [r[1] for r in got if r[0] in (150, 160, 999)] == ["new"] * 3
+
     def test_first_incremental_load_of_a_keyed_entity_is_deduplicated(
         self, keyed: DeltaStore
     ) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 
@@ -78,8 +79,19 @@ def latest_per_key(files: Sequence[Path], keys: list[str], order: list[str]) -> 
     return table.cast(schema)
 
 
-def merge_predicate(keys: list[str]) -> str:
-    return " AND ".join(f"t.{_quoted(k)} = s.{_quoted(k)}" for k in keys)
+def merge_predicate(keys: list[str], source: pa.Table | None = None) -> str:
+    """`t.k = s.k` for each key; with one integer key, also the source's key range, so the
+    merge reads only the table files whose statistics can hold the run's keys."""
+    predicate = " AND ".join(f"t.{_quoted(k)} = s.{_quoted(k)}" for k in keys)
+    if source is None or len(keys) != 1 or not source.num_rows:
+        return predicate
+    column = source.column(keys[0])
+    if not pa.types.is_integer(column.type) or column.null_count == source.num_rows:
+        return predicate
+    bounds = pc.min_max(column)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    key = f"t.{_quoted(keys[0])}"
+    return f"{key} >= {int(low)} AND {key} <= {int(high)} AND {predicate}"
 
 
 def _quoted(name: str) -> str:
@@ -107,7 +119,7 @@ def write_run(
         table = DeltaTable(uri, storage_options=options)
         merger = table.merge(
             source,
-            predicate=merge_predicate(keys),
+            predicate=merge_predicate(keys, source),
             source_alias="s",
             target_alias="t",
             merge_schema=add_columns,
