@@ -1,7 +1,7 @@
 """hygge's Prefect Blocks: Homes (sources), Stores (destinations) and the watermark ledger.
 
 `prefect block register -m blocks` registers every class listed in `__all__`. The Azure
-Stores are imported on first use (see `blocks.stores`); `HOMES` and `STORES` map a spec's
+and Delta Stores are imported on first use (see `blocks.stores`); `HOMES` and `STORES` map a spec's
 `type:` to its class and import a lazy one when it is asked for.
 """
 
@@ -21,11 +21,12 @@ from blocks.ledger import WatermarkLedger
 from blocks.stores import ParquetStore
 
 if TYPE_CHECKING:
-    from blocks.stores import AdlsStore, OneLakeStore, OpenMirroringStore
+    from blocks.stores import AdlsStore, DeltaStore, OneLakeStore, OpenMirroringStore
 
 __all__ = [
     "AdlsStore",
     "CsvHome",
+    "DeltaStore",
     "HomeBlock",
     "MssqlHome",
     "OneLakeStore",
@@ -92,6 +93,7 @@ STORES: BlockKinds[StoreBlock] = BlockKinds(
     [ParquetStore],
     {
         "adls": ("AdlsStore", "adls-store"),
+        "delta": ("DeltaStore", "delta-store"),
         "onelake": ("OneLakeStore", "onelake-store"),
         "open_mirroring": ("OpenMirroringStore", "open-mirroring-store"),
     },

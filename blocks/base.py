@@ -170,6 +170,9 @@ class StoreBlock(Block, ABC):
     #: why this Store cannot change a published column's type (None: it can, by rewriting the
     #: table); schema drift's `evolve` refuses type changes with this explanation
     type_change_refusal: ClassVar[str | None] = None
+    #: whether an incremental run may add columns to the published table as it writes (Delta's
+    #: schema merge); otherwise schema drift's `evolve` rewrites the table once (carry-over)
+    evolves_in_place: ClassVar[bool] = False
 
     @abstractmethod
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> EntityWriter:
@@ -199,6 +202,12 @@ class StoreBlock(Block, ABC):
         `has_data` says a table exists.
         """
         return None
+
+    def for_entity(self, keys: list[str], watermark_columns: list[str]) -> StoreBlock:
+        """This Store for an entity whose rows its watermark `keys` identify and whose
+        `watermark_columns` order their versions: a Store that merges by key takes them as
+        its defaults (the Delta Store); others ignore them (the default: `self`)."""
+        return self
 
     @abstractmethod
     def describe(self, entity: str) -> str:

@@ -194,6 +194,9 @@ def entity_blocks(
         )
         raise ConfigError(msg, entity=entity.name)
     assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
+    if entity.watermark is not None:
+        # a Store that merges by key takes the watermark's keys and columns (Delta)
+        e_store = e_store.for_entity(list(entity.watermark.keys), entity.watermark.columns)
     return e_home, e_store
 
 

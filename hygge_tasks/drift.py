@@ -24,7 +24,9 @@ drop. The table therefore always has one schema and reads with a plain
 published files) stays a safety net rather than an error users meet. The cost is one copy of
 the table on the run that evolves it. A Store that cannot change a column's type in place
 (Fabric Open Mirroring stops replicating such a table) says so in `type_change_refusal`, and
-evolve refuses type changes there with that explanation.
+evolve refuses type changes there with that explanation. A Store that adds columns as it
+writes (`evolves_in_place`, Delta's schema merge) is not rewritten: the run's own commit adds
+them.
 
 A full drop (or a table that is gone) rebuilds the table from the source, so it takes the new
 schema whatever the policy: that is the way out of `fail`.

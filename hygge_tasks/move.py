@@ -149,7 +149,7 @@ def move(
                 # drift is decided on the source's schema, before anything is written; an
                 # append whose table must change schema rewrites the table instead
                 guard.check(batch.schema)
-                carry = guard.rewrite and plan.mode == "append"
+                carry = guard.rewrite and plan.mode == "append" and not store.evolves_in_place
                 mode = "replace" if carry else plan.mode
                 writer = store.open_writer(plan.name, run_id, mode)
                 # pyarrow's compute kernels take no views; a plain load passes them through

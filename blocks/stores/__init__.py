@@ -1,7 +1,8 @@
 """One Store per module; each stages and publishes to one kind of destination.
 
-The Azure Stores import prefect-azure and the Azure SDK, about a second on every command, so
-they are imported on first use (`blocks.stores.AdlsStore`), not with the package.
+The Azure Stores import prefect-azure and the Azure SDK, about a second on every command, and
+the Delta Store imports deltalake, so they are imported on first use (`blocks.stores.AdlsStore`),
+not with the package.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from blocks.stores.parquet import ParquetStore
 
 if TYPE_CHECKING:
     from blocks.stores.adls import AdlsStore
+    from blocks.stores.delta import DeltaStore
     from blocks.stores.onelake import OneLakeStore
     from blocks.stores.open_mirroring import OpenMirroringStore
 
 #: class name -> module, for the Stores imported on first use
 LAZY = {
     "AdlsStore": "blocks.stores.adls",
+    "DeltaStore": "blocks.stores.delta",
     "OneLakeStore": "blocks.stores.onelake",
     "OpenMirroringStore": "blocks.stores.open_mirroring",
 }
 
-__all__ = ["AdlsStore", "OneLakeStore", "OpenMirroringStore", "ParquetStore"]
+__all__ = ["AdlsStore", "DeltaStore", "OneLakeStore", "OpenMirroringStore", "ParquetStore"]
 
 
 def __getattr__(name: str) -> Any:

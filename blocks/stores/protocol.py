@@ -13,6 +13,9 @@ Primitives of a `PublishingStore` (each safe to repeat after a crash):
   visible under its final name in one step (a rename, a block-list commit);
 - `replace_table`: put a replace's new table in place of the old one (or start doing so and
   return False when the destination needs time: `finish` completes it);
+- `commit_run`, for a `transactional` Store (one with its own log, as Delta): publish the
+  whole run, append or replace, in one commit that records the run id, in place of
+  `publish_file` and `replace_table`; `unpublished` is then empty once that commit exists;
 - `unpublish`: remove whatever of a run that never fully published is visible, and its staging;
 - `after_publish` and `clean_staging`: drop what a published run no longer needs, and staging
   that no pending run owns;
@@ -69,6 +72,9 @@ class PublishingStore(StoreBlock):
 
     #: exceptions of the storage client that `backend_error` turns into a StoreError
     backend_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: a Store with its own transaction log publishes a whole run, of either mode, in one
+    #: commit (`commit_run`) that records the run id; `unpublished` reads that record
+    transactional: ClassVar[bool] = False
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -119,6 +125,11 @@ class PublishingStore(StoreBlock):
 
     @abstractmethod
     def delete_state(self, entity: str, name: str) -> None: ...
+
+    def commit_run(self, manifest: Manifest) -> None:
+        """Make a whole run visible in one commit of the Store's log (`transactional` Stores)."""
+        msg = f"{type(self).__name__} publishes file by file, not in one commit"
+        raise NotImplementedError(msg)
 
     def before_publish(self, manifest: Manifest) -> None:
         """Get the destination ready for a run's files (a folder, a metadata file)."""
@@ -183,7 +194,10 @@ class PublishingStore(StoreBlock):
     def publish(self, manifest: Manifest) -> None:
         """Make a prepared run visible, then mark it published; safe to repeat."""
         self.before_publish(manifest)
-        if manifest.mode == "append":
+        if self.transactional:
+            if self.unpublished(manifest):
+                self.commit_run(manifest)
+        elif manifest.mode == "append":
             self.publish_files(manifest)
         elif not self.replace_table(manifest):
             return  # deferred: `finish` publishes it
