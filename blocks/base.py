@@ -203,6 +203,11 @@ class StoreBlock(Block, ABC):
         """
         return None
 
+    def merges_by(self, keys: list[str]) -> bool:
+        """Whether an incremental load upserts rows by these key columns (one current row per
+        key) rather than appending them: rows read again then replace, never double."""
+        return False
+
     def for_entity(self, keys: list[str], watermark_columns: list[str]) -> StoreBlock:
         """This Store for an entity whose rows its watermark `keys` identify and whose
         `watermark_columns` order their versions: a Store that merges by key takes them as

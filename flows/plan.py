@@ -197,6 +197,15 @@ def entity_blocks(
     if entity.watermark is not None:
         # a Store that merges by key takes the watermark's keys and columns (Delta)
         e_store = e_store.for_entity(list(entity.watermark.keys), entity.watermark.columns)
+        rereads = entity.watermark.rereads()
+        if rereads and not e_store.merges_by(list(entity.watermark.keys)):
+            msg = (
+                f"{rereads} on every run, which only a Store that merges by the watermark's "
+                f"`keys` can take without loading them twice; the {e_store.spec_type} Store "
+                "does not (it appends each load, or merges by other keys). Use a Delta Store "
+                "(`type: delta`), or `nulls: fail`/`skip` and no `lag`"
+            )
+            raise ConfigError(msg, entity=entity.name)
     return e_home, e_store
 
 
@@ -235,6 +244,7 @@ def plan_entity(
             watermark_columns=wm.columns if wm else [],
             watermark_keys=list(wm.keys) if wm else [],
             watermark_nulls=wm.nulls if wm else "fail",
+            watermark_lag=wm.lag if wm else None,
             allow_empty=entity.allow_empty,
             previous=previous,
             reason=reason,

@@ -23,7 +23,7 @@ from flows.keys import block_problems, model_at, unknown_key, valid_keys
 from hygge_core.errors import ConfigError
 from hygge_tasks.drift import SchemaSpec
 from hygge_tasks.polish import PolishSpec
-from hygge_tasks.watermark import watermark_label
+from hygge_tasks.watermark import lag_seconds, watermark_label
 
 RunType = Literal["incremental", "full_drop"]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -50,14 +50,14 @@ class WatermarkSpec(BaseModel):
         description="Rows whose watermark is NULL on an incremental run (a first load and "
         "--full-drop load every row): `fail` (the default) fails the entity naming the count, so "
         "no row is lost without an error; `skip` skips them and reports the count in the "
-        "summary and the journal; `include` re-reads them every run, which needs a Store that "
-        "merges by key (none yet).",
+        "summary and the journal; `include` re-reads them every run, which needs `keys` and a "
+        "Store that merges by them (Delta).",
     )
     lag: str | int | float | None = Field(
         default=None,
         description="Re-read this much before the last watermark each run (`10m`, or a number "
-        "for numeric watermarks), for rows committed late. Needs a Store that merges by key "
-        "(none yet): an appending Store would load the re-read rows twice.",
+        "for numeric watermarks), for rows committed late. Needs `keys` and a Store that "
+        "merges by them (Delta): an appending Store would load the re-read rows twice.",
     )
 
     @field_validator("column")
@@ -79,24 +79,29 @@ class WatermarkSpec(BaseModel):
         return watermark_label(self.columns)
 
     @model_validator(mode="after")
-    def _needs_merging_store(self) -> WatermarkSpec:
-        # every Store hygge has today appends (the Parquet lake, ADLS, OneLake) or upserts by
-        # its own key columns (Open Mirroring), not the watermark keys: refused up front
-        if self.nulls == "include" or self.lag is not None:
-            what = (
-                "`nulls: include` re-reads the NULL-watermark rows"
-                if self.nulls == "include"
-                else "`lag` re-reads the rows of the lag window"
-            )
+    def _rereads_need_keys(self) -> WatermarkSpec:
+        # rows read again are only exact when a Store can merge them by an identity
+        if (self.nulls == "include" or self.lag is not None) and not self.keys:
+            what = "`nulls: include`" if self.nulls == "include" else "`lag`"
             msg = (
-                f"{what} on every run, which only a Store that merges by key can take without "
-                "loading them twice; no hygge Store merges by the watermark keys yet (the "
-                "Parquet lake, ADLS and OneLake append every load); Delta, SQLite and Open "
-                "Mirroring Stores that upsert by these keys will take it. Use `nulls: fail` or "
-                "`nulls: skip`, and no `lag`"
+                f"{what} reads rows again on every run, so they need `keys` that identify a "
+                "row, for a Store that merges by them (Delta)"
             )
             raise ValueError(msg)
+        if isinstance(self.lag, str):
+            lag_seconds(self.lag)
+        elif self.lag is not None and (isinstance(self.lag, bool) or self.lag < 0):
+            msg = "`lag` is a duration (`10m`) or a number of at least 0"
+            raise ValueError(msg)
         return self
+
+    def rereads(self) -> str | None:
+        """What this watermark reads again each run, for the Store check; None: nothing."""
+        if self.nulls == "include":
+            return "`nulls: include` re-reads the NULL-watermark rows"
+        if self.lag is not None:
+            return "`lag` re-reads the rows of the lag window"
+        return None
 
 
 class EntitySpec(BaseModel):

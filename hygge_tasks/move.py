@@ -29,7 +29,7 @@ from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
 from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
-from hygge_tasks.watermark import BoundaryFilter, Watermark
+from hygge_tasks.watermark import BoundaryFilter, Watermark, lagged, not_behind
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class EntityPlan:
     watermark_keys: list[str] = field(default_factory=list)
     #: what an incremental run does with NULL-watermark rows (`flows.spec.WatermarkSpec.nulls`)
     watermark_nulls: str = "fail"
+    #: re-read this far before the last watermark (`flows.spec.WatermarkSpec.lag`)
+    watermark_lag: str | int | float | None = None
     previous: dict[str, Any] | None = None
     reason: str = ""
     polish: PolishSpec | None = None
@@ -113,15 +115,21 @@ def move(
     if plan.mode == "append" and plan.previous:
         previous = Watermark.from_json(restore(store, plan.name, plan.previous) or {})
     request = plan.request
-    if previous is not None:
+    # with a lag the run reads again from before the watermark, and the Store merges by key
+    reread = previous
+    if previous is not None and plan.watermark_lag is not None:
+        window_start = lagged(previous.value, plan.watermark_lag, plan.name)
+        reread = Watermark(previous.column, window_start, frozenset())
+    if reread is not None:
         columns = tuple(plan.watermark_columns) if len(plan.watermark_columns) > 1 else ()
-        request = _with_since(request, Since(previous.column, previous.value, columns))
+        request = _with_since(request, Since(reread.column, reread.value, columns))
     boundary = (
         BoundaryFilter(
             plan.name,
             plan.watermark_columns or plan.watermark_column,
             plan.watermark_keys,
-            previous,
+            reread,
+            include_nulls=plan.watermark_nulls == "include",
         )
         if plan.watermark_column
         else None
@@ -173,6 +181,8 @@ def move(
         if boundary is not None and boundary.null_rows:
             _null_policy(plan, boundary.null_rows, logger)
         watermark = boundary.result() if boundary is not None else None
+        if previous is not None and reread is not previous:
+            watermark = not_behind(watermark, previous)
         if plan.mode == "append" and rows == 0:
             writer.abort()
             return EntityResult(

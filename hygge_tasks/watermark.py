@@ -20,7 +20,10 @@ Semantics (the one place they are defined):
 - NULLs: a full load (no previous watermark: a first load, `--full-drop`) loads every row,
   NULL watermarks included. An incremental run cannot place a NULL-watermark row: it counts
   them (`null_rows`) and the entity's `watermark.nulls` policy decides (`hygge_tasks.move`):
-  `fail` (the default) fails the entity, `skip` skips and reports them.
+  `fail` (the default) fails the entity, `skip` skips and reports them, `include` admits
+  them again on every run (for a Store that merges by the keys).
+- lag: with `watermark.lag` the run reads from `lagged(last value)` with no boundary set, so
+  the window is read again and merged by key; the watermark never moves back (`not_behind`).
 - columns: one, or a list compared as `COALESCE(a, b, ...)` (one type); the ledger keeps the
   coalesced value under the label `COALESCE(a, b)` (`watermark_label`).
 - order: none required; the maximum is computed over everything admitted.
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,9 +131,16 @@ class BoundaryFilter:
     """Applies the semantics above to a stream of batches and tracks the next watermark."""
 
     def __init__(
-        self, entity: str, column: str | list[str], keys: list[str], previous: Watermark | None
+        self,
+        entity: str,
+        column: str | list[str],
+        keys: list[str],
+        previous: Watermark | None,
+        include_nulls: bool = False,
     ) -> None:
         self.entity = entity
+        #: `watermark.nulls: include`: NULL-watermark rows are read again on every run
+        self.include_nulls = include_nulls
         #: the source columns; a list is compared as COALESCE(a, b, ...) (`label` names it)
         self.sources = [column] if isinstance(column, str) else list(column)
         self.column = watermark_label(self.sources)
@@ -162,12 +174,17 @@ class BoundaryFilter:
             self.null_loaded += col.null_count
             self._track(batch)
             return batch
-        self.null_rows += col.null_count
         prev = self._previous_scalar(col.type)
         keep = pc.and_(pc.is_valid(col), pc.greater_equal(col, prev))
         if self.previous.boundary:
             at_prev = pc.and_(keep, pc.equal(col, prev))
             keep = pc.and_(keep, pc.invert(self._already_loaded(batch, at_prev)))
+        if self.include_nulls:
+            self.null_loaded += col.null_count
+            # `keep` is NULL where the watermark is (non-Kleene logic): those rows come in
+            keep = pc.or_(pc.fill_null(keep, False), pc.is_null(col))
+        else:
+            self.null_rows += col.null_count
         admitted = batch.filter(keep)
         self._track(admitted)
         return admitted
@@ -287,3 +304,55 @@ def _py_value(scalar: pa.Scalar) -> Any:
         if exact.ns % 1000:
             return exact
     return scalar.as_py()
+
+
+_LAG = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_LAG_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def lag_seconds(lag: str) -> float:
+    """`10m` as seconds; ValueError for anything else (`ms`, `s`, `m`, `h`, `d`)."""
+    m = _LAG.match(lag)
+    if m is None:
+        msg = f"{lag!r} is no duration: write a number and a unit (ms, s, m, h or d), e.g. `10m`"
+        raise ValueError(msg)
+    return float(m.group(1)) * _LAG_UNITS[m.group(2)]
+
+
+def lagged(value: Any, lag: str | int | float, entity: str) -> Any:
+    """The watermark `value` moved back by `lag`: where a run with `watermark.lag` reads from."""
+    try:
+        if isinstance(lag, str):
+            seconds = lag_seconds(lag)
+            if isinstance(value, NanoTimestamp):
+                return NanoTimestamp(value.ns - round(seconds * 1e9), value.utc)
+            if isinstance(value, dt.datetime):
+                return value - dt.timedelta(seconds=seconds)
+            if isinstance(value, dt.date):
+                # whole days before, never less than asked
+                return value - dt.timedelta(days=math.ceil(seconds / 86400))
+        elif not isinstance(value, bool):
+            if isinstance(value, int):
+                return value - math.ceil(lag)
+            if isinstance(value, decimal.Decimal):
+                return value - decimal.Decimal(str(lag))
+            if isinstance(value, float):
+                return value - float(lag)
+    except (ValueError, OverflowError) as exc:
+        msg = f"watermark.lag: {exc}"
+        raise ConfigError(msg, entity=entity) from exc
+    kind = "a duration like `10m`" if isinstance(lag, str) else "a number"
+    msg = (
+        f"watermark.lag {lag!r} ({kind}) cannot be taken from the watermark {value!r}: a "
+        "timestamp or date watermark takes a duration (`10m`), a numeric one a number; a text "
+        "watermark takes no lag"
+    )
+    raise ConfigError(msg, entity=entity)
+
+
+def not_behind(reached: Watermark | None, previous: Watermark) -> Watermark:
+    """A run that re-read a lag window never moves the watermark back (rows at the old value
+    may be gone from the source): the later of the two, with its boundary."""
+    if reached is None or reached.value < previous.value:
+        return previous
+    return reached

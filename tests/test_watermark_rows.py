@@ -172,15 +172,36 @@ def test_property_two_runs_load_every_row_once(
         ({"lag": 100}, "`lag` re-reads the rows of the lag window"),
     ],
 )
-def test_spec_refuses_rereads_no_store_can_merge(
+def test_rereads_are_refused_for_a_store_that_appends(
     tmp_path: Path, watermark: dict[str, Any], what: str
+) -> None:
+    from flows.plan import entity_blocks, resolve_blocks
+
+    plan = parse_spec(spec("x", tmp_path / "s.sqlite", tmp_path / "lake", **watermark))
+    home, store = resolve_blocks(plan)
+    with pytest.raises(ConfigError) as info:
+        entity_blocks(plan.entities[0], home, store)
+    assert info.value.entity == "t"
+    assert what in info.value.msg
+    assert "the parquet Store does not" in info.value.msg and "`type: delta`" in info.value.msg
+
+
+@pytest.mark.parametrize(
+    ("watermark", "error"),
+    [
+        ({"lag": "10m", "keys": []}, "`lag` reads rows again on every run, so they need `keys`"),
+        ({"nulls": "include", "keys": []}, "`nulls: include` reads rows again"),
+        ({"lag": "10 minutes"}, "'10 minutes' is no duration"),
+        ({"lag": -5}, "`lag` is a duration (`10m`) or a number of at least 0"),
+    ],
+)
+def test_spec_refuses_a_reread_it_cannot_make_exact(
+    tmp_path: Path, watermark: dict[str, Any], error: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
         parse_spec(spec("x", tmp_path / "s.sqlite", tmp_path / "lake", **watermark))
-    text = str(info.value)
-    assert "entity 't', field watermark" in text
-    assert what in text
-    assert "no hygge Store merges by the watermark keys yet" in text
+    assert "entity 't', field watermark" in str(info.value)
+    assert error in str(info.value)
 
 
 def test_spec_null_policy_defaults_to_fail_and_takes_skip(tmp_path: Path) -> None:

@@ -96,6 +96,9 @@ class DeltaStore(ParquetStore):
         default=None, description="Named in each table's description, for who browses it."
     )
 
+    def merges_by(self, keys: list[str]) -> bool:
+        return bool(keys) and (self.merge_keys or keys) == keys
+
     def for_entity(self, keys: list[str], watermark_columns: list[str]) -> DeltaStore:
         update: dict[str, list[str] | None] = {}
         if self.merge_keys is None and keys:

@@ -185,6 +185,10 @@ class OpenMirroringStore(BlobStoreBase):
             meta["isUpsertDefaultRowMarker"] = True
         return meta
 
+    def merges_by(self, keys: list[str]) -> bool:
+        # Fabric upserts by the table's key columns when the files carry upsert markers
+        return bool(keys) and self.row_marker == "upsert" and list(self.key_columns or []) == keys
+
     def check_keys(self, entity: str, mode: WriteMode = "append") -> None:
         """Key columns are required, and can never change for an existing table.
 
