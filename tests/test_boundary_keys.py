@@ -422,7 +422,7 @@ def test_property_every_source_row_arrives_exactly_once(
             if result.ledger_entry is not None:
                 store.mark_committed("t", result.run_id)
                 # through JSON text, as the ledger block keeps it
-                previous = json.loads(json.dumps(result.ledger_entry["watermark"]))
+                previous = json.loads(json.dumps(result.ledger_entry.watermark))
         if next_id > 1:
             assert lake_ids(where / "lake") == list(range(1, next_id))
     finally:
