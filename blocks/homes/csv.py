@@ -100,18 +100,24 @@ class CsvHome(HomeBlock):
                 hint = _hint(str(exc.__cause__ or ""))
                 raise HomeError(exc.msg + hint, entity=request.entity) from exc.__cause__
 
-    def _scan_csv(self, sources: list[Path], request: ReadRequest, **options: Any) -> pl.LazyFrame:
+    def _scan_csv(
+        self,
+        sources: list[Path],
+        names: list[str] | None,
+        overrides: dict[str, pl.DataType] | None,
+        **options: Any,
+    ) -> pl.LazyFrame:
         kwargs: dict[str, Any] = {
             "infer_schema_length": self.infer_schema_length,
             "infer_schema": self.infer_schema_length != 0,
-            "schema_overrides": self._overrides(request.entity),
+            "schema_overrides": overrides,
             "try_parse_dates": self.try_parse_dates,
         }
         return pl.scan_csv(
             sources,
             separator=self.delimiter,
             has_header=self.has_header,
-            new_columns=None if self.has_header else self._headerless_names(sources, request),
+            new_columns=names,
             quote_char=self.quote_char or None,
             null_values=self.null_values or None,
             encoding="utf8-lossy" if self.encoding == "utf8-lossy" else "utf8",
@@ -121,7 +127,10 @@ class CsvHome(HomeBlock):
 
     def _exact_scan(self, sources: list[Path], request: ReadRequest, what: str) -> pl.LazyFrame:
         """The scan, with integer and timestamp columns read exactly (`_csv_types`)."""
-        lf = self._scan_csv(sources, request)
+        # read once: each scan below takes the same names and the user's pinned types
+        names = None if self.has_header else self._headerless_names(sources, request)
+        pinned = self._overrides(request.entity)
+        lf = self._scan_csv(sources, names, pinned)
         if self.infer_schema_length == 0:
             return lf
         try:
@@ -129,21 +138,16 @@ class CsvHome(HomeBlock):
             if not any(t.is_integer() or isinstance(t, pl.Datetime) for t in inferred.dtypes()):
                 return lf
             sample = self._scan_csv(
-                sources,
-                request,
-                infer_schema=False,
-                schema_overrides=None,
-                n_rows=self.infer_schema_length,
+                sources, names, None, infer_schema=False, n_rows=self.infer_schema_length
             ).collect()
         except (pl.exceptions.PolarsError, OSError) as exc:
             msg = f"could not read {what}: {first_line(exc)}{_hint(str(exc))}"
             raise HomeError(msg, entity=request.entity) from exc
-        pinned = set(self.schema_overrides)
-        as_text, casts = exact_reads(inferred, sample, pinned)
+        as_text, casts = exact_reads(inferred, sample, set(self.schema_overrides))
         if not as_text:
             return lf
-        overrides = {**(self._overrides(request.entity) or {}), **as_text}
-        return self._scan_csv(sources, request, schema_overrides=overrides).with_columns(casts)
+        overrides = {**(pinned or {}), **as_text}
+        return self._scan_csv(sources, names, overrides).with_columns(casts)
 
     def describe(self, request: ReadRequest) -> str:
         return f"csv {request.path or ''} under {self.path or '.'}"

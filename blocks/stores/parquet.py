@@ -299,7 +299,6 @@ class ParquetWriter(StagedWriter):
         self.mode = mode
         self.staged = store.staging_dir(entity, run_id)
         self.files: list[str] = []
-        self.bytes = 0
         self._writer: FileWriter | None = None
         self._rows_in_file = 0
         self._schema: pa.Schema | None = None
@@ -329,7 +328,6 @@ class ParquetWriter(StagedWriter):
             fsync_file(self.staged / name)
             size += (self.staged / name).stat().st_size
         fsync_dir(self.staged)
-        self.bytes = size
         return Staged(list(self.files), size)
 
     def publish_error(self, exc: BaseException) -> StoreError:

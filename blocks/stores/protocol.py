@@ -180,8 +180,9 @@ class PublishingStore(StoreBlock):
                     committed.append(run_id)
             for run_id in committed[:-KEEP_COMMITTED]:
                 self.delete_manifest(entity, run_id)
-            self.clean_staging(entity, {m.run_id for m in pending})
-            self.sweep_state(entity, {m.run_id for m in pending} | set(committed[-KEEP_COMMITTED:]))
+            live = {m.run_id for m in pending}
+            self.clean_staging(entity, live)
+            self.sweep_state(entity, live | set(committed[-KEEP_COMMITTED:]))
             return pending
 
     def sweep_state(self, entity: str, kept: set[str]) -> None:
