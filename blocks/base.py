@@ -159,6 +159,18 @@ class EntityWriter(ABC):
         table drops rows its `delete_column` marks): part of the reconciliation."""
         return 0
 
+    def delete(self, keys: pa.RecordBatch) -> None:
+        """Stage the deletion of the rows with these keys (a batch of the key columns only),
+        published in the same step as the run's rows. Only Stores whose `deletes_refusal` is
+        None take deletes; the spec check refuses the others before a run starts."""
+        msg = "this Store cannot delete rows"
+        raise StoreError(msg)
+
+    def deletes_in_files(self) -> int:
+        """Deleted keys this writer staged as rows of the data files `staged_rows` counts
+        (Open Mirroring's `__rowMarker__` 2 rows); 0 when deletes travel apart from them."""
+        return 0
+
 
 class StoreBlock(Block, ABC):
     """Where data rests. Subclasses stage and publish as `docs/crash-safety.md` describes."""
@@ -207,6 +219,14 @@ class StoreBlock(Block, ABC):
         """Whether an incremental load upserts rows by these key columns (one current row per
         key) rather than appending them: rows read again then replace, never double."""
         return False
+
+    def deletes_refusal(self, keys: list[str]) -> str | None:
+        """Why this Store cannot delete rows by these key columns (None: it can, through
+        `EntityWriter.delete`); the spec check shows it to whoever asks for `deletes:`."""
+        return (
+            f"the {self.spec_type} Store keeps a log of loads and cannot delete rows; use a "
+            "Delta Store (`type: delta`) or Open Mirroring for a table that drops deleted rows"
+        )
 
     def for_entity(self, keys: list[str], watermark_columns: list[str]) -> StoreBlock:
         """This Store for an entity whose rows its watermark `keys` identify and whose

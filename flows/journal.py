@@ -51,6 +51,8 @@ SCHEMA = pa.schema(
         # publishing (a mismatch fails the entity)
         ("rows_read", pa.int64()),
         ("rows_published", pa.int64()),
+        # rows deleted at the destination because the source no longer has them (`deletes:`)
+        ("deleted", pa.int64()),
     ]
 )
 
@@ -79,6 +81,7 @@ class JournalRecord:
     null_watermark_rows: int = 0
     rows_read: int | None = None
     rows_published: int | None = None
+    deleted: int = 0
 
     @property
     def seconds(self) -> float:
@@ -141,6 +144,7 @@ class Journal:
             null_watermark_rows=result.null_watermark_rows,
             rows_read=result.rows_read,
             rows_published=result.rows_published,
+            deleted=result.deleted,
         )
         self.add(store, record)
 

@@ -206,6 +206,11 @@ def entity_blocks(
                 "(`type: delta`), or `nulls: fail`/`skip` and no `lag`"
             )
             raise ConfigError(msg, entity=entity.name)
+        if entity.deletes is not None:
+            refusal = e_store.deletes_refusal(list(entity.watermark.keys))
+            if refusal:
+                msg = f"`deletes: {entity.deletes.mode}`: {refusal}"
+                raise ConfigError(msg, entity=entity.name)
     return e_home, e_store
 
 
@@ -246,6 +251,9 @@ def plan_entity(
             watermark_nulls=wm.nulls if wm else "fail",
             watermark_lag=wm.lag if wm else None,
             allow_empty=entity.allow_empty,
+            # an entity without a watermark is reloaded in full: its deletes need nothing
+            deletes=entity.deletes if wm is not None else None,
+            previous_keyset=entry.keyset if previous is not None else None,
             previous=previous,
             reason=reason,
             polish=entity.polish,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from blocks import HOMES, STORES
 from flows.keys import block_problems, model_at, unknown_key, valid_keys
 from hygge_core.errors import ConfigError
+from hygge_tasks.deletes import DeletesSpec
 from hygge_tasks.drift import SchemaSpec
 from hygge_tasks.polish import PolishSpec
 from hygge_tasks.watermark import lag_seconds, watermark_label
@@ -119,6 +120,11 @@ class EntitySpec(BaseModel):
     run_type: RunType | None = None
     polish: PolishSpec | None = None
     drift: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    deletes: DeletesSpec | None = Field(
+        default=None,
+        description="`deletes: detect` deletes at the destination the rows deleted at the "
+        "source, found by comparing key sets; needs the watermark's `keys`.",
+    )
     allow_empty: bool = Field(
         default=False,
         description="Let a replace (first load, --full-drop, an entity without a watermark) "
@@ -138,6 +144,17 @@ class EntitySpec(BaseModel):
     def _one_source(self) -> EntitySpec:
         if self.table and self.query:
             msg = "give `table` or `query`, not both"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _deletes_need_keys(self) -> EntitySpec:
+        # an entity without a watermark is reloaded in full every run: its deletes need nothing
+        if self.deletes is not None and self.watermark is not None and not self.watermark.keys:
+            msg = (
+                "`deletes` compares the source's keys with the destination's: give the "
+                "watermark `keys` that identify a row"
+            )
             raise ValueError(msg)
         return self
 

@@ -31,8 +31,10 @@ class SummaryRow:
         detail = "no new rows" if not result.changed else f"{len(result.files)} file(s)"
         if result.null_watermark_rows:
             detail += f"; {result.null_watermark_rows} NULL-watermark rows skipped"
-        if result.changed and result.rows == 0:
+        if result.changed and result.rows == 0 and not result.deleted:
             detail = "source is empty: published an empty table"
+        if result.deleted:
+            detail += f"; {result.deleted:,} deleted (gone from the source)"
         if result.schema_change:
             detail += f"; {result.schema_change}"
         return cls(

@@ -19,6 +19,7 @@ from collections import Counter
 POINTS = {
     "stage.after_batch": "a Store staged one more batch (nothing is visible yet)",
     "move.after_read": "the engine read the whole entity, before the Store prepares",
+    "deletes.after_stage": "a run's deletes are staged with its rows; nothing is visible yet",
     "postgres.before_read": "PostgreSQL connected, before the first batch is read",
     "publish.after_prepare": "the manifest says prepared; no file is visible yet",
     "publish.between_files": "some of a run's files are visible, the next is not yet",

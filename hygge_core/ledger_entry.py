@@ -8,8 +8,9 @@ saved by any earlier hygge reads as it always did:
 - `watermark` is the watermark's own JSON (`hygge_tasks.watermark.Watermark.to_json`): column,
   kind, value and boundary keys. It is opaque here, so the watermark's format can grow without
   this file knowing; only its `column` and `value` are read for reports.
-- `schema` (`hygge_tasks.drift.remember`) and `identity` (`flows.plan.identity`) came later:
-  an entry written before them has neither, and reads with `None`.
+- `schema` (`hygge_tasks.drift.remember`), `identity` (`flows.plan.identity`), `keyset` and
+  `deleted` (`deletes: detect`) came later: an entry written before them has none of them,
+  and reads with `None`.
 - keys this version does not know are kept as read (`extra`) and written back unchanged.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 from hygge_core.errors import LedgerError
 
 #: the keys an entry holds, in the order the move writes them
-_OPTIONAL = ("run_id", "rows", "mode", "committed_at", "schema", "identity")
+_OPTIONAL = ("run_id", "rows", "mode", "committed_at", "schema", "identity", "keyset", "deleted")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class LedgerEntry:
     schema: dict[str, Any] | None = None
     #: which source and destination the entry belongs to (`flows.plan.identity`)
     identity: dict[str, str] | None = None
+    #: where the Store keeps the keys the destination holds (`deletes: detect`): the state
+    #: object's name, its key count and SHA-256 (`hygge_tasks.keyset_store`)
+    keyset: dict[str, Any] | None = None
+    #: the rows that run deleted at the destination
+    deleted: int | None = None
     #: keys written by another version of hygge, kept as they were
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,7 +82,7 @@ class LedgerEntry:
                 "run the entity once with --full-drop to start its entry over"
             )
             raise LedgerError(msg, entity=entity)
-        for key in ("watermark", "schema", "identity"):
+        for key in ("watermark", "schema", "identity", "keyset"):
             value = data.get(key)
             if value is not None and not isinstance(value, Mapping):
                 msg = (
@@ -93,6 +99,8 @@ class LedgerEntry:
             committed_at=data.get("committed_at"),
             schema=_dict(data.get("schema")),
             identity=_dict(data.get("identity")),
+            keyset=_dict(data.get("keyset")),
+            deleted=data.get("deleted"),
             extra={k: v for k, v in data.items() if k not in known},
         )
 

@@ -25,6 +25,7 @@ from hygge_core.arrow_types import unview
 from hygge_core.errors import HomeError, StoreError, is_transient
 from hygge_core.ledger_entry import LedgerEntry
 from hygge_tasks.boundary_spill import restore, spill
+from hygge_tasks.deletes import DeleteDetector, Reconciled
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
 from hygge_tasks.limits import home_slot
 from hygge_tasks.polish import Polisher, PolishSpec
@@ -63,6 +64,10 @@ class EntityPlan:
     identity: dict[str, str] | None = None
     #: a replace may empty a published table (else a source with no rows fails the entity)
     allow_empty: bool = False
+    #: delete at the destination the keys the source no longer has (`flows.spec.DeletesSpec`)
+    deletes: Any = None
+    #: the ledger's reference to the key set the destination holds (`hygge_tasks.keyset_store`)
+    previous_keyset: dict[str, Any] | None = None
 
 
 @dataclass
@@ -94,6 +99,8 @@ class EntityResult:
     #: before publishing; None when the writer cannot count its files)
     rows_read: int = 0
     rows_published: int | None = None
+    #: rows deleted at the destination because the source no longer has them (`deletes:`)
+    deleted: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -147,6 +154,12 @@ def move(
         logger=logger,
     )
     progress = EntityProgress(plan.name, logger, lambda: home.estimate_rows(request))
+    detector = (
+        DeleteDetector(plan.name, plan.deletes, plan.watermark_keys, plan.previous_keyset, run_id)
+        if plan.deletes is not None and plan.watermark_keys
+        else None
+    )
+    reconciled: Reconciled | None = None
     writer: EntityWriter | None = None
     mode: WriteMode = plan.mode
     carry = computes = False
@@ -167,6 +180,8 @@ def move(
                 batch = unview(batch)
             if boundary is not None:
                 batch = boundary.admit(batch)  # on the source's names, before polishing
+            if detector is not None:
+                detector.observe(batch)
             if polisher is not None:
                 batch = polisher.apply(batch)
             if carry and batch.num_rows:
@@ -183,7 +198,15 @@ def move(
         watermark = boundary.result() if boundary is not None else None
         if previous is not None and reread is not previous:
             watermark = not_behind(watermark, previous)
-        if plan.mode == "append" and rows == 0:
+        if detector is not None:
+            names = polisher.names_of(plan.watermark_keys) if polisher else plan.watermark_keys
+            reconciled = detector.reconcile(
+                home, plan.request, store, writer, plan.mode, mode, names
+            )
+            if reconciled.note:
+                logger.warning("%s: %s", plan.name, reconciled.note)
+        deleted = reconciled.deleted if reconciled else 0
+        if plan.mode == "append" and rows == 0 and deleted == 0:
             writer.abort()
             return EntityResult(
                 entity=plan.name,
@@ -200,7 +223,7 @@ def move(
             )
         if mode == "replace" and rows + carried == 0 and not plan.allow_empty:
             _refuse_empty_replace(plan, store)
-        published = _reconcile(plan.name, writer, rows + carried)
+        published = _reconcile(plan.name, writer, rows + carried + writer.deletes_in_files())
         reached = watermark.to_json() if watermark else None
         entry = LedgerEntry(
             # a large boundary set goes beside the data; the ledger keeps its digest
@@ -211,6 +234,8 @@ def move(
             committed_at=utc_now().isoformat(),
             schema=guard.remembered,
             identity=plan.identity,
+            keyset=reconciled.keyset if reconciled else None,
+            deleted=deleted if reconciled else None,
         )
         # the manifest keeps the entry as JSON until the flow commits it
         manifest = writer.commit_files(entry.to_json(), rows + carried)
@@ -220,6 +245,8 @@ def move(
         raise
     finally:
         faults.set_entity(None)
+        if detector is not None:
+            detector.close()
     seconds = time.perf_counter() - start
     progress.done(rows, seconds)
     note = guard.note
@@ -240,6 +267,7 @@ def move(
         ready_at=manifest.extra.get("ready_at") if manifest.state == "waiting" else None,
         rows_read=rows + carried,
         rows_published=published,
+        deleted=deleted,
     )
 
 

@@ -206,6 +206,17 @@ class Polisher:
             columns.append(pa.repeat(pa.scalar(self.loaded_at, pa.timestamp("us", "UTC")), n))
         return pa.RecordBatch.from_arrays(columns, schema=self._schema)
 
+    def names_of(self, columns: list[str]) -> list[str]:
+        """The polished names of these source columns: as the run's batches name them once
+        one has been seen (renames depend on every column), else as the columns alone."""
+        spec = self.spec
+        if not spec.renames:
+            return list(columns)
+        if self._source is None or self._schema is None:
+            return polish_names(columns, spec.case, spec.remove_special)
+        mapping = dict(zip(self._source.names, self._schema.names, strict=False))
+        return [mapping.get(c, c) for c in columns]
+
     def _plan(self, source: pa.Schema) -> None:
         spec = self.spec
         names = source.names

@@ -28,6 +28,7 @@ APP_ID = "hygge"
 RUN_KEY = "hygge.run_id"
 TXN_KEY = "hygge.txn"
 _ROW = "__hygge_row"
+_GONE = "__hygge_deleted"
 
 DeltaKind = Literal["overwrite", "append", "merge"]
 
@@ -104,6 +105,7 @@ def write_run(
     kind: DeltaKind,
     files: Sequence[Path],
     *,
+    deletes: Sequence[Path] = (),
     add_columns: bool,
     keys: list[str],
     order: list[str],
@@ -115,8 +117,24 @@ def write_run(
     """Apply one staged run to the table in one commit; the commit's metrics."""
     exists = DeltaTable.is_deltatable(uri, storage_options=options)
     if kind == "merge" and exists:
-        source = latest_per_key(files, keys, order)
         table = DeltaTable(uri, storage_options=options)
+        target = pa.schema(table.schema().to_arrow())
+        parts = []
+        if files:
+            changed = latest_per_key(files, keys, order)
+            parts.append(changed.append_column(_GONE, pa.repeat(False, changed.num_rows)))
+        if deletes:
+            gone = ds.dataset([str(f) for f in deletes], format="parquet").to_table()
+            cols = {
+                f.name: (gone.column(f.name) if f.name in keys else pa.nulls(gone.num_rows, f.type))
+                for f in (parts[0].schema if parts else target)
+                if f.name != _GONE
+            }
+            gone = pa.table(cols).append_column(_GONE, pa.repeat(True, gone.num_rows))
+            if parts:
+                gone = gone.cast(parts[0].schema)
+            parts.append(gone)
+        source = pa.concat_tables(parts).combine_chunks()
         merger = table.merge(
             source,
             predicate=merge_predicate(keys, source),
@@ -126,8 +144,12 @@ def write_run(
             writer_properties=writer,
             commit_properties=props,
         )
+        flag = f"s.{_quoted(_GONE)}"
         metrics: dict[str, Any] = (
-            merger.when_matched_update_all().when_not_matched_insert_all().execute()
+            merger.when_matched_delete(predicate=flag)
+            .when_matched_update_all(predicate=f"NOT {flag}", except_cols=[_GONE])
+            .when_not_matched_insert_all(predicate=f"NOT {flag}", except_cols=[_GONE])
+            .execute()
         )
         return metrics
     if kind == "merge":

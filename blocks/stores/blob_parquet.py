@@ -202,6 +202,13 @@ class BlobStoreBase(PublishingStore):
 class BlobParquetStore(BlobStoreBase):
     """Parquet tables under a folder of a Blob container, published atomically file by file."""
 
+    def deletes_refusal(self, keys: list[str]) -> str | None:
+        return (
+            f"the {self.spec_type} Store keeps a log of loads and does not write tombstones "
+            "yet (the local Parquet Store does); use a Delta Store (`type: delta`) for a "
+            "table that drops deleted rows"
+        )
+
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> BlobParquetWriter:
         return BlobParquetWriter(self, entity, run_id, mode)
 
@@ -359,6 +366,12 @@ class BlobFiles:
             self._writer.write_table(part, row_group_size=self.store.row_group_rows)
             self._rows_in_file += part.num_rows
             table = table.slice(part.num_rows)
+
+    def next_file(self) -> None:
+        """Write what is gathered, then start the next file (when the current one has rows)."""
+        self._flush()
+        if self._rows_in_file:
+            self._roll()
 
     def close(self) -> None:
         """Finish the current file and wait for all its blocks to be staged."""

@@ -36,7 +36,8 @@ from pydantic import Field
 from blocks.base import WriteMode, asset_uri
 from blocks.stores import _delta_log as log
 from blocks.stores._delta_types import delta_schema, to_delta
-from blocks.stores._local_fs import os_error, remove_staging
+from blocks.stores._local_fs import fsync_file, make_dirs, os_error, remove_staging
+from blocks.stores._parquet_files import ArrowFile
 from blocks.stores._schema import appendable, comparable
 from blocks.stores.parquet import ParquetStore, ParquetWriter
 from blocks.stores.protocol import Staged
@@ -98,6 +99,14 @@ class DeltaStore(ParquetStore):
 
     def merges_by(self, keys: list[str]) -> bool:
         return bool(keys) and (self.merge_keys or keys) == keys
+
+    def deletes_refusal(self, keys: list[str]) -> str | None:
+        if self.merges_by(keys):
+            return None  # the run's merge deletes them in its one commit
+        return (
+            "a Delta table deletes rows by the keys it merges by: leave `merge_keys` empty (it "
+            "takes the watermark's keys) or equal to them"
+        )
 
     def for_entity(self, keys: list[str], watermark_columns: list[str]) -> DeltaStore:
         update: dict[str, list[str] | None] = {}
@@ -200,7 +209,8 @@ class DeltaStore(ParquetStore):
         if self.run_committed(manifest):
             return True
         staged = self.staging_dir(manifest.entity, manifest.run_id)
-        return bool(manifest.files) and all((staged / n).exists() for n in manifest.files)
+        names = [*manifest.files, *manifest.extra.get("deletes", [])]
+        return bool(names) and all((staged / n).exists() for n in names)
 
     def unpublished(self, manifest: Manifest) -> list[str]:
         return [] if self.run_committed(manifest) else list(manifest.files)
@@ -216,6 +226,7 @@ class DeltaStore(ParquetStore):
             self.storage_options(),
             extra["delta"],
             [staged / n for n in manifest.files],
+            deletes=[staged / n for n in extra.get("deletes", [])],
             add_columns=bool(extra.get("add_columns")),
             keys=list(extra.get("keys") or []),
             order=list(extra.get("order") or []),
@@ -265,6 +276,27 @@ class DeltaWriter(ParquetWriter):
         self._delta_schema: pa.Schema | None = None
         #: the run adds columns to the table (schema drift's `evolve`)
         self.adds_columns = False
+        #: the key columns of rows the run deletes, staged beside its rows (one file)
+        self._deletes: ArrowFile | None = None
+        self.delete_files: list[str] = []
+
+    def delete(self, keys: pa.RecordBatch) -> None:
+        """Stage deleted keys; the run's merge deletes them in its one commit."""
+        if self.kind != "merge":
+            msg = "a Delta table deletes rows by key only in a merge: give the entity `keys`"
+            raise StoreError(msg, entity=self.entity)
+        keys = to_delta(
+            keys, delta_schema(keys.schema, self.store.timestamp_ntz, self.entity), self.entity
+        )
+        try:
+            if self._deletes is None:
+                make_dirs(self.staged)
+                name = f"{self.run_id}.deletes.parquet"
+                self._deletes = ArrowFile(self.staged / name, keys.schema, "ZSTD", None)
+                self.delete_files.append(name)
+            self._deletes.write(keys)
+        except OSError as exc:
+            raise os_error(exc, self.entity, self.staged) from exc
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._delta_schema is None:
@@ -277,6 +309,11 @@ class DeltaWriter(ParquetWriter):
         super().write(batch)
 
     def close_files(self) -> Staged:
+        if self._deletes is not None:
+            deletes, self._deletes = self._deletes, None
+            deletes.close()
+            for name in self.delete_files:
+                fsync_file(self.staged / name)
         staged = super().close_files()
         uri, options = self.store.table_uri(self.entity), self.store.storage_options()
         try:
@@ -289,8 +326,15 @@ class DeltaWriter(ParquetWriter):
             "keys": list(self.store.merge_keys or []) if self.kind == "merge" else [],
             "order": list(self.store.merge_order or []) if self.kind == "merge" else [],
             "add_columns": self.adds_columns,
+            "deletes": list(self.delete_files),
         }
         return staged
+
+    def abandon_files(self) -> None:
+        if self._deletes is not None:
+            deletes, self._deletes = self._deletes, None
+            deletes.abort()
+        super().abandon_files()
 
     def publish_error(self, exc: BaseException) -> StoreError:
         error = self.store.backend_error(exc, "cannot publish to the Store", self.entity)

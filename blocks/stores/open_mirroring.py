@@ -189,6 +189,11 @@ class OpenMirroringStore(BlobStoreBase):
         # Fabric upserts by the table's key columns when the files carry upsert markers
         return bool(keys) and self.row_marker == "upsert" and list(self.key_columns or []) == keys
 
+    def deletes_refusal(self, keys: list[str]) -> str | None:
+        if self.key_columns:
+            return None  # deletes go as `__rowMarker__` 2 rows of the key columns
+        return "Open Mirroring deletes by the table's key columns: set `key_columns: [...]`"
+
     def check_keys(self, entity: str, mode: WriteMode = "append") -> None:
         """Key columns are required, and can never change for an existing table.
 
@@ -470,9 +475,45 @@ class MirroringWriter(StagedBlobWriter):
             self.files = BlobFiles(store, self.state, run_id, staging, entity)
         self._schema = None
         self._left_out = 0
+        self._deleted = 0
 
     def left_out(self) -> int:
         return self._left_out
+
+    def deletes_in_files(self) -> int:
+        return self._deleted
+
+    def delete(self, keys: pa.RecordBatch) -> None:
+        """Deleted keys as `__rowMarker__` 2 rows: the key columns, every other column NULL,
+        in files after the run's changes (Fabric applies a table's files in number order)."""
+        wanted = list(self.store.key_columns or [])
+        if sorted(keys.schema.names) != sorted(wanted):
+            msg = (
+                f"deletes carry the columns {keys.schema.names}, but the table's key columns "
+                f"are {wanted}; set `key_columns` to the watermark's keys (as polished)"
+            )
+            raise StoreError(msg, entity=self.entity)
+        try:
+            if self._schema is None:
+                existing = self.store.table_schema_now(self.entity)
+                if existing is None:
+                    return  # nothing was ever published: nothing to delete
+                self._schema = self._nullable(existing)
+            elif not self._deleted:
+                self.files.next_file()  # deletes never share a file with the run's changes
+            n = keys.num_rows
+            arrays = [
+                pa.array(np.full(n, DELETE, dtype=np.int32))
+                if f.name == MARKER
+                else keys.column(f.name).cast(f.type)
+                if f.name in wanted
+                else pa.nulls(n, f.type)
+                for f in self._schema
+            ]
+            self.files.write(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
+            self._deleted += n
+        except AzureError as exc:
+            raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
 
     def close_files(self) -> Staged:
         names = self.staged_files()
@@ -516,7 +557,13 @@ class MirroringWriter(StagedBlobWriter):
                 marker = pc.if_else(flag, pa.scalar(DELETE, pa.int32()), marker)
         arrays.append(marker)
         fields.append(pa.field(MARKER, pa.int32(), nullable=False))
-        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+        return pa.RecordBatch.from_arrays(arrays, schema=self._nullable(pa.schema(fields)))
+
+    def _nullable(self, schema: pa.Schema) -> pa.Schema:
+        """Every column but the keys and the marker nullable: Fabric's schema merge needs a
+        column a later file lacks to be nullable, and a delete row has only its keys."""
+        fixed = (*(self.store.key_columns or []), MARKER)
+        return pa.schema([f if f.name in fixed else f.with_nullable(True) for f in schema])
 
     def _check_schema(self, schema: pa.Schema) -> pa.Schema:
         """A type change would stop replication: refuse it before anything is written."""
@@ -526,7 +573,7 @@ class MirroringWriter(StagedBlobWriter):
         if existing is None:
             return schema
         try:
-            return appendable(existing, schema, self.entity)
+            return self._nullable(appendable(existing, schema, self.entity))
         except StoreError as exc:
             msg = f"{exc.msg}; Fabric would stop replicating this table on such a change"
             raise StoreError(msg, entity=self.entity) from exc

@@ -3,6 +3,8 @@
 Layout under `path`:
 
     <entity>/part-<run_id>-00000.parquet   published data; `scan_parquet("<entity>/*.parquet")`
+    <entity>/_deletes/part-<run_id>-...    keys a run deleted (`deletes: detect`): tombstones,
+                                           applied by `parquet_current.current_view`
     _staging/<entity>/<run_id>/            files being written (readers ignore `_` names)
     _manifests/<entity>/<run_id>.json      the run record of `hygge_core.manifest`
     _state/<entity>/<name>                 objects an entity keeps beside the data (`put_state`)
@@ -58,6 +60,10 @@ from hygge_core.manifest import (
 _PROBE = '{"written_by": "hygge check", "removed": "at once"}'
 
 
+#: the folder of an entity's tombstones (the keys its runs deleted), inside its table folder
+TOMBSTONES = "_deletes"
+
+
 class ParquetStore(PublishingStore):
     """Writes entities as Parquet tables into a local or mounted directory.
 
@@ -88,6 +94,9 @@ class ParquetStore(PublishingStore):
         default=10_000_000,
         description="Start a new file after this many rows (appends publish file by file).",
     )
+
+    def deletes_refusal(self, keys: list[str]) -> str | None:
+        return None  # tombstones in `<entity>/_deletes/`; `parquet_current.current_view`
 
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> ParquetWriter:
         return ParquetWriter(self, entity, run_id, mode)
@@ -242,9 +251,10 @@ class ParquetStore(PublishingStore):
             self.table_dir(manifest.entity).mkdir(parents=True, exist_ok=True)
 
     def publish_file(self, manifest: Manifest, name: str) -> None:
-        final = self.table_dir(manifest.entity)
-        os.replace(self.staging_dir(manifest.entity, manifest.run_id) / name, final / name)
-        fsync_dir(final)
+        final = self.table_dir(manifest.entity) / name
+        final.parent.mkdir(exist_ok=True)  # `_deletes/` for a run's tombstones
+        os.replace(self.staging_dir(manifest.entity, manifest.run_id) / name, final)
+        fsync_dir(final.parent)
 
     def replace_table(self, manifest: Manifest) -> bool:
         final = self.table_dir(manifest.entity)
@@ -302,6 +312,27 @@ class ParquetWriter(StagedWriter):
         self._writer: FileWriter | None = None
         self._rows_in_file = 0
         self._schema: pa.Schema | None = None
+        self._deleted = 0
+        self._tombstones: ArrowFile | None = None
+
+    def deletes_in_files(self) -> int:
+        return self._deleted
+
+    def delete(self, keys: pa.RecordBatch) -> None:
+        """Tombstones: the deleted keys in `<entity>/_deletes/`, published with the run's files
+        (readers of `<entity>/*.parquet` never see them; `current_view` applies them)."""
+        try:
+            if self._tombstones is None:
+                self._close()  # the data files are complete: tombstones come after them
+                name = f"{TOMBSTONES}/{run_file_name(self.run_id, 0)}"
+                make_dirs(self.staged / TOMBSTONES)
+                codec, level = self.store.compression, self.store.compression_level
+                self._tombstones = ArrowFile(self.staged / name, keys.schema, codec, level)
+                self.files.append(name)
+            self._tombstones.write(keys)
+            self._deleted += keys.num_rows
+        except OSError as exc:
+            raise os_error(exc, self.entity, self.staged) from exc
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:
@@ -363,6 +394,9 @@ class ParquetWriter(StagedWriter):
         self._rows_in_file = 0
 
     def _close(self, quiet: bool = False) -> None:
+        if self._tombstones is not None:
+            tombstones, self._tombstones = self._tombstones, None
+            tombstones.abort() if quiet else tombstones.close()
         if self._writer is None:
             return
         writer, self._writer = self._writer, None
