@@ -97,7 +97,9 @@ def test_example_spec_moves_the_shop_exactly(
     for table in KEYS:
         got = read_prefix(c, prefix.format(t=table))
         if store == "open_mirroring":
-            assert got.columns[-1] == "__rowMarker__"
+            # the second run published nothing new for orders/order_lines and replaced the
+            # others: every file is a first load's inserts, which carry no marker
+            assert "__rowMarker__" not in got.columns
             folder = prefix.format(t=table)
             meta = json.loads(c.download_blob(folder + "_metadata.json").readall())
             assert meta == {"keyColumns": KEYS[table]}
@@ -105,5 +107,4 @@ def test_example_spec_moves_the_shop_exactly(
             # replaced customers/products (dropped, renumbered from 1): one file everywhere
             names = [b.name[len(folder) :] for b in c.list_blobs(name_starts_with=folder)]
             assert sorted(names) == ["00000000000000000001.parquet", "_metadata.json"]
-            got = got.drop("__rowMarker__")
         assert_same(got, source_table(db, table), table)

@@ -299,7 +299,7 @@ def replay_landing_zone(c: Any, folder: str) -> dict[int, str]:
     table: dict[int, str] = {}
     for name in data_files(c, folder):
         for row in read(c, folder, name).to_pylist():
-            if row["__rowMarker__"] == 2:
+            if row.get("__rowMarker__", 0) == 2:  # no marker: inserts
                 table.pop(row["id"], None)
             else:
                 table[row["id"]] = row["label"]

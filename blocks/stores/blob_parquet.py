@@ -367,10 +367,12 @@ class BlobFiles:
             self._rows_in_file += part.num_rows
             table = table.slice(part.num_rows)
 
-    def next_file(self) -> None:
-        """Write what is gathered, then start the next file (when the current one has rows)."""
+    def next_file(self, schema: pa.Schema | None = None) -> None:
+        """Write what is gathered; the next rows go to a new file, of `schema` if given."""
         self._flush()
-        if self._rows_in_file:
+        if schema is not None:
+            self.schema = schema
+        if self._writer is not None:
             self._roll()
 
     def close(self) -> None:

@@ -446,7 +446,8 @@ class OpenMirroringStore(BlobStoreBase):
 
 
 class MirroringWriter(StagedBlobWriter):
-    """Stages one entity's run for the landing zone: numbered files, row markers last."""
+    """Stages one entity's run for the landing zone: numbered files, row markers last where
+    updates or deletes can occur, none in insert-only files."""
 
     where = "the landing zone"
     store: OpenMirroringStore
@@ -461,6 +462,11 @@ class MirroringWriter(StagedBlobWriter):
         # a replaced table starts empty: plain inserts; incremental loads upsert by default
         upsert = mode == "append" and store.row_marker == "upsert"
         self.marker = UPSERT if upsert else INSERT
+        # insert-only files carry no marker: Fabric stages them directly ("a marker-bearing
+        # file uses the row-based path even when every marker denotes an insert")
+        self.marked = upsert or store.upsert_default_row_marker or (
+            mode == "append" and store.delete_column is not None
+        )
         if mode == "append":
             # continue after the highest number present (the service keeps the last it read)
             numbers = store.numbers(entity)
@@ -498,9 +504,12 @@ class MirroringWriter(StagedBlobWriter):
                 existing = self.store.table_schema_now(self.entity)
                 if existing is None:
                     return  # nothing was ever published: nothing to delete
-                self._schema = self._nullable(existing)
-            elif not self._deleted:
-                self.files.next_file()  # deletes never share a file with the run's changes
+                self._schema = self._nullable(_unmarked(existing))
+            if MARKER not in self._schema.names:
+                self._schema = self._schema.append(pa.field(MARKER, pa.int32(), nullable=False))
+            if not self._deleted:
+                # deletes never share a file with the run's changes (nor their schema)
+                self.files.next_file(self._schema)
             n = keys.num_rows
             arrays = [
                 pa.array(np.full(n, DELETE, dtype=np.int32))
@@ -539,7 +548,7 @@ class MirroringWriter(StagedBlobWriter):
             arrays.append(col)
             fields.append(f)
         marker = pa.array(np.full(batch.num_rows, self.marker, dtype=np.int32))
-        if self.store.delete_column:
+        if self.store.delete_column and (self.mode == "replace" or self.marked):
             if self.store.delete_column not in batch.schema.names:
                 msg = (
                     f"delete_column {self.store.delete_column!r} is not a column of the source "
@@ -555,8 +564,9 @@ class MirroringWriter(StagedBlobWriter):
                 self._left_out += batch.num_rows - len(marker)
             else:
                 marker = pc.if_else(flag, pa.scalar(DELETE, pa.int32()), marker)
-        arrays.append(marker)
-        fields.append(pa.field(MARKER, pa.int32(), nullable=False))
+        if self.marked:
+            arrays.append(marker)
+            fields.append(pa.field(MARKER, pa.int32(), nullable=False))
         return pa.RecordBatch.from_arrays(arrays, schema=self._nullable(pa.schema(fields)))
 
     def _nullable(self, schema: pa.Schema) -> pa.Schema:
@@ -573,10 +583,18 @@ class MirroringWriter(StagedBlobWriter):
         if existing is None:
             return schema
         try:
-            return self._nullable(appendable(existing, schema, self.entity))
+            # the marker is each file's own: an earlier file may have one and this run not
+            table = appendable(_unmarked(existing), _unmarked(schema), self.entity)
+            if MARKER in schema.names:
+                table = table.append(schema.field(MARKER))
+            return self._nullable(table)
         except StoreError as exc:
             msg = f"{exc.msg}; Fabric would stop replicating this table on such a change"
             raise StoreError(msg, entity=self.entity) from exc
+
+
+def _unmarked(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name != MARKER])
 
 
 def _number(name: str) -> int:
