@@ -464,8 +464,10 @@ class MirroringWriter(StagedBlobWriter):
         self.marker = UPSERT if upsert else INSERT
         # insert-only files carry no marker: Fabric stages them directly ("a marker-bearing
         # file uses the row-based path even when every marker denotes an insert")
-        self.marked = upsert or store.upsert_default_row_marker or (
-            mode == "append" and store.delete_column is not None
+        self.marked = (
+            upsert
+            or store.upsert_default_row_marker
+            or (mode == "append" and store.delete_column is not None)
         )
         if mode == "append":
             # continue after the highest number present (the service keeps the last it read)
