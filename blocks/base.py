@@ -51,6 +51,18 @@ class Since:
 
 
 @dataclass(frozen=True)
+class DestinationVerdict:
+    """What the destination's own service says of a table (Fabric's mirroring monitor)."""
+
+    #: ok, warning, failed, processing, stopped or unknown
+    state: str
+    #: one line for the summary: the status, the service's error, the rows it processed
+    text: str
+    #: when the service last processed the table (None: it does not say)
+    updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class ReadRequest:
     """What the engine asks a Home for: one entity's rows, in batches."""
 
@@ -219,6 +231,15 @@ class StoreBlock(Block, ABC):
         """Whether an incremental load upserts rows by these key columns (one current row per
         key) rather than appending them: rows read again then replace, never double."""
         return False
+
+    def verdict_seconds(self) -> float:
+        """How long a run waits for the destination's verdict on its tables (0: it has none)."""
+        return 0.0
+
+    def destination_verdict(self, entity: str) -> DestinationVerdict | None:
+        """The destination service's current verdict on the entity's table, read once (None:
+        it reports nothing on it). Only Stores whose `verdict_seconds` is above 0 have one."""
+        return None
 
     def deletes_refusal(self, keys: list[str]) -> str | None:
         """Why this Store cannot delete rows by these key columns (None: it can, through

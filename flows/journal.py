@@ -53,6 +53,8 @@ SCHEMA = pa.schema(
         ("rows_published", pa.int64()),
         # rows deleted at the destination because the source no longer has them (`deletes:`)
         ("deleted", pa.int64()),
+        # the destination service's verdict on the table after the run (Fabric's monitor)
+        ("destination_verdict", pa.string()),
     ]
 )
 
@@ -82,6 +84,7 @@ class JournalRecord:
     rows_read: int | None = None
     rows_published: int | None = None
     deleted: int = 0
+    destination_verdict: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -197,6 +200,17 @@ class Journal:
             # the data and the ledger are committed already; a journal that cannot be written
             # is reported, not allowed to fail the entity
             self.logger.error("%s: cannot write the run journal: %s", record.entity, exc)
+
+    def verdict(self, store: StoreBlock, entity: str, verdict: str, failed: bool) -> None:
+        """Add the destination's verdict to the entity's record (and fail it, if it failed)."""
+        _, mine = self._by_area.get(store.lock_id(), (store, []))
+        for record in mine:
+            if record.entity == entity:
+                record.destination_verdict = verdict
+                if failed:
+                    record.status, record.error = "failed", verdict
+        with contextlib.suppress(Exception):
+            store.write_journal(self.run_id, to_table(mine))
 
     def publish_artifact(self) -> None:
         with contextlib.suppress(Exception):

@@ -34,6 +34,7 @@ from flows.plan import blocks_of, plan_jobs, resolve_blocks
 from flows.schedule import move_all
 from flows.spec import RunType, TaskRunnerSpec, load_any
 from flows.summary import publish_summary, render
+from flows.verdicts import await_verdicts
 from hygge_core.errors import FlowError
 
 #: log the summary table at the end of the flow; the command line turns it off and prints the
@@ -75,7 +76,10 @@ def hygge(
         jobs = plan_jobs(plan, selected, ledger, run_type, loaded_at=utc_now())
         journal = Journal(plan.name, run_id, logger)
         workers = concurrency or plan.concurrency
+        started = utc_now()
         rows = move_all(jobs, plan, ledger, run_id, workers, logger, journal)
+    # the destination's own verdict (Fabric's monitor), once the Stores are free again
+    await_verdicts(jobs, rows, started, journal, logger)
     journal.publish_artifact()
 
     ordered = [rows[j.plan.name] for j in jobs]

@@ -24,6 +24,10 @@ class SummaryRow:
     ran_on: str = ""
     #: bytes written to the Store per second (compressed Parquet), for upload-bound Stores
     mb_per_second: float = 0.0
+    #: what the destination's own service says of the table (Fabric's mirroring monitor)
+    fabric: str = ""
+    #: the run published something (its verdict must be newer than the run)
+    changed: bool = False
 
     @classmethod
     def ok(cls, result: EntityResult) -> SummaryRow:
@@ -48,6 +52,7 @@ class SummaryRow:
             detail=detail,
             ran_on=result.ran_on,
             mb_per_second=round(result.bytes / result.seconds / 1e6, 2) if result.seconds else 0.0,
+            changed=result.changed,
         )
 
     @classmethod
@@ -66,6 +71,7 @@ def _short(error: BaseException) -> str:
 def render(rows: list[SummaryRow]) -> str:
     """A fixed-width table for the terminal."""
     headers = ["entity", "status", "mode", "rows", "seconds", "rows/s", "MB/s", "watermark"]
+    fabric = any(r.fabric for r in rows)
     body = [
         [
             r.entity,
@@ -76,9 +82,12 @@ def render(rows: list[SummaryRow]) -> str:
             f"{r.rows_per_second:,.0f}",
             f"{r.mb_per_second:.1f}",
             r.watermark,
+            *([r.fabric] if fabric else []),
         ]
         for r in rows
     ]
+    if fabric:
+        headers.append("fabric")
     widths = [
         max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)
     ]

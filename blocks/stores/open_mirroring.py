@@ -15,9 +15,11 @@ hygge's own records (manifests, journal, the lease lock and full_drop staging) l
 the landing zone, under `state_path`, where the service never looks.
 
 A full_drop stages the complete new table under `state_path` first; only then deletes the
-table folder (retrying while the service holds it), waits `drop_wait_seconds` for the service
-to drop the table, and publishes the staged files with fresh numbering. The wait happens
-outside the entity task, so it holds none of the flow's concurrency slots.
+table folder (retrying while the service holds it), waits until Fabric's monitor
+(`Files/Monitoring/tables.json`) no longer lists the table (or, without a readable monitor,
+`drop_wait_seconds`), and publishes the staged files with fresh numbering. The wait happens
+outside the entity task, so it holds none of the flow's concurrency slots. After a run,
+`verify_seconds` waits for Fabric's verdict on each table (`flows.verdicts`).
 """
 
 from __future__ import annotations
@@ -31,13 +33,11 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from azure.core.exceptions import AzureError, ResourceExistsError
 from pydantic import Field, field_validator
 
-from blocks.base import WriteMode, utc_now
+from blocks.base import DestinationVerdict, WriteMode, utc_now
 from blocks.stores._blob import (
     ONELAKE_URL,
     BlobArea,
@@ -47,21 +47,19 @@ from blocks.stores._blob import (
     store_error,
     with_retries,
 )
-from blocks.stores._schema import SMALL, appendable
+from blocks.stores._om_monitor import MONITOR, TableStatus, find, parse_tables
+from blocks.stores._om_writer import MirroringWriter
 from blocks.stores.blob_parquet import (
-    BlobFiles,
     BlobStoreBase,
-    StagedBlobWriter,
     _iter_blob,
     footer_schema,
 )
-from blocks.stores.protocol import Staged
 from hygge_core import faults
-from hygge_core.errors import ConfigError, StoreError
-from hygge_core.manifest import Manifest, run_file_name
+from hygge_core.errors import ConfigError, StoreError, TransientStoreError
+from hygge_core.manifest import Manifest
 
-MARKER = "__rowMarker__"
-INSERT, DELETE, UPSERT = 0, 2, 4
+#: how often a full drop asks Fabric's monitor whether the dropped table is gone
+_DROP_POLL_SECONDS = 2.0
 _NUMBERED = re.compile(r"^(\d{20})\.parquet$")
 
 
@@ -117,7 +115,24 @@ class OpenMirroringStore(BlobStoreBase):
         default=False, description="Write isUpsertDefaultRowMarker into _metadata.json."
     )
     drop_wait_seconds: float = Field(
-        default=120, ge=0, description="How long a full_drop waits for Fabric to drop the table."
+        default=120,
+        ge=0,
+        description="How long a full_drop waits for Fabric to drop the table when Fabric's "
+        "monitor (Files/Monitoring/tables.json) cannot be read; with the monitor, the drop "
+        "waits until the table has left it.",
+    )
+    drop_timeout_seconds: float = Field(
+        default=900,
+        ge=0,
+        description="How long a full_drop waits, at most, for the table to leave Fabric's "
+        "monitor before it stops (the new table stays staged; the next run resumes).",
+    )
+    verify_seconds: float = Field(
+        default=10,
+        ge=0,
+        description="After publishing, wait up to this long for Fabric's verdict on each table "
+        "(Files/Monitoring/tables.json) and report it; a table Fabric failed fails the entity. "
+        "0 skips the check.",
     )
     partner_name: str = Field(default="hygge", description="partnerName in _partnerEvents.json.")
     source_type: str = Field(default="hygge", description="sourceInfo.sourceType.")
@@ -169,6 +184,28 @@ class OpenMirroringStore(BlobStoreBase):
         except AzureError as exc:
             raise store_error(exc, "cannot list the landing zone", entity=entity) from exc
         return "_metadata.json" in names or any(_NUMBERED.match(n) for n in names)
+
+    # -- Fabric's verdict ---------------------------------------------------------------------
+
+    def monitor(self) -> list[TableStatus] | None:
+        """Fabric's monitor of the mirrored database's tables (None: absent or unreadable)."""
+        area = self.area(self.item)
+        try:
+            return parse_tables(area.get_bytes(area.key(MONITOR)))
+        except AzureError:
+            return None
+
+    def verdict_seconds(self) -> float:
+        return self.verify_seconds
+
+    def destination_verdict(self, entity: str) -> DestinationVerdict | None:
+        tables = self.monitor()
+        if tables is None:
+            return None
+        status = find(tables, entity, self.table_schema)
+        if status is None:
+            return DestinationVerdict("processing", "not yet in Fabric's monitor")
+        return DestinationVerdict(status.verdict, status.describe(), _instant(status.updated_at))
 
     # -- the landing zone's rules ------------------------------------------------------------
 
@@ -360,6 +397,10 @@ class OpenMirroringStore(BlobStoreBase):
         faults.point("publish.between_swap_renames")
         # nothing was there (a first load): Fabric has no table to drop, nothing to wait for
         wait = self.drop_wait_seconds if manifest.extra.get("had_table", True) else 0.0
+        if wait and self.monitor() is not None:
+            # Fabric's monitor says when the table is gone: poll it instead of a fixed wait
+            manifest.extra["drop_watch"] = utc_now().isoformat()
+            wait = 0.0
         ready = utc_now() + dt.timedelta(seconds=wait)
         manifest.state = "waiting"
         manifest.extra["ready_at"] = ready.isoformat()
@@ -393,6 +434,8 @@ class OpenMirroringStore(BlobStoreBase):
                 self.drop_table(manifest)
             if manifest.state == "waiting":
                 _sleep_until(manifest.extra.get("ready_at"))
+                if manifest.extra.get("drop_watch"):
+                    self._await_drop(manifest)
                 manifest.state = "publishing"
                 self.save_manifest(manifest)
             if manifest.state == "publishing":
@@ -403,6 +446,31 @@ class OpenMirroringStore(BlobStoreBase):
             return manifest
         except AzureError as exc:
             raise store_error(exc, "cannot publish the new table", entity=entity) from exc
+
+    def _await_drop(self, manifest: Manifest) -> None:
+        """Wait until Fabric's monitor no longer lists the dropped table (Microsoft's restart:
+        delete the folder, wait for the table to disappear, then recreate it)."""
+        entity = manifest.entity
+        since = dt.datetime.fromisoformat(manifest.extra["drop_watch"])
+        deadline = since + dt.timedelta(seconds=self.drop_timeout_seconds)
+        while True:
+            tables = self.monitor()
+            if tables is None:
+                # the monitor went away: fall back to the fixed wait from the drop
+                _sleep_until((since + dt.timedelta(seconds=self.drop_wait_seconds)).isoformat())
+                return
+            if find(tables, entity, self.table_schema) is None:
+                return
+            if utc_now() >= deadline:
+                msg = (
+                    f"Fabric still lists the table {self.drop_timeout_seconds:g}s after its "
+                    "folder was deleted, so the rebuilt table is not published yet; it stays "
+                    "staged and the next run resumes the full drop. Check the mirrored "
+                    "database in Fabric (is replication running?), or raise "
+                    "`drop_timeout_seconds`"
+                )
+                raise TransientStoreError(msg, entity=entity)
+            time.sleep(_DROP_POLL_SECONDS)
 
     def _copy_in(self, manifest: Manifest) -> None:
         area, state = self.area(), self.state()
@@ -445,158 +513,14 @@ class OpenMirroringStore(BlobStoreBase):
             yield from _iter_blob(area, self.file_key(entity, n))
 
 
-class MirroringWriter(StagedBlobWriter):
-    """Stages one entity's run for the landing zone: numbered files, row markers last where
-    updates or deletes can occur, none in insert-only files."""
-
-    where = "the landing zone"
-    store: OpenMirroringStore
-
-    def __init__(self, store: OpenMirroringStore, entity: str, run_id: str, mode: WriteMode):
-        self.store = store
-        self.entity = entity
-        self.run_id = run_id
-        self.mode = mode
-        self.area = store.area()
-        self.state = store.state()
-        # a replaced table starts empty: plain inserts; incremental loads upsert by default
-        upsert = mode == "append" and store.row_marker == "upsert"
-        self.marker = UPSERT if upsert else INSERT
-        # insert-only files carry no marker: Fabric stages them directly ("a marker-bearing
-        # file uses the row-based path even when every marker denotes an insert")
-        self.marked = (
-            upsert
-            or store.upsert_default_row_marker
-            or (mode == "append" and store.delete_column is not None)
-        )
-        if mode == "append":
-            # continue after the highest number present (the service keeps the last it read)
-            numbers = store.numbers(entity)
-            self.first = (numbers[-1] if numbers else 0) + 1
-            folder = store.table_folder(entity)
-            name_of = lambda i: self.area.key(folder, f"{self.first + i:020d}.parquet")  # noqa: E731
-            self.files = BlobFiles(store, self.area, run_id, name_of, entity)
-        else:
-            self.first = 1
-            folder = store.table_folder(entity)
-            staging = lambda i: self.state.key("_staging", folder, run_id, run_file_name(run_id, i))  # noqa: E731
-            self.files = BlobFiles(store, self.state, run_id, staging, entity)
-        self._schema = None
-        self._left_out = 0
-        self._deleted = 0
-
-    def left_out(self) -> int:
-        return self._left_out
-
-    def deletes_in_files(self) -> int:
-        return self._deleted
-
-    def delete(self, keys: pa.RecordBatch) -> None:
-        """Deleted keys as `__rowMarker__` 2 rows: the key columns, every other column NULL,
-        in files after the run's changes (Fabric applies a table's files in number order)."""
-        wanted = list(self.store.key_columns or [])
-        if sorted(keys.schema.names) != sorted(wanted):
-            msg = (
-                f"deletes carry the columns {keys.schema.names}, but the table's key columns "
-                f"are {wanted}; set `key_columns` to the watermark's keys (as polished)"
-            )
-            raise StoreError(msg, entity=self.entity)
-        try:
-            if self._schema is None:
-                existing = self.store.table_schema_now(self.entity)
-                if existing is None:
-                    return  # nothing was ever published: nothing to delete
-                self._schema = self._nullable(_unmarked(existing))
-            if MARKER not in self._schema.names:
-                self._schema = self._schema.append(pa.field(MARKER, pa.int32(), nullable=False))
-            if not self._deleted:
-                # deletes never share a file with the run's changes (nor their schema)
-                self.files.next_file(self._schema)
-            n = keys.num_rows
-            arrays = [
-                pa.array(np.full(n, DELETE, dtype=np.int32))
-                if f.name == MARKER
-                else keys.column(f.name).cast(f.type)
-                if f.name in wanted
-                else pa.nulls(n, f.type)
-                for f in self._schema
-            ]
-            self.files.write(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
-            self._deleted += n
-        except AzureError as exc:
-            raise store_error(exc, f"cannot upload to {self.where}", entity=self.entity) from exc
-
-    def close_files(self) -> Staged:
-        names = self.staged_files()
-        blocks = {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()}
-        extra: dict[str, Any] = {"blocks": blocks}
-        if self.mode == "replace":
-            # the staged copy becomes a set of ordinary blobs outside the landing zone
-            for key in self.files.keys:
-                self.state.commit(key, block_ids(self.run_id, key, blocks[key.rsplit("/", 1)[1]]))
-            extra["staged"] = list(self.files.keys)
-        return Staged(names, self.files.bytes, extra)
-
-    def _prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Canonical column types, and `__rowMarker__` appended as the last column."""
-        if MARKER in batch.schema.names:
-            msg = f"the source has a column named {MARKER!r}, which Open Mirroring reserves"
-            raise StoreError(msg, entity=self.entity)
-        arrays, fields = [], []
-        for f, col in zip(batch.schema, batch.columns, strict=True):
-            canonical = SMALL.get(f.type)  # one flavour: no flip-flops between runs
-            if canonical is not None:
-                col, f = col.cast(canonical), f.with_type(canonical)
-            arrays.append(col)
-            fields.append(f)
-        marker = pa.array(np.full(batch.num_rows, self.marker, dtype=np.int32))
-        if self.store.delete_column and (self.mode == "replace" or self.marked):
-            if self.store.delete_column not in batch.schema.names:
-                msg = (
-                    f"delete_column {self.store.delete_column!r} is not a column of the source "
-                    f"(columns: {', '.join(batch.schema.names)})"
-                )
-                raise StoreError(msg, entity=self.entity)
-            flag = pc.fill_null(batch.column(self.store.delete_column).cast(pa.bool_()), False)
-            if self.mode == "replace":
-                # a rebuilt table starts empty: deleted rows are simply left out
-                keep = pc.invert(flag)
-                arrays = [pc.filter(a, keep) for a in arrays]
-                marker = pc.filter(marker, keep)
-                self._left_out += batch.num_rows - len(marker)
-            else:
-                marker = pc.if_else(flag, pa.scalar(DELETE, pa.int32()), marker)
-        if self.marked:
-            arrays.append(marker)
-            fields.append(pa.field(MARKER, pa.int32(), nullable=False))
-        return pa.RecordBatch.from_arrays(arrays, schema=self._nullable(pa.schema(fields)))
-
-    def _nullable(self, schema: pa.Schema) -> pa.Schema:
-        """Every column but the keys and the marker nullable: Fabric's schema merge needs a
-        column a later file lacks to be nullable, and a delete row has only its keys."""
-        fixed = (*(self.store.key_columns or []), MARKER)
-        return pa.schema([f if f.name in fixed else f.with_nullable(True) for f in schema])
-
-    def _check_schema(self, schema: pa.Schema) -> pa.Schema:
-        """A type change would stop replication: refuse it before anything is written."""
-        if self.mode != "append":
-            return schema
-        existing = self.store.table_schema_now(self.entity)
-        if existing is None:
-            return schema
-        try:
-            # the marker is each file's own: an earlier file may have one and this run not
-            table = appendable(_unmarked(existing), _unmarked(schema), self.entity)
-            if MARKER in schema.names:
-                table = table.append(schema.field(MARKER))
-            return self._nullable(table)
-        except StoreError as exc:
-            msg = f"{exc.msg}; Fabric would stop replicating this table on such a change"
-            raise StoreError(msg, entity=self.entity) from exc
-
-
-def _unmarked(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f for f in schema if f.name != MARKER])
+def _instant(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _number(name: str) -> int:
