@@ -191,6 +191,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    targets = _targets(args, example=False)
+    if any(t.saved_blocks for t in targets):
+        _api()
+    from flows.spec import load_any
+    from flows.status import destination_status
+
+    passed = True
+    for target in targets:
+        text, ok = destination_status(load_any(target.spec), target.entities)
+        passed = passed and ok
+        print(f"{target.label}:\n{text}" if len(targets) > 1 else text)
+    return 0 if passed else 1
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from flows.scaffold import scaffold
 
@@ -322,6 +337,16 @@ def parser() -> argparse.ArgumentParser:
     _selection(hist)
     hist.add_argument("--limit", type=int, default=20, metavar="N", help="records (default 20)")
     hist.set_defaults(func=cmd_history)
+
+    status = sub.add_parser(
+        "status",
+        help="print what Fabric says of each table, running nothing",
+        description="Read the destination's own verdict on each entity's table (for Open "
+        "Mirroring, Fabric's monitor Files/Monitoring/tables.json): status, error and rows "
+        "processed. Exit 1 if Fabric reports a table failed.",
+    )
+    _selection(status)
+    status.set_defaults(func=cmd_status)
 
     init = sub.add_parser(
         "init",

@@ -200,3 +200,31 @@ def test_the_monitor_is_read_leniently() -> None:
     assert parse_tables(b"not json") is None
     assert parse_tables(None) is None
     assert parse_tables(b'{"tables": [{"status": "Running"}]}') == []  # no name: skipped
+
+
+def test_hygge_status_prints_fabrics_view(
+    mirrored: tuple[Any, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from flows.cli import main
+
+    c, spec = mirrored
+    spec["store"]["verify_seconds"] = 0
+    spec["entities"].append({**spec["entities"][0], "name": "other", "table": "events"})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    write_monitor(c, entry("Running", 300))
+    assert main(["status", "--spec", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["entity", "state", "fabric"]
+    assert out[1].split(None, 2) == ["events", "ok", "Running (300 rows processed)"]
+    assert out[2].split(None, 2) == ["other", "processing", "not yet in Fabric's monitor"]
+    write_monitor(c, entry("Error", 0, errorCode="Stopped", errorMessage="type change"))
+    assert main(["status", "--spec", str(path), "--entity", "events"]) == 1
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.split(None, 2) == [
+        "events",
+        "failed",
+        "Error: Stopped type change (0 rows processed)",
+    ]
