@@ -523,3 +523,34 @@ def test_rows_are_reconciled_and_a_rebuilt_tables_deletes_are_counted(
     assert writer.staged_rows() == {"part-r1-00000.parquet": 2}
     assert writer.left_out() == 1
     writer.abort()
+
+
+def test_starting_sequence_continues_another_tools_numbering(
+    azurite: Azurite, tmp_path: Path, spec_name: str
+) -> None:
+    ws = azurite.new_container()
+    db = make_events_db(tmp_path / "src.db", events_rows(0, 100))
+    spec = om_spec(spec_name, db, azurite, ws, starting_sequence=42, max_rows_per_file=60)
+    assert run_flow(spec).is_completed()
+    c = azurite.container(ws)
+    assert data_files(c, "events") == [f"{i:020d}.parquet" for i in (42, 43)]
+    make_events_db(db, events_rows(100, 10))
+    assert run_flow(spec).is_completed()
+    assert data_files(c, "events")[-1] == f"{44:020d}.parquet"  # then after the highest
+
+
+def test_an_uncommitted_upload_is_never_listed(azurite: Azurite) -> None:
+    """Why a block-list commit under the final name is as safe as upload-then-rename: until
+    the commit, the name is not in a listing (the scanner's view), nor readable; after it, the
+    whole file is. Shown on Azurite, whose Blob API behaves as Azure Storage's here; OneLake's
+    scanner itself cannot run here (docs/crash-safety.md says so)."""
+    ws = azurite.new_container()
+    c = azurite.container(ws)
+    name = f"{LZ}/t/00000000000000000001.parquet"
+    blob = c.get_blob_client(name)
+    blob.stage_block("YmxvY2sx", b"PAR1" + b"x" * 1024)
+    assert [b.name for b in c.list_blobs(name_starts_with=f"{LZ}/t/")] == []
+    assert not blob.exists()
+    blob.commit_block_list(["YmxvY2sx"])
+    assert [b.name for b in c.list_blobs(name_starts_with=f"{LZ}/t/")] == [name]
+    assert blob.get_blob_properties().size == 1028

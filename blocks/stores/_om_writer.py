@@ -58,7 +58,7 @@ class MirroringWriter(StagedBlobWriter):
         if mode == "append":
             # continue after the highest number present (the service keeps the last it read)
             numbers = store.numbers(entity)
-            self.first = (numbers[-1] if numbers else 0) + 1
+            self.first = numbers[-1] + 1 if numbers else store.starting_sequence
             folder = store.table_folder(entity)
             name_of = lambda i: self.area.key(folder, f"{self.first + i:020d}.parquet")  # noqa: E731
             self.files = BlobFiles(store, self.area, run_id, name_of, entity)

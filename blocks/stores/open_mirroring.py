@@ -111,6 +111,13 @@ class OpenMirroringStore(BlobStoreBase):
         default=None,
         description="A boolean source column: rows where it is true are sent as deletes (2).",
     )
+    starting_sequence: int = Field(
+        default=1,
+        ge=1,
+        description="The number of the first file hygge writes into a table folder that holds "
+        "none (a table another tool fed up to N-1); later files continue after the highest "
+        "number present.",
+    )
     upsert_default_row_marker: bool = Field(
         default=False, description="Write isUpsertDefaultRowMarker into _metadata.json."
     )
@@ -478,12 +485,13 @@ class OpenMirroringStore(BlobStoreBase):
         staged = manifest.extra["staged"]
         present = self.numbers(manifest.entity)
         top = present[-1] if present else 0
+        first = self.starting_sequence
         for i, key in enumerate(staged):
-            if i + 1 <= top:
+            if first + i <= top:
                 continue  # copied before an interruption (and maybe consumed since)
             if i:
                 faults.point("publish.between_files")
-            target = area.container.get_blob_client(self.file_key(manifest.entity, i + 1))
+            target = area.container.get_blob_client(self.file_key(manifest.entity, first + i))
             source = state.container.get_blob_client(key).download_blob(
                 max_concurrency=self.upload_parallelism
             )
@@ -494,7 +502,7 @@ class OpenMirroringStore(BlobStoreBase):
                 overwrite=False,
                 max_concurrency=self.upload_parallelism,
             )
-        manifest.files = [f"{i + 1:020d}.parquet" for i in range(len(staged))]
+        manifest.files = [f"{first + i:020d}.parquet" for i in range(len(staged))]
         self.mark_published(manifest)
 
     # -- reading back ------------------------------------------------------------------------
