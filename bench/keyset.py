@@ -1,0 +1,172 @@
+"""Key-set reconciliation at 10M keys: hygge's bucketed engine beside a DuckDB anti-join.
+
+    python -m bench.keyset [--keys N] [--deleted F] [--types int64,string] [--repeat K]
+
+The previous run's key set holds N keys (default 10,000,000); the source has lost a fraction F
+of them (default 1%, chosen at random) and gained as many new ones, which this run wrote. Both
+tools do the same job from the same files: the deleted keys (previous anti-join source) and
+the new key set ((previous semi-join source) union written), each written to a Parquet file,
+and both must agree on the counts. Each run is its own process (`bench.suite.measure`: wall
+seconds, peak RSS from GNU time); the process reports its engine seconds (the work after its
+imports). Medians of K runs; the ratio is DuckDB's time over hygge's (>= 1: hygge is faster).
+
+- **hygge**: `hygge_tasks.keyset.diff_keys`, the source streamed from its Parquet file in
+  100,000-row batches (as a Home yields them), the written keys through a `KeyCollector`.
+- **duckdb**: `COPY (SELECT ... ANTI JOIN ...)` and `COPY (... SEMI JOIN ... UNION ...)` over
+  `read_parquet` of the same files, DuckDB's defaults (all cores, 80% of RAM as its limit).
+
+The key types: `int64` (0..N-1), and `string` (`cust-` and 12 digits, 17 characters).
+DuckDB (`pip install duckdb`, in the `bench` extra; it can live beside hygge) must be
+importable by this Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.suite import measure  # noqa: E402
+from bench.workloads import MARK  # noqa: E402
+
+BATCH = 100_000
+
+
+def _column(values: Any, kind: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(values, pa.int64())
+    if kind == "int64":
+        return array
+    digits = pc.utf8_lpad(pc.cast(array, pa.string()), 12, "0")
+    return pc.binary_join_element_wise("cust-", digits, "")
+
+
+def make_inputs(work: Path, keys: int, deleted: float, kind: str) -> dict[str, str]:
+    """previous.parquet, source.parquet and written.parquet for one key type (kept for reuse)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = work / f"{kind}-{keys}-{deleted:g}"
+    paths = {n: folder / f"{n}.parquet" for n in ("previous", "source", "written")}
+    if all(p.exists() for p in paths.values()):
+        return {n: str(p) for n, p in paths.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(17)
+    held = np.arange(keys, dtype=np.int64)
+    new = np.arange(keys, keys + int(keys * deleted), dtype=np.int64)
+    source = np.concatenate([held[rng.random(keys) >= deleted], new])
+    rng.shuffle(source)  # a source returns its rows in its own order
+    for name, values in (("previous", held), ("source", source), ("written", new)):
+        table = pa.table({"id": _column(values, kind)})
+        pq.write_table(table, paths[name], compression="zstd", row_group_size=1_000_000)
+    return {n: str(p) for n, p in paths.items()}
+
+
+def run_hygge(args: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from hygge_tasks.keyset import KeyCollector, diff_keys
+
+    out = Path(args["out"])
+    start = time.perf_counter()
+    written = KeyCollector(["id"], out)
+    for batch in pq.ParquetFile(args["written"]).iter_batches(batch_size=BATCH):
+        written.add(batch)
+    source = pq.ParquetFile(args["source"]).iter_batches(batch_size=BATCH, columns=["id"])
+    diff = diff_keys(["id"], source, written, Path(args["previous"]), out)
+    # the caller streams the deletes to the Store: read them once, as it would
+    deleted = sum(b.num_rows for b in diff.deleted_batches())
+    seconds = time.perf_counter() - start
+    assert deleted == diff.deleted_count
+    return {"seconds": seconds, "deleted": diff.deleted_count, "count": diff.count}
+
+
+def run_duckdb(args: dict[str, Any]) -> dict[str, Any]:
+    import duckdb
+
+    out = Path(args["out"])
+    start = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(f"SET temp_directory = '{out / 'duckdb.tmp'}'")
+    prev, src, wrote = (f"read_parquet('{args[n]}')" for n in ("previous", "source", "written"))
+    con.execute(
+        f"COPY (SELECT p.id FROM {prev} p ANTI JOIN {src} s ON p.id = s.id) "
+        f"TO '{out / 'deleted.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+    con.execute(
+        f"COPY (SELECT p.id FROM {prev} p SEMI JOIN {src} s ON p.id = s.id "
+        f"UNION SELECT id FROM {wrote}) TO '{out / 'keyset.parquet'}' "
+        "(FORMAT parquet, COMPRESSION zstd)"
+    )
+    seconds = time.perf_counter() - start
+    count = con.execute(f"SELECT count(*) FROM read_parquet('{out / 'keyset.parquet'}')")
+    total = count.fetchone()
+    deleted = con.execute(f"SELECT count(*) FROM read_parquet('{out / 'deleted.parquet'}')")
+    gone = deleted.fetchone()
+    assert total is not None and gone is not None
+    return {"seconds": seconds, "deleted": gone[0], "count": total[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=10_000_000)
+    parser.add_argument("--deleted", type=float, default=0.01)
+    parser.add_argument("--types", default="int64,string")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hygge-bench")
+    args = parser.parse_args()
+    print(f"{args.keys:,} keys held, {args.deleted:.1%} deleted at the source and as many added")
+    head = f"{'engine s':>10}{'command s':>11}{'peak MB':>9}{'deleted':>11}{'new set':>12}"
+    print(f"{'keys':8}{'tool':8}{head}")
+    for kind in args.types.split(","):
+        inputs = make_inputs(args.work, args.keys, args.deleted, kind)
+        medians: dict[str, dict[str, Any]] = {}
+        for tool in ("hygge", "duckdb"):
+            runs = []
+            for _ in range(args.repeat):
+                out = Path(tempfile.mkdtemp(prefix="hygge-bench-keyset-"))
+                try:
+                    payload = json.dumps({**inputs, "out": str(out)})
+                    cmd = [sys.executable, "-m", "bench.keyset", "--run", tool, payload]
+                    runs.append(measure(cmd, {"PATH": "/usr/bin:/bin", "HOME": str(out)}))
+                finally:
+                    shutil.rmtree(out, ignore_errors=True)
+            timed = ("seconds", "command_seconds", "peak_mb")
+            med = {k: statistics.median(r[k] for r in runs) for k in timed}
+            med.update(deleted=runs[0]["deleted"], count=runs[0]["count"])
+            medians[tool] = med
+            print(
+                f"{kind:8}{tool:8}{med['seconds']:>10.2f}{med['command_seconds']:>11.2f}"
+                f"{med['peak_mb']:>9.0f}{med['deleted']:>11,}{med['count']:>12,}",
+                flush=True,
+            )
+        h, d = medians["hygge"], medians["duckdb"]
+        agree = (h["deleted"], h["count"]) == (d["deleted"], d["count"])
+        print(
+            f"{kind:8}duckdb/hygge time {d['seconds'] / h['seconds']:.2f}x, peak "
+            f"{d['peak_mb'] / h['peak_mb']:.2f}x; counts {'agree' if agree else 'DISAGREE'}"
+        )
+        if not agree:
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--run":
+        tool, payload = sys.argv[2], json.loads(sys.argv[3])
+        result = (run_hygge if tool == "hygge" else run_duckdb)(payload)
+        print(MARK + json.dumps(result), flush=True)
+    else:
+        main()
