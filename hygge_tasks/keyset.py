@@ -156,11 +156,13 @@ def diff_keys(
                 src.add(conform(batch, ref, "the source", entity))
         src.close()
         prev = None
-        if previous_file is not None and previous_rows:
+        if previous_file is not None:
+            # an empty stored set still makes this a later run: nothing is held
             prev = BucketSpill(spill_dir, n, ref)
             sides.append(prev)
-            for batch in previous_file.iter_batches(batch_size=_READ_ROWS):
-                prev.add(conform(batch, ref, "the stored key set", entity))
+            if previous_rows:
+                for batch in previous_file.iter_batches(batch_size=_READ_ROWS):
+                    prev.add(conform(batch, ref, "the stored key set", entity))
             prev.close()
         wrote = None
         if written is not None and written.count:

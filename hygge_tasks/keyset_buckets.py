@@ -158,7 +158,7 @@ class BucketSpill:
         self.n = n
         self.schema = schema
         #: the Polars form of `schema` (what bucket files hold), fixed by the empty frame
-        self.frame_schema = pl.from_arrow(schema.empty_table()).to_arrow().schema  # type: ignore[union-attr]
+        self.frame_schema = pl.from_arrow(schema.empty_table()).to_arrow().schema
         self.rows = 0
         self._tag = uuid.uuid4().hex[:8]
         self._writers: dict[int, ipc.RecordBatchStreamWriter] = {}
@@ -192,10 +192,10 @@ class BucketSpill:
             arrow = part.to_arrow()
             if not arrow.schema.equals(self.frame_schema):
                 arrow = arrow.cast(self.frame_schema)
-            writer = self._writers.get(int(bucket))  # type: ignore[call-overload]
+            writer = self._writers.get(int(bucket))
             if writer is None:
-                writer = ipc.new_stream(str(self.path(int(bucket))), self.frame_schema)  # type: ignore[call-overload]
-                self._writers[int(bucket)] = writer  # type: ignore[call-overload]
+                writer = ipc.new_stream(str(self.path(int(bucket))), self.frame_schema)
+                self._writers[int(bucket)] = writer
             writer.write_table(arrow)
 
     def close(self) -> None:
