@@ -1,19 +1,24 @@
-"""Key-set reconciliation at 10M keys: hygge's bucketed engine beside a DuckDB anti-join.
+"""Key-set reconciliation at 10M keys: hygge's bucketed engine beside DuckDB's anti-join.
 
     python -m bench.keyset [--keys N] [--deleted F] [--types int64,string] [--repeat K]
 
 The previous run's key set holds N keys (default 10,000,000); the source has lost a fraction F
-of them (default 1%, chosen at random) and gained as many new ones, which this run wrote. Both
-tools do the same job from the same files: the deleted keys (previous anti-join source) and
-the new key set ((previous semi-join source) union written), each written to a Parquet file,
-and both must agree on the counts. Each run is its own process (`bench.suite.measure`: wall
-seconds, peak RSS from GNU time); the process reports its engine seconds (the work after its
-imports). Medians of K runs; the ratio is DuckDB's time over hygge's (>= 1: hygge is faster).
+of them (default 1%, chosen at random) and gained as many new ones, which this run wrote. All
+read the same Parquet files and write their results as Parquet (zstd). Each run is its own
+process (`bench.suite.measure`: wall seconds, peak RSS from GNU time); the process reports its
+engine seconds (the work after its imports). Medians of K runs; a ratio is DuckDB's figure
+over hygge's (>= 1: hygge is faster, or smaller). The counts must agree.
 
 - **hygge**: `hygge_tasks.keyset.diff_keys`, the source streamed from its Parquet file in
-  100,000-row batches (as a Home yields them), the written keys through a `KeyCollector`.
-- **duckdb**: `COPY (SELECT ... ANTI JOIN ...)` and `COPY (... SEMI JOIN ... UNION ...)` over
-  `read_parquet` of the same files, DuckDB's defaults (all cores, 80% of RAM as its limit).
+  100,000-row batches (as a Home yields them), the written keys through a `KeyCollector`: the
+  deleted keys (read back once, as the caller streams them to the Store) and the new key set.
+- **duckdb-anti**: the anti-join alone, `COPY (SELECT p.id FROM previous p ANTI JOIN source s
+  ...)`: the deleted keys, nothing else.
+- **duckdb-full**: hygge's whole job: the anti-join, then the new key set (previous semi-join
+  source, plus the distinct written keys not among them, `UNION ALL`).
+
+DuckDB runs with its defaults (every core, 80% of RAM as its memory limit). Its `=` never
+matches NULLs where hygge's keys do; these keys have none.
 
 The key types: `int64` (0..N-1), and `string` (`cust-` and 12 digits, 17 characters).
 DuckDB (`pip install duckdb`, in the `bench` extra; it can live beside hygge) must be
@@ -95,6 +100,7 @@ def run_hygge(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_duckdb(args: dict[str, Any]) -> dict[str, Any]:
+    """The anti-join alone (`anti`: the deleted keys), or hygge's whole job (`full`)."""
     import duckdb
 
     out = Path(args["out"])
@@ -102,20 +108,24 @@ def run_duckdb(args: dict[str, Any]) -> dict[str, Any]:
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{out / 'duckdb.tmp'}'")
     prev, src, wrote = (f"read_parquet('{args[n]}')" for n in ("previous", "source", "written"))
+    parquet = "(FORMAT parquet, COMPRESSION zstd)"
     con.execute(
         f"COPY (SELECT p.id FROM {prev} p ANTI JOIN {src} s ON p.id = s.id) "
-        f"TO '{out / 'deleted.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
+        f"TO '{out / 'deleted.parquet'}' {parquet}"
     )
-    con.execute(
-        f"COPY (SELECT p.id FROM {prev} p SEMI JOIN {src} s ON p.id = s.id "
-        f"UNION SELECT id FROM {wrote}) TO '{out / 'keyset.parquet'}' "
-        "(FORMAT parquet, COMPRESSION zstd)"
-    )
+    total: Any = (None,)
+    if args["mode"] == "full":
+        # as hygge does it: the held keys the source kept, then the written ones not among them
+        con.execute(
+            f"COPY (WITH kept AS (SELECT p.id FROM {prev} p SEMI JOIN {src} s ON p.id = s.id) "
+            "SELECT id FROM kept UNION ALL "
+            f"SELECT w.id FROM (SELECT DISTINCT id FROM {wrote}) w ANTI JOIN kept k "
+            f"ON w.id = k.id) TO '{out / 'keyset.parquet'}' {parquet}"
+        )
     seconds = time.perf_counter() - start
-    count = con.execute(f"SELECT count(*) FROM read_parquet('{out / 'keyset.parquet'}')")
-    total = count.fetchone()
-    deleted = con.execute(f"SELECT count(*) FROM read_parquet('{out / 'deleted.parquet'}')")
-    gone = deleted.fetchone()
+    if args["mode"] == "full":
+        total = con.execute(f"SELECT count(*) FROM '{out / 'keyset.parquet'}'").fetchone()
+    gone = con.execute(f"SELECT count(*) FROM '{out / 'deleted.parquet'}'").fetchone()
     assert total is not None and gone is not None
     return {"seconds": seconds, "deleted": gone[0], "count": total[0]}
 
@@ -130,16 +140,17 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.keys:,} keys held, {args.deleted:.1%} deleted at the source and as many added")
     head = f"{'engine s':>10}{'command s':>11}{'peak MB':>9}{'deleted':>11}{'new set':>12}"
-    print(f"{'keys':8}{'tool':8}{head}")
+    print(f"{'keys':8}{'tool':13}{head}")
     for kind in args.types.split(","):
         inputs = make_inputs(args.work, args.keys, args.deleted, kind)
         medians: dict[str, dict[str, Any]] = {}
-        for tool in ("hygge", "duckdb"):
+        for tool in ("hygge", "duckdb-anti", "duckdb-full"):
             runs = []
             for _ in range(args.repeat):
                 out = Path(tempfile.mkdtemp(prefix="hygge-bench-keyset-"))
                 try:
-                    payload = json.dumps({**inputs, "out": str(out)})
+                    mode = tool.partition("-")[2]
+                    payload = json.dumps({**inputs, "out": str(out), "mode": mode})
                     cmd = [sys.executable, "-m", "bench.keyset", "--run", tool, payload]
                     runs.append(measure(cmd, {"PATH": "/usr/bin:/bin", "HOME": str(out)}))
                 finally:
@@ -148,17 +159,24 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in runs) for k in timed}
             med.update(deleted=runs[0]["deleted"], count=runs[0]["count"])
             medians[tool] = med
+            count = "-" if med["count"] is None else f"{med['count']:,}"
             print(
-                f"{kind:8}{tool:8}{med['seconds']:>10.2f}{med['command_seconds']:>11.2f}"
-                f"{med['peak_mb']:>9.0f}{med['deleted']:>11,}{med['count']:>12,}",
+                f"{kind:8}{tool:13}{med['seconds']:>10.2f}{med['command_seconds']:>11.2f}"
+                f"{med['peak_mb']:>9.0f}{med['deleted']:>11,}{count:>12}",
                 flush=True,
             )
-        h, d = medians["hygge"], medians["duckdb"]
-        agree = (h["deleted"], h["count"]) == (d["deleted"], d["count"])
-        print(
-            f"{kind:8}duckdb/hygge time {d['seconds'] / h['seconds']:.2f}x, peak "
-            f"{d['peak_mb'] / h['peak_mb']:.2f}x; counts {'agree' if agree else 'DISAGREE'}"
-        )
+        h = medians["hygge"]
+        agree = (h["deleted"], h["count"]) == (
+            medians["duckdb-full"]["deleted"],
+            medians["duckdb-full"]["count"],
+        ) and h["deleted"] == medians["duckdb-anti"]["deleted"]
+        for tool in ("duckdb-anti", "duckdb-full"):
+            d = medians[tool]
+            print(
+                f"{kind:8}{tool}/hygge: time {d['seconds'] / h['seconds']:.2f}x, "
+                f"peak {d['peak_mb'] / h['peak_mb']:.2f}x"
+            )
+        print(f"{kind:8}counts {'agree' if agree else 'DISAGREE'}")
         if not agree:
             raise SystemExit(1)
 

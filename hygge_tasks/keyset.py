@@ -35,7 +35,8 @@ the set: a nullable key column is a key like any other, never a reason to delete
 count once. Floating-point keys compare by value (avoid them: `0.1 + 0.2` is not `0.3`).
 
 How: each side is spilled to hash buckets on disk (`keyset_buckets.BucketSpill`), then every
-bucket is compared on its own with a Polars anti-join and semi-join. Memory holds one chunk
+bucket is compared on its own in Polars (one hash of the source's keys, probed by the stored
+ones). Memory holds one chunk
 of rows while spilling and one bucket while comparing, never a whole side.
 """
 
@@ -203,31 +204,42 @@ def _compare(
     deleted_path = workdir / f"deleted-{tag}.arrows"
     count = source_count = deleted_count = 0
     with (
-        pq.ParquetWriter(str(path), ref, compression="zstd") as keyset_file,
+        pq.ParquetWriter(str(path), ref, compression="zstd", use_dictionary=False) as keyset_file,
         ipc.new_stream(str(deleted_path), ref) as deleted_file,
     ):
         kept_out = Coalesced(keyset_file.write_table, OUT_ROWS)
         deleted_out = Coalesced(lambda t: deleted_file.write_table(t, OUT_ROWS), OUT_ROWS)
         for bucket in range(src.n):
-            now = src.take(bucket).unique()
-            source_count += now.height
+            now = src.take(bucket)
+            source_count += now.n_unique()
             if prev is not None:
-                held = prev.take(bucket)
-                gone = held.join(now, on=keys, how="anti", nulls_equal=True)
-                kept = held.join(now, on=keys, how="semi", nulls_equal=True)
-                del held
+                held = prev.take(bucket)  # written by this module: each key once
+                found = _found_in(held, now, keys)
+                gone, kept = held.filter(~found), held.filter(found)
+                del held, found
                 deleted_count += gone.height
                 deleted_out.add(_typed(gone, ref, entity))
             else:
-                kept = now
+                kept = now.unique()
             del now
             if wrote is not None:
-                kept = pl.concat([kept, wrote.take(bucket)]).unique()
+                new = wrote.take(bucket).unique()
+                if new.height:
+                    # probing the bucket against the few written keys beats a unique() of both
+                    rest = kept.join(new, on=keys, how="anti", nulls_equal=True)
+                    kept = pl.concat([rest, new])
             count += kept.height
             kept_out.add(_typed(kept, ref, entity))
         kept_out.flush()
         deleted_out.flush()
     return path, count, source_count, deleted_count, deleted_path
+
+
+def _found_in(held: pl.DataFrame, now: pl.DataFrame, keys: list[str]) -> pl.Series:
+    """Which of `held`'s keys are in `now`: one hash of `now` serves the deletes and the kept
+    keys (a semi-join and an anti-join would build it twice); NULL fields match NULLs."""
+    wanted = now.select(pl.struct(keys)).to_series().implode()
+    return held.select(pl.struct(keys).is_in(wanted, nulls_equal=True)).to_series()
 
 
 def _typed(frame: pl.DataFrame, ref: pa.Schema, entity: str | None) -> pa.Table:
