@@ -34,6 +34,9 @@ NULL inside a key compares equal to NULL, so `(1, NULL)` at the source matches `
 the set: a nullable key column is a key like any other, never a reason to delete. Duplicate keys
 count once. Floating-point keys compare by value (avoid them: `0.1 + 0.2` is not `0.3`).
 
+Memory: one comparison at a time holds about 300 MB at 10M keys (`bench/RESULTS.md`); entities
+compared at once (`concurrency`) each hold their own.
+
 How: each side is spilled to hash buckets on disk (`keyset_buckets.BucketSpill`), then every
 bucket is compared on its own in Polars (one hash of the source's keys, probed by the stored
 ones). Memory holds one chunk
@@ -134,15 +137,21 @@ def diff_keys(
     workdir: Path,
     *,
     schema: pa.Schema | None = None,
+    expected_keys: int = 0,
     entity: str | None = None,
 ) -> KeyDiff:
-    """Compare the source's keys with the stored set (module doc); `schema` gives the key
-    types when the source yields no batch at all (else the stored set's types are used)."""
+    """Compare the source's keys with the stored set (module doc).
+
+    `schema` gives the key types when the source yields no batch at all (else the stored set's
+    types are used). The bucket count follows the largest of the stored set, the written keys
+    and `expected_keys` (a source row estimate): memory holds one bucket, so a source far
+    larger than all three (a first run without a collector) makes larger buckets.
+    """
     keys = list(keys)
     previous_file = pq.ParquetFile(previous) if previous is not None else None
     previous_rows = previous_file.metadata.num_rows if previous_file is not None else 0
     written_rows = written.count if written is not None else 0
-    n = bucket_count(max(previous_rows, written_rows))
+    n = bucket_count(max(previous_rows, written_rows, expected_keys))
     spill_dir = workdir / f"keyset-{uuid.uuid4().hex[:8]}"
     batches = iter(source)
     first = next((b for b in batches if b.num_rows), None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -361,3 +363,19 @@ def test_a_changed_key_set_is_refused(tmp_path: Path) -> None:
     ):
         fetch_keyset(store, "orders", ref, tmp_path / "next")
     assert not (tmp_path / "next" / "r1.keys.parquet").exists()  # never read as a key set
+
+
+@pytest.mark.integration
+def test_the_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    # no timings asserted: only that bench/keyset.py still runs and counts right
+    cmd = [sys.executable, "-m", "bench.keyset", "--keys", "3000", "--types", "int64,string",
+           "--no-duckdb", "--work", str(tmp_path)]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    hygge = [line.split() for line in proc.stdout.splitlines() if " hygge " in f" {line} "]
+    # 1% of 3,000 deleted at random (30 expected), as many added: 3,000 - deleted + 30 held
+    assert [row[:2] for row in hygge] == [["int64", "hygge"], ["string", "hygge"]]
+    for row in hygge:
+        deleted, held = int(row[-2].replace(",", "")), int(row[-1].replace(",", ""))
+        assert 0 < deleted < 100 and held == 3000 - deleted + 30
