@@ -101,6 +101,20 @@ def run_hygge(args: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "deleted": diff.deleted_count, "count": diff.count}
 
 
+def run_state(args: dict[str, Any]) -> dict[str, Any]:
+    """A key set of N keys (`previous.parquet`) kept in a local Store and fetched back."""
+    from blocks.stores.parquet import ParquetStore
+    from hygge_tasks.keyset_store import fetch_keyset, store_keyset
+
+    out, path = Path(args["out"]), Path(args["previous"])
+    start = time.perf_counter()
+    store = ParquetStore(path=str(out / "lake"))
+    ref = store_keyset(store, "t", "r1", path)
+    fetch_keyset(store, "t", ref, out / "next")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "mb": path.stat().st_size / 2**20, "count": ref["count"]}
+
+
 def run_duckdb(args: dict[str, Any]) -> dict[str, Any]:
     """The anti-join alone (`anti`: the deleted keys), or hygge's whole job (`full`)."""
     import duckdb
@@ -119,7 +133,8 @@ def run_duckdb(args: dict[str, Any]) -> dict[str, Any]:
     if args["mode"] == "full":
         # as hygge does it: the held keys the source kept, then the written ones not among them
         con.execute(
-            f"COPY (WITH kept AS MATERIALIZED (SELECT p.id FROM {prev} p SEMI JOIN {src} s ON p.id = s.id) "
+            "COPY (WITH kept AS MATERIALIZED "
+            f"(SELECT p.id FROM {prev} p SEMI JOIN {src} s ON p.id = s.id) "
             "SELECT id FROM kept UNION ALL "
             f"SELECT w.id FROM (SELECT DISTINCT id FROM {wrote}) w ANTI JOIN kept k "
             f"ON w.id = k.id) TO '{out / 'keyset.parquet'}' {parquet}"
@@ -130,6 +145,16 @@ def run_duckdb(args: dict[str, Any]) -> dict[str, Any]:
     gone = con.execute(f"SELECT count(*) FROM '{out / 'deleted.parquet'}'").fetchone()
     assert total is not None and gone is not None
     return {"seconds": seconds, "deleted": gone[0], "count": total[0]}
+
+
+_ENV = {"PATH": "/usr/bin:/bin", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def _command(tool: str, inputs: dict[str, str], work: Path) -> list[str]:
+    """One measured process; its output folder goes when it exits (`--run` removes it)."""
+    out = tempfile.mkdtemp(prefix="keyset-out-", dir=work)
+    payload = json.dumps({**inputs, "out": out, "mode": tool.partition("-")[2]})
+    return [sys.executable, "-m", "bench.keyset", "--run", tool, payload]
 
 
 def main() -> None:
@@ -151,20 +176,15 @@ def main() -> None:
     print(f"{args.keys:,} keys held, {args.deleted:.1%} deleted at the source and as many added")
     head = f"{'engine s':>10}{'command s':>11}{'peak MB':>9}{'deleted':>11}{'new set':>12}"
     print(f"{'keys':8}{'tool':13}{head}")
+    # the state step imports the Stores, hence Prefect: give it a HOME of its own
+    env = {**_ENV, "HOME": str(args.work / "home")}
     for kind in args.types.split(","):
         inputs = make_inputs(args.work, args.keys, args.deleted, kind)
         medians: dict[str, dict[str, Any]] = {}
         for tool in tools:
             runs = []
             for _ in range(args.repeat):
-                out = Path(tempfile.mkdtemp(prefix="hygge-bench-keyset-"))
-                try:
-                    mode = tool.partition("-")[2]
-                    payload = json.dumps({**inputs, "out": str(out), "mode": mode})
-                    cmd = [sys.executable, "-m", "bench.keyset", "--run", tool, payload]
-                    runs.append(measure(cmd, {"PATH": "/usr/bin:/bin", "HOME": str(out)}))
-                finally:
-                    shutil.rmtree(out, ignore_errors=True)
+                runs.append(measure(_command(tool, inputs, args.work), env))
             timed = ("seconds", "command_seconds", "peak_mb")
             med = {k: statistics.median(r[k] for r in runs) for k in timed}
             med.update(deleted=runs[0]["deleted"], count=runs[0]["count"])
@@ -176,6 +196,15 @@ def main() -> None:
                 flush=True,
             )
         h = medians["hygge"]
+        state = [
+            measure(_command("hygge-state", inputs, args.work), env) for _ in range(args.repeat)
+        ]
+        print(
+            f"{kind:8}the stored set ({state[0]['mb']:.1f} MB) kept in a local ParquetStore "
+            f"and fetched back, SHA-256 checked: "
+            f"{statistics.median(r['seconds'] for r in state):.2f} s, "
+            f"peak {statistics.median(r['peak_mb'] for r in state):.0f} MB"
+        )
         if len(tools) == 1:
             continue
         agree = (h["deleted"], h["count"]) == (
@@ -196,7 +225,11 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--run":
         tool, payload = sys.argv[2], json.loads(sys.argv[3])
-        result = (run_hygge if tool == "hygge" else run_duckdb)(payload)
+        run = {"hygge": run_hygge, "hygge-state": run_state}.get(tool, run_duckdb)
+        try:
+            result = run(payload)
+        finally:
+            shutil.rmtree(payload["out"], ignore_errors=True)
         print(MARK + json.dumps(result), flush=True)
     else:
         main()
