@@ -45,6 +45,8 @@ def bucket_count(expected_keys: int) -> int:
 
 
 def _family(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
     checks = [
         ("integer", pa.types.is_integer),
         ("float", pa.types.is_floating),
@@ -71,6 +73,13 @@ def _family(t: pa.DataType) -> str:
     return str(t)
 
 
+#: the families Polars compares as keys (`null`: a column with no value yet)
+_COMPARABLE = frozenset(
+    {"integer", "float", "decimal", "timestamp", "date", "time", "duration", "bool", "null"}
+    | {"string", "binary"}
+)
+
+
 def key_schema(schema: pa.Schema, keys: list[str], entity: str | None = None) -> pa.Schema:
     """The key columns of `schema`, dictionary columns as their values; nested types refused."""
     missing = [k for k in keys if k not in schema.names]
@@ -85,14 +94,26 @@ def key_schema(schema: pa.Schema, keys: list[str], entity: str | None = None) ->
         t = schema.field(key).type
         if pa.types.is_dictionary(t):
             t = t.value_type
-        if pa.types.is_nested(t):
+        # Polars holds decimals of up to 38 digits (it panics on wider ones)
+        too_wide = pa.types.is_decimal(t) and t.precision > 38
+        if _family(t) not in _COMPARABLE or pa.types.is_float16(t) or too_wide:
             msg = (
-                f"key column {key!r} is {t}, a nested type, which cannot be compared as a key; "
-                "choose scalar key columns"
+                f"key column {key!r} is {t}, which cannot be compared as a key (ints, strings, "
+                "binary, decimals, dates, times, timestamps, durations and booleans can); "
+                "choose other key columns or cast them in the source"
             )
             raise ConfigError(msg, entity=entity)
         fields.append(pa.field(key, t))
-    return pa.schema(fields)
+    schema = pa.schema(fields)
+    try:
+        pl.from_arrow(schema.empty_table())  # the comparison runs in Polars
+    except Exception as exc:  # Polars raises several kinds for a type it lacks
+        msg = (
+            f"the key columns' types ({', '.join(f'{f.name}: {f.type}' for f in schema)}) "
+            f"cannot be compared ({exc}); choose other key columns or cast them in the source"
+        )
+        raise ConfigError(msg, entity=entity) from exc
+    return schema
 
 
 def conform(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -225,6 +226,32 @@ def test_a_key_whose_type_changed_family_is_refused(tmp_path: Path) -> None:
     ) as info:
         diff_keys(["id"], batches(text), None, first.path, tmp_path, entity="orders")
     assert info.value.entity == "orders"
+
+
+def test_a_dictionary_encoded_key_matches_its_plain_values(tmp_path: Path) -> None:
+    plain = pa.table({"code": pa.array(["a", "b", "c"])})
+    first = diff_keys(["code"], batches(plain), None, None, tmp_path)
+    encoded = pa.table({"code": pa.array(["a", "c", "a"]).dictionary_encode()})
+    diff = diff_keys(["code"], batches(encoded), None, first.path, tmp_path)
+    assert rows(diff) == [("b",)]
+    assert diff.schema == pa.schema([pa.field("code", pa.string())])
+
+
+@pytest.mark.parametrize(
+    "type_",
+    [pa.list_(pa.int64()), pa.month_day_nano_interval(), pa.decimal256(60, 2)],
+    ids=["list", "interval", "decimal60"],
+)
+def test_a_key_type_that_cannot_be_compared_is_refused(tmp_path: Path, type_: pa.DataType) -> None:
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("k", type_)])
+    with pytest.raises(
+        ConfigError, match=rf"key column 'k' is {re.escape(str(type_))}, which cannot be compared"
+    ):
+        diff_keys(["id", "k"], iter([]), None, None, tmp_path, schema=schema, entity="orders")
+    collector = KeyCollector(["k"], tmp_path, entity="orders")
+    one_row = pa.table({"id": pa.array([1]), "k": pa.array([None], type_)})
+    with pytest.raises(ConfigError, match=r"entity 'orders': key column 'k'"):
+        collector.add(one_row)
 
 
 def test_a_missing_key_column_names_the_columns(tmp_path: Path) -> None:
