@@ -59,7 +59,6 @@ import pyarrow.parquet as pq
 from hygge_tasks.keyset_buckets import (
     BucketSpill,
     Coalesced,
-    bucket_count,
     conform,
     key_schema,
     stream_file,
@@ -143,22 +142,23 @@ def diff_keys(
     """Compare the source's keys with the stored set (module doc).
 
     `schema` gives the key types when the source yields no batch at all (else the stored set's
-    types are used). The bucket count follows the largest of the stored set, the written keys
-    and `expected_keys` (a source row estimate): memory holds one bucket, so a source far
-    larger than all three (a first run without a collector) makes larger buckets.
+    types are used). The bucket count follows the largest of the stored set, the written keys,
+    `expected_keys` (a source row estimate) and the source itself when it is under a million
+    keys: memory holds one bucket, so a source far larger than all of them (a first run
+    without a collector, no estimate) makes larger buckets.
     """
     keys = list(keys)
     previous_file = pq.ParquetFile(previous) if previous is not None else None
     previous_rows = previous_file.metadata.num_rows if previous_file is not None else 0
     written_rows = written.count if written is not None else 0
-    n = bucket_count(max(previous_rows, written_rows, expected_keys))
     spill_dir = workdir / f"keyset-{uuid.uuid4().hex[:8]}"
     batches = iter(source)
     first = next((b for b in batches if b.num_rows), None)
     ref = _reference_schema(keys, first, schema, previous_file, written, entity)
     sides: list[BucketSpill] = []
     try:
-        src = BucketSpill(spill_dir, n, ref)
+        expected = max(previous_rows, written_rows, expected_keys)
+        src = BucketSpill(spill_dir, ref, expected=expected)
         sides.append(src)
         if first is not None:
             src.add(conform(first, ref, "the source", entity))
@@ -168,7 +168,7 @@ def diff_keys(
         prev = None
         if previous_file is not None:
             # an empty stored set still makes this a later run: nothing is held
-            prev = BucketSpill(spill_dir, n, ref)
+            prev = BucketSpill(spill_dir, ref, src.n)
             sides.append(prev)
             if previous_rows:
                 for batch in previous_file.iter_batches(batch_size=_READ_ROWS):
@@ -176,7 +176,7 @@ def diff_keys(
             prev.close()
         wrote = None
         if written is not None and written.count:
-            wrote = BucketSpill(spill_dir, n, ref)
+            wrote = BucketSpill(spill_dir, ref, src.n)
             sides.append(wrote)
             for batch in written.batches():
                 wrote.add(conform(batch, ref, "the written rows", entity))

@@ -36,9 +36,9 @@ _SEED = 0x6879_6767
 _BUCKET = "__hygge_bucket"
 
 
-def bucket_count(expected_keys: int) -> int:
-    """A power of two that puts about `BUCKET_ROWS` keys into each bucket."""
-    n = MIN_BUCKETS
+def bucket_count(expected_keys: int, floor: int = MIN_BUCKETS) -> int:
+    """A power of two (at least `floor`) that puts about `BUCKET_ROWS` keys into each bucket."""
+    n = floor
     while n < MAX_BUCKETS and n * BUCKET_ROWS < expected_keys:
         n *= 2
     return n
@@ -172,11 +172,19 @@ class BucketSpill:
 
     Rows gather to `CHUNK_ROWS`, then each chunk is split once and appended to the bucket
     files, which stay open until `close`: memory holds one chunk, whatever the side's size.
+
+    `n` may be left to the spill (give `expected` keys instead): it is fixed at the first split,
+    as `bucket_count` of the larger of `expected` and the rows seen, and a side that ends
+    before filling one chunk (its size then known) may get fewer than `MIN_BUCKETS`, down to
+    one, so a small entity is not split into files of a few keys each.
     """
 
-    def __init__(self, folder: Path, n: int, schema: pa.Schema) -> None:
+    def __init__(
+        self, folder: Path, schema: pa.Schema, n: int | None = None, expected: int = 0
+    ) -> None:
         self.folder = folder
-        self.n = n
+        self._n = n
+        self._expected = expected
         self.schema = schema
         #: the Polars form of `schema` (what bucket files hold), fixed by the empty frame
         self.frame_schema = pl.from_arrow(schema.empty_table()).to_arrow().schema
@@ -197,9 +205,17 @@ class BucketSpill:
         self._pending.append(table)
         self._pending_rows += table.num_rows
         if self._pending_rows >= CHUNK_ROWS:
-            self._flush()
+            self._flush(final=False)
 
-    def _flush(self) -> None:
+    @property
+    def n(self) -> int:
+        assert self._n is not None, "the bucket count is fixed at the first split"
+        return self._n
+
+    def _flush(self, final: bool) -> None:
+        if self._n is None:
+            floor = 1 if final else MIN_BUCKETS
+            self._n = bucket_count(max(self._expected, self._pending_rows), floor)
         if not self._pending:
             return
         frame = pl.from_arrow(pa.concat_tables(self._pending))
@@ -220,7 +236,7 @@ class BucketSpill:
             writer.write_table(arrow)
 
     def close(self) -> None:
-        self._flush()
+        self._flush(final=True)
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
@@ -238,6 +254,7 @@ class BucketSpill:
         return frame
 
     def discard(self) -> None:
+        self._pending = []
         self.close()
         for bucket in range(self.n):
             with contextlib.suppress(FileNotFoundError):

@@ -269,6 +269,24 @@ def test_only_the_outputs_stay_in_the_workdir(tmp_path: Path) -> None:
     assert diff.deleted_count == 5
 
 
+def test_a_small_side_gets_few_buckets_and_a_large_one_many(tmp_path: Path) -> None:
+    schema = pa.schema([pa.field("id", pa.int64())])
+    small = keyset_buckets.BucketSpill(tmp_path / "s", schema)
+    for batch in batches(ids([1, 2, 3, 4, 5]).select(["id"])):
+        small.add(pa.Table.from_batches([batch]))
+    small.close()
+    assert small.n == 2  # its size known at the end: 5 keys, 3 a bucket
+    large = keyset_buckets.BucketSpill(tmp_path / "l", schema, expected=4)
+    for batch in batches(ids(list(range(40))).select(["id"])):
+        large.add(pa.Table.from_batches([batch]))
+    large.close()
+    assert large.n == keyset_buckets.MIN_BUCKETS  # split before its end: never fewer
+    held = [large.take(b).get_column("id").to_list() for b in range(large.n)]
+    assert sorted(i for part in held for i in part) == list(range(40))
+    assert sum(1 for part in held if part) > 1
+    assert list((tmp_path / "l").iterdir()) == []  # taken buckets leave no file
+
+
 def test_deleted_keys_come_in_batches_of_bounded_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
