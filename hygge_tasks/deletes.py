@@ -97,7 +97,7 @@ class DeleteDetector:
         self.run_id = run_id
         self._dir = tempfile.TemporaryDirectory(prefix="hygge-keys-")
         self.workdir = Path(self._dir.name)
-        self.written = KeyCollector(keys, self.workdir / "written")
+        self.written = KeyCollector(keys, self.workdir / "written", entity=entity)
 
     def observe(self, batch: pa.RecordBatch) -> None:
         """Take the keys of a batch the run writes (named as the source names them)."""
@@ -128,12 +128,16 @@ class DeleteDetector:
             # the table becomes what this run wrote (and what it carried over, which is the
             # held set): nothing to delete; the next run compares with this set
             source = _batches_of(held) if held is not None else iter(())
-            done = diff_keys(self.keys, source, self.written, None, work / "union")
+            done = diff_keys(
+                self.keys, source, self.written, None, work / "union", entity=self.entity
+            )
             return Reconciled(0, store_keyset(store, self.entity, self.run_id, done.path))
         source = home.read(_key_request(request, self.keys))
         if held is None:
             # no set to compare with: start from the source's keys and what this run wrote
-            first = diff_keys(self.keys, source, self.written, None, work / "first")
+            first = diff_keys(
+                self.keys, source, self.written, None, work / "first", entity=self.entity
+            )
             note = (
                 f"deletes: detect starts here: recorded the source's {first.source_count:,} "
                 "keys; rows deleted before this run are not found (--full-drop rebuilds the "
@@ -142,8 +146,10 @@ class DeleteDetector:
             return Reconciled(0, store_keyset(store, self.entity, self.run_id, first.path), note)
         # the destination holds what it held and what this run wrote: keep those the source
         # has, delete the others (a row written here and deleted since goes too)
-        union = diff_keys(self.keys, _batches_of(held), self.written, None, work / "union")
-        diff = diff_keys(self.keys, source, None, union.path, work / "diff")
+        union = diff_keys(
+            self.keys, _batches_of(held), self.written, None, work / "union", entity=self.entity
+        )
+        diff = diff_keys(self.keys, source, None, union.path, work / "diff", entity=self.entity)
         self._guard(diff.source_count, union.count)
         deleted = 0
         for batch in diff.deleted_batches():

@@ -177,3 +177,61 @@ def test_one_run_at_a_time_and_a_queued_run_says_whom_it_waits_for(make_store: M
     with store.exclusive("run-c", 5, said.append):
         pass
     assert len(said) == 1
+
+
+def test_state_files_stream_to_and_from_the_state_area(make_store: Make, tmp_path: Path) -> None:
+    store = make_store()
+    big = tmp_path / "keys.parquet"
+    big.write_bytes(os.urandom(3 << 20))  # 3 MB: many of the copies' and downloads' chunks
+    dest = tmp_path / "work" / "back.parquet"
+    dest.parent.mkdir()
+    assert store.get_state_file("t", "r1.keys.parquet", dest) is False
+    assert not dest.exists()
+    store.put_state_file("t", "r1.keys.parquet", big)
+    assert store.state_names("t") == ["r1.keys.parquet"]  # no temporary name left beside it
+    assert store.get_state_file("t", "r1.keys.parquet", dest) is True
+    assert dest.read_bytes() == big.read_bytes()
+    assert store.get_state("t", "r1.keys.parquet") == big.read_bytes()  # one area, both APIs
+    small = tmp_path / "small"
+    small.write_bytes(b"replaced")
+    store.put_state_file("t", "r1.keys.parquet", small)  # replaced whole
+    assert store.get_state_file("t", "r1.keys.parquet", dest) is True
+    assert dest.read_bytes() == b"replaced"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["back.parquet"]
+    # the protocol's default, through the bytes methods, reads the same objects
+    assert PublishingStore.get_state_file(store, "t", "r1.keys.parquet", tmp_path / "d") is True
+    assert (tmp_path / "d").read_bytes() == b"replaced"
+    PublishingStore.put_state_file(store, "t", "r2.keys.parquet", big)
+    assert store.get_state("t", "r2.keys.parquet") == big.read_bytes()
+    store.sweep_state("t", {"r2"})  # recovery removes it with its run
+    assert store.state_names("t") == ["r2.keys.parquet"]
+
+
+def test_a_large_state_file_goes_up_in_blocks_and_appears_at_once(
+    azurite: Azurite, tmp_path: Path
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    from blocks.stores._blob import BlobArea
+
+    # the SDK's single-put and block sizes made small, so 1 MB takes the block path 10 GB would
+    service = BlobServiceClient.from_connection_string(
+        azurite.connection_string,
+        max_single_put_size=256 << 10,
+        max_block_size=64 << 10,
+        max_single_get_size=64 << 10,
+        max_chunk_get_size=64 << 10,
+    )
+    container = service.get_container_client(azurite.new_container())
+    area = BlobArea(container, "state")
+    path = tmp_path / "keys.parquet"
+    path.write_bytes(os.urandom(1 << 20))
+    name = area.key("_state", "t", "r1.keys.parquet")
+    area.put_file(name, path, parallel=2)
+    committed, uncommitted = container.get_blob_client(name).get_block_list("all")
+    assert (len(committed), len(uncommitted)) == (16, 0)
+    dest = tmp_path / "back"
+    assert area.get_file(name, dest, parallel=2) is True
+    assert dest.read_bytes() == path.read_bytes()
+    assert area.get_file(area.key("_state", "t", "missing"), tmp_path / "none") is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "keys.parquet"]

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -184,6 +185,28 @@ class BlobArea:
     def put(self, name: str, data: bytes, *, overwrite: bool = True) -> None:
         """One Put Blob: readers see the old content or the new, never a torn one."""
         self.container.get_blob_client(name).upload_blob(data, overwrite=overwrite)
+
+    def put_file(self, name: str, path: Path, parallel: int = 2) -> None:
+        """Upload a local file in blocks, never whole in memory; the blob appears (or changes)
+        in one step, when the SDK commits the block list (one Put Blob when it is small)."""
+        with path.open("rb") as fh:
+            self.container.get_blob_client(name).upload_blob(
+                fh, length=path.stat().st_size, overwrite=True, max_concurrency=parallel
+            )
+
+    def get_file(self, name: str, dest: Path, parallel: int = 2) -> bool:
+        """Download a blob to a local file in chunks; False when there is none."""
+        tmp = dest.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{dest.name}")
+        try:
+            download = self.container.get_blob_client(name).download_blob(max_concurrency=parallel)
+            with tmp.open("wb") as fh:
+                download.readinto(fh)
+            os.replace(tmp, dest)
+        except ResourceNotFoundError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from hygge_core import faults
@@ -43,6 +44,24 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def copy_atomic(source: Path, dest: Path, *, durable: bool = True) -> None:
+    """Copy `source` to `dest` so a reader sees the old file or the new, never a torn one
+    (the kernel copies: nothing passes through memory). `durable` fsyncs it in place."""
+    make_dirs(dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        if durable:
+            fsync_file(Path(tmp))
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(dest.parent)
 
 
 def swap_in(staged: Path, final: Path) -> None:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -170,6 +171,13 @@ class BlobStoreBase(PublishingStore):
 
     def get_state(self, entity: str, name: str) -> bytes | None:
         return self.state_area().get_bytes(self.state_key(entity, name))
+
+    def put_state_file(self, entity: str, name: str, path: Path) -> None:
+        self.state_area().put_file(self.state_key(entity, name), path, self.upload_parallelism)
+
+    def get_state_file(self, entity: str, name: str, dest: Path) -> bool:
+        key = self.state_key(entity, name)
+        return self.state_area().get_file(key, dest, self.upload_parallelism)
 
     def state_names(self, entity: str) -> list[str]:
         names = self.state_area().names("_state", self.table_folder(entity))

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from blocks.base import WriteMode, asset_uri
 from blocks.stores._local_fs import (
+    copy_atomic,
     fsync_file,
     has_all,
     make_dirs,
@@ -222,6 +223,21 @@ class ParquetStore(PublishingStore):
             return (self._state(entity) / name).read_bytes()
         except FileNotFoundError:
             return None
+
+    def put_state_file(self, entity: str, name: str, path: Path) -> None:
+        copy_atomic(path, self._state(entity) / name)
+
+    def get_state_file(self, entity: str, name: str, dest: Path) -> bool:
+        source = self._state(entity) / name
+        if not source.is_file():
+            return False
+        try:
+            copy_atomic(source, dest, durable=False)  # a local work file: no fsync needed
+        except FileNotFoundError:
+            if source.exists():
+                raise
+            return False  # deleted since the check
+        return True
 
     def state_names(self, entity: str) -> list[str]:
         folder = self._state(entity)

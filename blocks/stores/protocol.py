@@ -25,7 +25,9 @@ Primitives of a `PublishingStore` (each safe to repeat after a crash):
 - `exclusive` (from `StoreBlock`): the lock that lets one run at a time write the Store;
 - `put_state`, `get_state`, `state_names`, `delete_state`: small named objects an entity keeps
   beside its manifests (a boundary set too large for the ledger), each written in one step. An
-  object named `<run_id>.<what>` belongs to that run and goes when its manifest goes.
+  object named `<run_id>.<what>` belongs to that run and goes when its manifest goes;
+  `put_state_file` and `get_state_file` move one between the state area and a local file
+  without holding it in memory (a key set of 10M keys is 100+ MB), where the Store can stream.
 
 A `StagedWriter` stages one entity's run; it supplies `close_files` (finish encoding, make the
 staged files durable), `abandon_files` and `discard_staging`.
@@ -37,6 +39,7 @@ from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
@@ -125,6 +128,20 @@ class PublishingStore(StoreBlock):
 
     @abstractmethod
     def delete_state(self, entity: str, name: str) -> None: ...
+
+    def put_state_file(self, entity: str, name: str, path: Path) -> None:
+        """Keep a local file as a named state object, in one step (default: read whole into
+        memory and `put_state`; the local and blob Stores stream it)."""
+        self.put_state(entity, name, path.read_bytes())
+
+    def get_state_file(self, entity: str, name: str, dest: Path) -> bool:
+        """Copy a state object to the local file `dest`; False when there is none (default:
+        `get_state`, whole in memory; the local and blob Stores stream it)."""
+        data = self.get_state(entity, name)
+        if data is None:
+            return False
+        dest.write_bytes(data)
+        return True
 
     def commit_run(self, manifest: Manifest) -> None:
         """Make a whole run visible in one commit of the Store's log (`transactional` Stores)."""
