@@ -60,6 +60,13 @@ def place_of(
         if not (workspace and item):
             msg = "a OneLake Delta Store needs both `workspace` and `item` (the Lakehouse)"
             raise ValueError(msg)
+        if re.search(r"[^A-Za-z0-9._~-]", workspace):
+            # the workspace is the URI's user part, which delta-rs 1.6 percent-encodes twice
+            msg = (
+                f"workspace {workspace!r} holds characters delta-rs cannot address (it encodes "
+                "them twice); give the workspace's id (the GUID in its Fabric URL) instead"
+            )
+            raise ValueError(msg)
         if path:
             msg = (
                 "a OneLake Delta Store writes each table to `Tables/[<lakehouse_schema>/]<entity>`"
@@ -149,9 +156,12 @@ def _account(
         suffix = parts.get("endpointsuffix", "core.windows.net")
         if parts.get("usedevelopmentstorage", "").lower() == "true":
             return "devstoreaccount1", suffix, "emulator"
-        endpoint = parts.get("blobendpoint")
-        account = parts.get("accountname", "")
-        return account, suffix, endpoint.rstrip("/") if endpoint else None
+        endpoint = (parts.get("blobendpoint") or "").rstrip("/")
+        host = urlsplit(endpoint).hostname or ""
+        account = parts.get("accountname") or host.split(".", 1)[0]
+        if host.endswith(f".blob.{suffix}"):
+            return account, suffix, None  # Azure's own host: the abfss URI says it all
+        return account, suffix, endpoint or None
     if fabric:
         return "onelake", "fabric.microsoft.com", None
     url = credentials.account_url if credentials is not None else None
@@ -211,7 +221,7 @@ def storage_error(exc: OSError, action: str, where: str, entity: str | None) -> 
     return StoreError(f"{action}: {where}: {detail}", entity=entity)
 
 
-def detail_of(exc: BaseException, limit: int = 500) -> str:
+def detail_of(exc: BaseException, limit: int = 800) -> str:
     """delta-rs's multi-line error as one redacted line (its first line alone says nothing)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).replace("↳", "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 from blocks.base import WriteMode, asset_uri
 from blocks.stores import _delta_log as log
 from blocks.stores import _delta_place as places
-from blocks.stores._blob import join, store_error, table_url
+from blocks.stores._blob import join, store_error
 from blocks.stores._delta_area import DeltaArea
 from blocks.stores._delta_writer import DeltaWriter
 from blocks.stores._local_fs import os_error
@@ -206,13 +206,10 @@ class DeltaStore(DeltaArea, ParquetStore):
         return places.remote_options(self.credentials, fabric=self.place == "onelake")
 
     def _where(self, entity: str | None) -> str:
-        """The table (or the Store) as a reader names it, without credentials."""
-        r = self.records()
-        if r is None:
+        """The table (or the Store) as a reader names it: the URI, which has no secret."""
+        if self.place == "local":
             return str(self.table_dir(entity) if entity else self._root)
-        area = r.area()
-        key = self._table_key(entity) if entity else self._table_key("").rstrip("/")
-        return table_url(area.container.url, key)
+        return self.table_uri(entity) if entity else self.table_uri("").rstrip("/")
 
     def _table(self, entity: str) -> DeltaTable | None:
         uri, options = self.table_uri(entity), self.storage_options()
@@ -221,9 +218,8 @@ class DeltaStore(DeltaArea, ParquetStore):
         return DeltaTable(uri, storage_options=options)
 
     def asset_key(self, entity: str) -> str:
-        if self.place == "local":
-            return asset_uri(f"file://{self.table_uri(entity)}")
-        return asset_uri(self._where(entity))
+        uri = self.table_uri(entity)
+        return asset_uri(f"file://{uri}" if self.place == "local" else uri)
 
     def describe(self, entity: str) -> str:
         return f"delta {self._where(entity)}/"
