@@ -491,3 +491,26 @@ def test_column_names_delta_refuses_fail_on_a_local_store(tmp_path: Any) -> None
     with pytest.raises(StoreError, match=r"'f\(x\)', 'tab\\there', 'x=y' hold characters"):
         load(store, "r1", "replace", odd)
     assert not (tmp_path / "lake").exists()  # nothing staged, no manifest, no table
+
+
+def test_the_spec_names_itself_in_a_local_tables_description(tmp_path: Any) -> None:
+    from flows.plan import resolve_blocks
+
+    spec = {
+        "name": "shop",
+        "home": {"type": "sqlite", "path": str(tmp_path / "s.sqlite")},
+        "store": {"type": "delta", "path": str(tmp_path / "lake")},
+        "entities": [{"name": "t"}],
+    }
+    _, store = resolve_blocks(parse_spec(spec))
+    assert isinstance(store, DeltaStore) and store.spec_name == "shop"
+    load(store, "r1", "replace", batch([(1, "a", 0)]))
+    load(store, "r2", "append", batch([(2, "b", 1)]))  # an append keeps the metadata
+    meta = DeltaTable(store.table_uri("t")).metadata()
+    assert (meta.name, meta.description) == (
+        "t",
+        "hygge entity 't' of spec 'shop': written by hygge, do not edit by hand",
+    )
+    # a spec's own `spec_name` wins
+    spec["store"] = {**spec["store"], "spec_name": "named"}  # type: ignore[dict-item]
+    assert resolve_blocks(parse_spec(spec))[1].spec_name == "named"  # type: ignore[attr-defined]
