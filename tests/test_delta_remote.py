@@ -12,13 +12,18 @@ runs for real on Azurite, reached with an account key instead of a token.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable
 
 from blocks import DeltaStore
@@ -348,6 +353,57 @@ def test_flow_into_the_onelake_layout(
     assert f"{records}_manifests/items/" in "\n".join(names)
     # the Lakehouse's Tables/ holds the Delta table only: no records, no staging
     assert all(n.startswith(("Sales.Lakehouse/Tables/dbo/items/", records)) for n in names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["publish.after_prepare", "publish.before_mark"])
+def test_a_run_killed_at_the_commit_on_adls_is_finished_once(
+    azurite_delta: Azurite,
+    cont: str,
+    tmp_path: Any,
+    spec_name: str,
+    prefect_server: str,
+    point: str,
+) -> None:
+    """SIGKILL at the commit's two sides, then a rerun: the table equals the source."""
+    db = make_source(tmp_path, range(1, 301))
+    creds = {"connection_string": azurite_delta.connection_string}
+    place = {"container": cont, "path": "lake", "credentials": creds, "lease_seconds": 15}
+    spec = delta_spec(spec_name, db, place)
+    spec["lock_wait_seconds"] = 60  # the killed run's lease lapses within 15 s
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+
+    def cli(fault: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PREFECT_API_URL": prefect_server}
+        env.pop("HYGGE_FAULT", None)
+        if fault:
+            env["HYGGE_FAULT"] = f"{fault}:kill"
+        return subprocess.run(
+            [sys.executable, "-m", "flows.run", "--spec", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    first = cli()
+    assert first.returncode == 0, first.stdout + first.stderr
+    change(
+        db, "UPDATE items SET ts = ?, label = 'changed' WHERE id <= 30", str(T0.replace(hour=13))
+    )
+    killed = cli(point)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    store = adls(azurite_delta, cont)
+    table = DeltaTable(store.table_uri("items"), storage_options=store.storage_options())
+    assert table.version() == (1 if point == "publish.before_mark" else 0)
+    rerun = cli()
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_equals_source(store, db, f"after a kill at {point}")
+    table = DeltaTable(store.table_uri("items"), storage_options=store.storage_options())
+    assert table.version() == 1  # the rerun found the run's commit (or made it), once
+    assert not [n for n in blobs(azurite_delta, cont) if n.startswith("lake/_staging/")]
 
 
 # -- OneLake and the other credentials, up to the wire -----------------------------------------

@@ -135,6 +135,13 @@ class DeltaStore(DeltaArea, ParquetStore):
         "string, or an account URL with a service principal or DefaultAzureCredential; empty "
         "for a Lakehouse: DefaultAzureCredential (Entra ID).",
     )
+    lease_seconds: int = Field(
+        default=60,
+        ge=15,
+        le=60,
+        description="Lease on a remote Store's lock blob; a crashed run frees the Store this "
+        "long after its last renewal.",
+    )
 
     @model_validator(mode="after")
     def _one_place(self) -> DeltaStore:
@@ -171,12 +178,21 @@ class DeltaStore(DeltaArea, ParquetStore):
     def records(self) -> BlobParquetStore | None:
         if self.place == "adls":
             assert self.container is not None
-            return AdlsStore(container=self.container, path=self.path, credentials=self.credentials)
+            return AdlsStore(
+                container=self.container,
+                path=self.path,
+                credentials=self.credentials,
+                lease_seconds=self.lease_seconds,
+            )
         if self.place == "onelake":
             assert self.workspace is not None and self.item is not None
             folder = join("_hygge", "Tables", self.lakehouse_schema or "")
             return OneLakeStore(
-                workspace=self.workspace, item=self.item, path=folder, credentials=self.credentials
+                workspace=self.workspace,
+                item=self.item,
+                path=folder,
+                credentials=self.credentials,
+                lease_seconds=self.lease_seconds,
             )
         return None
 
@@ -271,7 +287,9 @@ class DeltaStore(DeltaArea, ParquetStore):
         if isinstance(exc, OSError):
             if self.place == "local":
                 return os_error(exc, entity, self._root)
-            # delta-rs's object store error (or the local spool's)
+            if exc.errno is not None:  # the local spool's disk, not the remote storage
+                return os_error(exc, entity, self.staging_dir(entity or "", ""))
+            # delta-rs's object store error: an OSError without an errno
             return places.storage_error(exc, action, where, entity)
         if isinstance(exc, CommitFailedError):
             # another writer committed first; the lock keeps hygge runs apart, so it is a
