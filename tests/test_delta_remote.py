@@ -238,6 +238,29 @@ class TestDeltaRecoveryOnAdls:
         assert not [n for n in blobs(azurite_delta, cont) if n.startswith("lake/_staging/")]
         assert rows(keyed) == [(1, "a", utc(0))]
 
+    def test_a_run_that_lost_its_lease_makes_no_commit(
+        self, azurite_delta: Azurite, cont: str, keyed: DeltaStore
+    ) -> None:
+        from blocks.stores import _blob
+
+        load(keyed, "r1", "replace", batch([(1, "a", 0)]))
+        records = keyed.records()
+        assert records is not None
+        # what the lease keeper records when the account stopped answering its renewals
+        lost = records.area().container.url.split("?", 1)[0]
+        _blob._LOST_LEASES.add(lost)
+        try:
+            writer = keyed.open_writer("t", "r2", "append")
+            writer.write(batch([(1, "b", 1)]))
+            with pytest.raises(StoreError, match="lost its lease"):
+                writer.commit_files(None, 1)
+        finally:
+            _blob._LOST_LEASES.discard(lost)
+        table = DeltaTable(keyed.table_uri("t"), storage_options=keyed.storage_options())
+        assert table.version() == 0
+        assert [m.run_id for m in keyed.recover("t")] == ["r2"]  # the next run finishes it
+        assert rows(keyed) == [(1, "b", utc(1))]
+
 
 # -- whole runs from SQLite -------------------------------------------------------------------
 
