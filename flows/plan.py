@@ -303,6 +303,9 @@ def resolve_blocks(spec: FlowSpec) -> tuple[HomeBlock, StoreBlock]:
 
     home = resolve_block(spec.home, HOMES, "home")
     store = resolve_block(spec.store, STORES, "store")
+    if "spec_name" in type(store).model_fields and getattr(store, "spec_name", None) is None:
+        # a Store that names its spec in each table's metadata (Delta) learns it here
+        store = store.model_copy(update={"spec_name": spec.name})
     assert isinstance(home, HomeBlock) and isinstance(store, StoreBlock)
     return home, store
 

@@ -36,12 +36,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect.testing.utilities import prefect_test_harness
 
 from hygge_core import faults
-from tests.azurite import azurite  # noqa: F401  (fixtures)
+from tests.azurite import azurite, azurite_delta  # noqa: F401  (fixtures)
 from tests.pg_server import pg, pg_schema  # noqa: F401  (fixtures)
 
 TIERS = ("fast", "integration", "kill")
 #: fixtures that start a service (or stand on one): a test using any of them is never `fast`
-SERVICE_FIXTURES = frozenset({"prefect_server", "pg", "pg_schema", "azurite"})
+SERVICE_FIXTURES = frozenset({"prefect_server", "pg", "pg_schema", "azurite", "azurite_delta"})
 #: modules whose every test kills or breaks runs
 KILL_MODULES = frozenset({"test_crash_recovery", "test_fault_injection"})
 #: names in a test's code that mean a flow run, the Prefect API, a process or a service

@@ -1,7 +1,9 @@
 """The one publishing protocol (blocks/stores/protocol.py), checked the same way on every Store.
 
 Each case runs against a real backend: a local folder, and Azurite's Blob API for the ADLS,
-OneLake and Open Mirroring Stores (not faked: every call is a real request).
+OneLake and Open Mirroring Stores (not faked: every call is a real request). The Delta Store
+runs in all three of its places: a local folder, an ADLS container and OneLake's layout, the
+last two on the Azurite that delta-rs needs (`azurite_delta`).
 """
 
 from __future__ import annotations
@@ -16,21 +18,32 @@ import pytest
 
 import blocks
 from blocks.base import EntityWriter, StoreBlock
-from blocks.stores import AdlsStore, OneLakeStore, OpenMirroringStore, ParquetStore
+from blocks.stores import AdlsStore, DeltaStore, OneLakeStore, OpenMirroringStore, ParquetStore
 from blocks.stores.protocol import KEEP_COMMITTED, PublishingStore
 from hygge_core.errors import StoreError
 from hygge_core.faults import InjectedFault
 from tests.azurite import Azurite
 
-KINDS = ["parquet", "adls", "onelake", "open_mirroring"]
+KINDS = ["parquet", "adls", "onelake", "open_mirroring", "delta"]
+#: the Delta Store's remote places, beside its local one (`delta`)
+DELTA_PLACES = ["delta_adls", "delta_onelake"]
 Make = Callable[[], PublishingStore]
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=KINDS + DELTA_PLACES)
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Make:
     kind = request.param
     if kind == "parquet":
         return lambda: ParquetStore(path=str(tmp_path / "lake"))
+    if kind == "delta":
+        return lambda: DeltaStore(path=str(tmp_path / "lake"))
+    if kind in DELTA_PLACES:
+        dz: Azurite = request.getfixturevalue("azurite_delta")
+        place = dz.new_container()
+        dcreds = {"connection_string": dz.connection_string}
+        if kind == "delta_adls":
+            return lambda: DeltaStore(container=place, path="lake", credentials=dcreds)  # type: ignore[arg-type]
+        return lambda: DeltaStore(workspace=place, item="L.Lakehouse", credentials=dcreds)  # type: ignore[arg-type]
     az: Azurite = request.getfixturevalue("azurite")
     cont = az.new_container()
     creds = {"connection_string": az.connection_string}
@@ -51,6 +64,8 @@ def rows_of(store: PublishingStore, entity: str) -> list[int]:
     batches: Iterator[pa.RecordBatch]
     if isinstance(store, OpenMirroringStore):
         batches = store.landing_files(entity)
+    elif isinstance(store, DeltaStore):
+        batches = store.read_table(entity)  # the table's current version, through delta-rs
     elif isinstance(store, ParquetStore):
         # as a user reads it: every Parquet file in the table folder
         files = sorted(store.table_dir(entity).glob("*.parquet"))

@@ -435,6 +435,11 @@ _LOST_LEASES: set[str] = set()
 _log = logging.getLogger("hygge.store")
 
 
+def lease_lost(container: ContainerClient) -> bool:
+    """Whether this process's lease on the container's Store lock lapsed (see `lease_lock`)."""
+    return _container_key(container) in _LOST_LEASES
+
+
 def _container_key(container: ContainerClient) -> str:
     return str(container.url.split("?", 1)[0])
 

@@ -1,26 +1,29 @@
 """DeltaStore: one Delta Lake table per entity, holding the source's current state.
 
-Layout under `path` (a local or mounted directory):
+One Store, three places (exactly one is given):
 
-    <entity>/                              the Delta table (`_delta_log/` and its data files)
-    _staging/<entity>/<run_id>/            the run's batches as Parquet, before the commit
-    _manifests/<entity>/<run_id>.json      the run record of `hygge_core.manifest`
-    _state/<entity>/<name>                 objects an entity keeps beside the data
-    _journal/<run_id>.parquet              the run journal of `flows.journal`
+- `path`: a local or mounted directory, laid out as
 
-The Store shares the Parquet Store's local area (manifests, state, journal, lock, `check`), so
-it subclasses it; only the table differs. Its publishing protocol is
+      <entity>/                              the Delta table (`_delta_log/` and its data files)
+      _staging/<entity>/<run_id>/            the run's batches as Parquet, before the commit
+      _manifests/<entity>/<run_id>.json      the run record of `hygge_core.manifest`
+      _state/<entity>/<name>                 objects an entity keeps beside the data
+      _journal/<run_id>.parquet              the run journal of `flows.journal`
+
+- `container` (+ `path`, a folder in it): an ADLS Gen2 or Blob container, the same layout;
+- `workspace` + `item`: a Fabric Lakehouse; each table is `Tables/[<lakehouse_schema>/]<entity>`
+  and appears in the Lakehouse and its SQL endpoint, the records sit in `Files/_hygge/`.
+
+Where the records and staging live is `blocks.stores._delta_area`'s; the URI and delta-rs's
+storage options are `blocks.stores._delta_place`'s. Its publishing protocol is
 `blocks.stores.protocol`'s, mapped onto Delta's own log (`transactional`):
 
-- stage: the writer encodes the run's batches as Parquet under `_staging/`, in Delta's types;
+- stage: the writer encodes the run's batches as Parquet, in Delta's types;
 - prepare: the manifest names the files, the commit kind and the transaction number;
 - publish: ONE Delta commit, recording the run id (`blocks.stores._delta_log`): a full_drop
   overwrites (readers see the old table or the new), an incremental entity with keys merges
   (one current row per key), one without keys appends. A publish repeated after a crash finds
   its commit in the log and skips it, so no run is applied twice.
-
-The table's location is a URI plus storage options (`table_uri`, `storage_options`), which is
-all delta-rs needs to write to ADLS or OneLake as well as to a local path.
 """
 
 from __future__ import annotations
@@ -29,30 +32,38 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import pyarrow as pa
+from azure.core.exceptions import AzureError
 from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError, DeltaError
-from pydantic import Field
+from prefect_azure import AzureBlobStorageCredentials
+from pydantic import Field, model_validator
 
 from blocks.base import WriteMode, asset_uri
 from blocks.stores import _delta_log as log
-from blocks.stores._delta_types import delta_schema, to_delta
-from blocks.stores._local_fs import fsync_file, make_dirs, os_error, remove_staging
-from blocks.stores._parquet_files import ArrowFile
-from blocks.stores._schema import appendable, comparable
-from blocks.stores.parquet import ParquetStore, ParquetWriter
-from blocks.stores.protocol import Staged
+from blocks.stores import _delta_place as places
+from blocks.stores._blob import join, store_error
+from blocks.stores._delta_area import DeltaArea
+from blocks.stores._delta_writer import DeltaWriter
+from blocks.stores._local_fs import os_error
+from blocks.stores._schema import comparable
+from blocks.stores.adls import AdlsStore
+from blocks.stores.blob_parquet import BlobParquetStore
+from blocks.stores.onelake import OneLakeStore
+from blocks.stores.parquet import ParquetStore
 from hygge_core.errors import StoreError, TransientStoreError, first_line
 from hygge_core.manifest import Manifest
 
 _CODECS = {"none": "UNCOMPRESSED", "uncompressed": "UNCOMPRESSED"}
 
 
-class DeltaStore(ParquetStore):
+class DeltaStore(DeltaArea, ParquetStore):
     """Writes each entity as a Delta Lake table that holds the source's current state.
 
     An incremental entity with watermark `keys` is merged by those keys (an updated source
     row replaces its earlier version; the highest watermark wins within a run), one without
-    keys is appended, and a full load overwrites the table in one commit. Read a table with
+    keys is appended, and a full load overwrites the table in one commit. The tables live in a
+    local `path`, an ADLS Gen2 / Blob `container` (with `credentials`), or a Fabric Lakehouse
+    (`workspace` and `item`: `Tables/<entity>`). Read a table with
     `polars.read_delta("<path>/<entity>")` or any Delta reader. Naive timestamps are written
     as UTC `timestamp` (Fabric's SQL endpoint drops `timestamp_ntz` columns) unless
     `timestamp_ntz` is set.
@@ -66,7 +77,10 @@ class DeltaStore(ParquetStore):
 
     _block_type_name = "Delta Store"
     _block_type_slug = "delta-store"
-    _description = "A local directory of Delta Lake tables as a hygge Store."
+    _description = (
+        "Delta Lake tables (current state) in a local directory, an ADLS Gen2 / Blob container "
+        "or a Fabric Lakehouse's Tables/, as a hygge Store."
+    )
     spec_type = "delta"
     transactional: ClassVar[bool] = True
     # schema drift's `evolve` adds columns in the run's own commit (Delta's schema merge)
@@ -77,7 +91,11 @@ class DeltaStore(ParquetStore):
         "to rebuild the table with the new type"
     )
 
-    path: str = Field(description="Directory that holds one Delta table per entity.")
+    path: str = Field(
+        default="",
+        description="Local directory that holds one Delta table per entity; with `container`, "
+        "the folder in the container.",
+    )
     merge_keys: list[str] | None = Field(
         default=None,
         description="Columns an incremental load merges by; empty takes the entity's "
@@ -96,6 +114,50 @@ class DeltaStore(ParquetStore):
     spec_name: str | None = Field(
         default=None, description="Named in each table's description, for who browses it."
     )
+    container: str | None = Field(
+        default=None, description="ADLS Gen2 or Blob container (file system) of the tables."
+    )
+    workspace: str | None = Field(
+        default=None,
+        description="Fabric workspace name or id: the tables go to a Lakehouse's `Tables/`.",
+    )
+    item: str | None = Field(
+        default=None, description="The Lakehouse in `workspace`, e.g. 'Sales.Lakehouse' or its id."
+    )
+    lakehouse_schema: str | None = Field(
+        default=None,
+        description="Schema of a schema-enabled Lakehouse (`Tables/<schema>/<entity>`); empty "
+        "for `Tables/<entity>`.",
+    )
+    credentials: AzureBlobStorageCredentials | None = Field(
+        default=None,
+        description="prefect-azure credentials for `container` or `workspace`: a connection "
+        "string, or an account URL with a service principal or DefaultAzureCredential; empty "
+        "for a Lakehouse: DefaultAzureCredential (Entra ID).",
+    )
+    lease_seconds: int = Field(
+        default=60,
+        ge=15,
+        le=60,
+        description="Lease on a remote Store's lock blob; a crashed run frees the Store this "
+        "long after its last renewal.",
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> DeltaStore:
+        self.place  # noqa: B018 - raises ValueError for settings that name no single place
+        return self
+
+    @property
+    def place(self) -> places.Place:
+        return places.place_of(
+            self.path,
+            self.container,
+            self.workspace,
+            self.item,
+            self.lakehouse_schema,
+            self.credentials is not None,
+        )
 
     def merges_by(self, keys: list[str]) -> bool:
         return bool(keys) and (self.merge_keys or keys) == keys
@@ -121,12 +183,57 @@ class DeltaStore(ParquetStore):
 
     # -- where the table is ---------------------------------------------------------------------
 
+    def records(self) -> BlobParquetStore | None:
+        if self.place == "adls":
+            assert self.container is not None
+            return AdlsStore(
+                container=self.container,
+                path=self.path,
+                credentials=self.credentials,
+                lease_seconds=self.lease_seconds,
+            )
+        if self.place == "onelake":
+            assert self.workspace is not None and self.item is not None
+            folder = join("_hygge", "Tables", self.lakehouse_schema or "")
+            return OneLakeStore(
+                workspace=self.workspace,
+                item=self.item,
+                path=folder,
+                credentials=self.credentials,
+                lease_seconds=self.lease_seconds,
+            )
+        return None
+
+    def _table_key(self, entity: str) -> str:
+        """The table's folder in its container (remote places)."""
+        if self.place == "onelake":
+            assert self.item is not None
+            return join(self.item, "Tables", self.lakehouse_schema or "", entity)
+        return join(self.path, entity)
+
+    def _container_name(self) -> str:
+        name = self.workspace if self.place == "onelake" else self.container
+        assert name is not None
+        return name
+
     def table_uri(self, entity: str) -> str:
-        return str(self.table_dir(entity).resolve())
+        if self.place == "local":
+            return str(self.table_dir(entity).resolve())
+        fabric = self.place == "onelake"
+        key = self._table_key(entity)
+        return places.remote_uri(self.credentials, self._container_name(), key, fabric=fabric)
 
     def storage_options(self) -> dict[str, str] | None:
         """delta-rs's options for the table's storage (none for a local path)."""
-        return None
+        if self.place == "local":
+            return None
+        return places.remote_options(self.credentials, fabric=self.place == "onelake")
+
+    def _where(self, entity: str | None) -> str:
+        """The table (or the Store) as a reader names it: the URI, which has no secret."""
+        if self.place == "local":
+            return str(self.table_dir(entity) if entity else self._root)
+        return self.table_uri(entity) if entity else self.table_uri("").rstrip("/")
 
     def _table(self, entity: str) -> DeltaTable | None:
         uri, options = self.table_uri(entity), self.storage_options()
@@ -135,10 +242,11 @@ class DeltaStore(ParquetStore):
         return DeltaTable(uri, storage_options=options)
 
     def asset_key(self, entity: str) -> str:
-        return asset_uri(f"file://{self.table_uri(entity)}")
+        uri = self.table_uri(entity)
+        return asset_uri(f"file://{uri}" if self.place == "local" else uri)
 
     def describe(self, entity: str) -> str:
-        return f"delta {self.table_dir(entity)}/"
+        return f"delta {self._where(entity)}/"
 
     def has_data(self, entity: str) -> bool:
         with self.translated("cannot read the Delta table", entity):
@@ -178,12 +286,19 @@ class DeltaStore(ParquetStore):
 
     # -- the protocol's primitives (Delta's log in place of renames) ----------------------------
 
-    backend_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError, DeltaError)
+    backend_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError, DeltaError, AzureError)
 
     def backend_error(self, exc: BaseException, action: str, entity: str | None) -> StoreError:
+        if isinstance(exc, AzureError):
+            return store_error(exc, action, entity=entity)
+        where = self._where(entity)
         if isinstance(exc, OSError):
-            return os_error(exc, entity, self._root)
-        where = self.table_dir(entity) if entity else self._root
+            if self.place == "local":
+                return os_error(exc, entity, self._root)
+            if exc.errno is not None:  # the local spool's disk, not the remote storage
+                return os_error(exc, entity, self.staging_dir(entity or "", ""))
+            # delta-rs's object store error: an OSError without an errno
+            return places.storage_error(exc, action, where, entity)
         if isinstance(exc, CommitFailedError):
             # another writer committed first; the lock keeps hygge runs apart, so it is a
             # foreign one: a retry re-reads the log and finds whether this run's commit exists
@@ -208,9 +323,7 @@ class DeltaStore(ParquetStore):
     def staged_complete(self, manifest: Manifest) -> bool:
         if self.run_committed(manifest):
             return True
-        staged = self.staging_dir(manifest.entity, manifest.run_id)
-        names = [*manifest.files, *manifest.extra.get("deletes", [])]
-        return bool(names) and all((staged / n).exists() for n in names)
+        return self.staged_present(manifest)
 
     def unpublished(self, manifest: Manifest) -> list[str]:
         return [] if self.run_committed(manifest) else list(manifest.files)
@@ -220,13 +333,14 @@ class DeltaStore(ParquetStore):
 
     def commit_run(self, manifest: Manifest) -> None:
         entity, extra = manifest.entity, manifest.extra
-        staged = self.staging_dir(entity, manifest.run_id)
+        files = self.staged_paths(manifest)
+        self.ensure_lease()
         log.write_run(
             self.table_uri(entity),
             self.storage_options(),
             extra["delta"],
-            [staged / n for n in manifest.files],
-            deletes=[staged / n for n in extra.get("deletes", [])],
+            files,
+            deletes=self.staged_paths(manifest, manifest.extra.get("deletes", [])),
             add_columns=bool(extra.get("add_columns")),
             keys=list(extra.get("keys") or []),
             order=list(extra.get("order") or []),
@@ -245,12 +359,12 @@ class DeltaStore(ParquetStore):
         raise NotImplementedError(msg)
 
     def after_publish(self, manifest: Manifest) -> None:
-        remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
+        self.drop_staging(manifest.entity, manifest.run_id)
 
     def unpublish(self, manifest: Manifest) -> None:
         # nothing of an uncommitted run is in the table: delta-rs's files of a commit that
         # never happened are unreferenced (a `vacuum` removes them); only staging goes
-        remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
+        self.drop_staging(manifest.entity, manifest.run_id)
 
     def abort_prepared(self, manifest: Manifest) -> None:
         if self.run_committed(manifest):
@@ -261,137 +375,3 @@ class DeltaStore(ParquetStore):
         codec = _CODECS.get(self.compression.lower(), self.compression.upper())
         level = self.compression_level if codec in ("ZSTD", "GZIP", "BROTLI") else None
         return WriterProperties(compression=codec, compression_level=level)  # type: ignore[arg-type]
-
-
-class DeltaWriter(ParquetWriter):
-    """Stages one entity's batches, in Delta's types, for one commit."""
-
-    store: DeltaStore
-
-    def __init__(self, store: DeltaStore, entity: str, run_id: str, mode: WriteMode) -> None:
-        super().__init__(store, entity, run_id, mode)
-        self.kind: log.DeltaKind = (
-            "overwrite" if mode == "replace" else "merge" if store.merge_keys else "append"
-        )
-        self._delta_schema: pa.Schema | None = None
-        #: the run adds columns to the table (schema drift's `evolve`)
-        self.adds_columns = False
-        #: the key columns of rows the run deletes, staged beside its rows (one file)
-        self._deletes: ArrowFile | None = None
-        self.delete_files: list[str] = []
-
-    def delete(self, keys: pa.RecordBatch) -> None:
-        """Stage deleted keys; the run's merge deletes them in its one commit."""
-        if self.kind != "merge":
-            msg = "a Delta table deletes rows by key only in a merge: give the entity `keys`"
-            raise StoreError(msg, entity=self.entity)
-        keys = to_delta(
-            keys, delta_schema(keys.schema, self.store.timestamp_ntz, self.entity), self.entity
-        )
-        try:
-            if self._deletes is None:
-                make_dirs(self.staged)
-                name = f"{self.run_id}.deletes.parquet"
-                self._deletes = ArrowFile(self.staged / name, keys.schema, "ZSTD", None)
-                self.delete_files.append(name)
-            self._deletes.write(keys)
-        except OSError as exc:
-            raise os_error(exc, self.entity, self.staged) from exc
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        if self._delta_schema is None:
-            self._delta_schema = delta_schema(batch.schema, self.store.timestamp_ntz, self.entity)
-            self._check_keys(self._delta_schema)
-        if batch.schema != self._delta_schema:
-            if batch.schema.names != self._delta_schema.names:
-                batch = self._conform_to_source(batch)
-            batch = to_delta(batch, self._delta_schema, self.entity)
-        super().write(batch)
-
-    def close_files(self) -> Staged:
-        if self._deletes is not None:
-            deletes, self._deletes = self._deletes, None
-            deletes.close()
-            for name in self.delete_files:
-                fsync_file(self.staged / name)
-        staged = super().close_files()
-        uri, options = self.store.table_uri(self.entity), self.store.storage_options()
-        try:
-            txn = log.next_txn(uri, options)
-        except DeltaError as exc:
-            raise self.store.backend_error(exc, "cannot read the Delta table", self.entity) from exc
-        staged.extra = {
-            "delta": self.kind,
-            "txn": txn,
-            "keys": list(self.store.merge_keys or []) if self.kind == "merge" else [],
-            "order": list(self.store.merge_order or []) if self.kind == "merge" else [],
-            "add_columns": self.adds_columns,
-            "deletes": list(self.delete_files),
-        }
-        return staged
-
-    def abandon_files(self) -> None:
-        if self._deletes is not None:
-            deletes, self._deletes = self._deletes, None
-            deletes.abort()
-        super().abandon_files()
-
-    def publish_error(self, exc: BaseException) -> StoreError:
-        error = self.store.backend_error(exc, "cannot publish to the Store", self.entity)
-        try:
-            manifest = self.store.load_manifest(self.entity, self.run_id)
-            done = manifest is not None and self.store.run_committed(manifest)
-        except self.store.backend_errors:
-            return error
-        if not done:
-            return error
-        # a retry would re-read the rows this commit holds and apply them again: the entity
-        # fails instead, and the next run's recovery records the commit
-        msg = (
-            f"the run's Delta commit is in the table, but recording it failed "
-            f"({first_line(exc)}); the next run records it and moves the watermark"
-        )
-        return StoreError(msg, entity=self.entity)
-
-    # -- helpers --------------------------------------------------------------------------------
-
-    def _conform_to_source(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        assert self._delta_schema is not None
-        try:
-            names = self._delta_schema.names
-            return pa.RecordBatch.from_arrays([batch.column(n) for n in names], names=names)
-        except KeyError as exc:
-            msg = f"a batch lacks column {first_line(exc)} of the run's first batch"
-            raise StoreError(msg, entity=self.entity) from exc
-
-    def _check_keys(self, schema: pa.Schema) -> None:
-        if self.kind != "merge":
-            return
-        wanted = [*(self.store.merge_keys or []), *(self.store.merge_order or [])]
-        missing = [c for c in wanted if c not in schema.names]
-        if missing:
-            msg = (
-                f"the Delta merge needs column(s) {', '.join(map(repr, missing))}, which the "
-                "rows written do not have; keep them in `columns` and the polish, or set "
-                "`merge_keys` / `merge_order` for this entity"
-            )
-            raise StoreError(msg, entity=self.entity)
-
-    def _check_schema(self, schema: pa.Schema) -> pa.Schema:
-        """An append or merge must match the table's schema (a replace sets a new one)."""
-        if self.mode != "append":
-            return schema
-        try:
-            existing = self.store.table_schema(self.entity)
-        except DeltaError as exc:
-            raise self.store.backend_error(exc, "cannot read the Delta table", self.entity) from exc
-        if existing is None:
-            return schema
-        before = {f.name: f.type for f in comparable(existing)}
-        after = {f.name: f.type for f in comparable(schema)}
-        if set(after) > set(before) and all(after[n] == t for n, t in before.items()):
-            # only new columns: the drift guard let them through (`evolve`), and the commit
-            # merges them into the table's schema; earlier rows read them as NULL
-            self.adds_columns = True
-            return schema
-        return appendable(existing, schema, self.entity)
