@@ -178,6 +178,13 @@ class EntityWriter(ABC):
         msg = "this Store cannot delete rows"
         raise StoreError(msg)
 
+    def soft_delete(self, keys: pa.RecordBatch, column: str) -> None:
+        """Stage soft deletes: the rows with these keys stay, with `column` (a UTC timestamp,
+        the batch's last column after the keys) set to when the source lost them. Only Stores
+        whose `deletes_refusal(keys, soft=True)` is None take them."""
+        msg = "this Store cannot mark rows deleted"
+        raise StoreError(msg)
+
     def deletes_in_files(self) -> int:
         """Deleted keys this writer staged as rows of the data files `staged_rows` counts
         (Open Mirroring's `__rowMarker__` 2 rows); 0 when deletes travel apart from them."""
@@ -241,9 +248,10 @@ class StoreBlock(Block, ABC):
         it reports nothing on it). Only Stores whose `verdict_seconds` is above 0 have one."""
         return None
 
-    def deletes_refusal(self, keys: list[str]) -> str | None:
+    def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
         """Why this Store cannot delete rows by these key columns (None: it can, through
-        `EntityWriter.delete`); the spec check shows it to whoever asks for `deletes:`."""
+        `EntityWriter.delete`, or `soft_delete` when `soft`); the spec check shows it to
+        whoever asks for `deletes:`."""
         return (
             f"the {self.spec_type} Store keeps a log of loads and cannot delete rows; use a "
             "Delta Store (`type: delta`) or Open Mirroring for a table that drops deleted rows"

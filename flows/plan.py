@@ -207,7 +207,8 @@ def entity_blocks(
             )
             raise ConfigError(msg, entity=entity.name)
         if entity.deletes is not None:
-            refusal = e_store.deletes_refusal(list(entity.watermark.keys))
+            soft = entity.deletes.mode == "soft"
+            refusal = e_store.deletes_refusal(list(entity.watermark.keys), soft)
             if refusal:
                 msg = f"`deletes: {entity.deletes.mode}`: {refusal}"
                 raise ConfigError(msg, entity=entity.name)

@@ -25,6 +25,7 @@ nothing is deleted or published and the entity fails, naming both counts.
 
 from __future__ import annotations
 
+import datetime as dt
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -44,16 +45,25 @@ from hygge_tasks.keyset_store import fetch_keyset, store_keyset
 
 #: rows per batch of the key read: key columns are narrow
 _KEY_BATCH = 500_000
+#: the soft-delete column's type
+_SOFT_TYPE = pa.timestamp("us", "UTC")
 
 
 class DeletesSpec(BaseModel):
     """How rows deleted at the source reach the destination (key-set reconciliation)."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    mode: Literal["detect"] = Field(
+    mode: Literal["detect", "soft"] = Field(
         default="detect",
         description="`detect`: after each incremental run's changes, read the source's keys "
-        "and delete at the destination the keys the source no longer has.",
+        "and delete at the destination the keys the source no longer has; `soft`: keep "
+        "those rows and set `column` to when the source lost them.",
+    )
+    column: str = Field(
+        default="_deleted_at",
+        min_length=1,
+        description="With `mode: soft`: the UTC timestamp column every row carries, NULL "
+        "while the source has the row, set when it no longer does.",
     )
     min_fraction: float = Field(
         default=0.5,
@@ -89,8 +99,12 @@ class DeleteDetector:
         keys: list[str],
         previous: dict[str, Any] | None,
         run_id: str,
+        at: dt.datetime | None = None,
     ) -> None:
         self.entity = entity
+        #: when this run found the deletes (`soft`: the value of `spec.column`)
+        self.at = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        self.soft = spec.column if spec.mode == "soft" else None
         self.spec = spec
         self.keys = keys
         self.previous = previous
@@ -103,6 +117,20 @@ class DeleteDetector:
         """Take the keys of a batch the run writes (named as the source names them)."""
         if batch.num_rows:
             self.written.add(batch)
+
+    def mark(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A written batch with the soft-delete column, NULL (the source has these rows)."""
+        if self.soft is None:
+            return batch
+        if self.soft in batch.schema.names:
+            msg = (
+                f"the rows already have a column {self.soft!r}, which `deletes: soft` adds; "
+                "name another with `deletes: {mode: soft, column: ...}`"
+            )
+            raise HomeError(msg, entity=self.entity)
+        return batch.append_column(
+            pa.field(self.soft, _SOFT_TYPE), pa.nulls(batch.num_rows, _SOFT_TYPE)
+        )
 
     def reconcile(
         self,
@@ -156,7 +184,11 @@ class DeleteDetector:
             batch = unview(batch)
             if names != self.keys:
                 batch = batch.rename_columns(names)
-            writer.delete(batch)
+            if self.soft is None:
+                writer.delete(batch)
+            else:
+                when = pa.repeat(pa.scalar(self.at, _SOFT_TYPE), batch.num_rows)
+                writer.soft_delete(batch.append_column(self.soft, when), self.soft)
             deleted += batch.num_rows
         if deleted:
             faults.point("deletes.after_stage")

@@ -155,7 +155,14 @@ def move(
     )
     progress = EntityProgress(plan.name, logger, lambda: home.estimate_rows(request))
     detector = (
-        DeleteDetector(plan.name, plan.deletes, plan.watermark_keys, plan.previous_keyset, run_id)
+        DeleteDetector(
+            plan.name,
+            plan.deletes,
+            plan.watermark_keys,
+            plan.previous_keyset,
+            run_id,
+            plan.loaded_at,
+        )
         if plan.deletes is not None and plan.watermark_keys
         else None
     )
@@ -184,6 +191,8 @@ def move(
                 detector.observe(batch)
             if polisher is not None:
                 batch = polisher.apply(batch)
+            if detector is not None:
+                batch = detector.mark(batch)
             if carry and batch.num_rows:
                 carried = carry_over(store, plan.name, writer, batch.schema)
                 carry = False

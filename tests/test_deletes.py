@@ -397,3 +397,56 @@ def test_postgres_source_with_a_composite_key(
     assert_exact("after deletes by composite key")
     assert ledger_of(spec)["lines"]["deleted"] == 4
     assert ledger_of(spec)["lines"]["keyset"]["count"] == 596
+
+
+def test_soft_deletes_keep_the_row_with_when_it_went(tmp_path: Path, spec_name: str) -> None:
+    from blocks.stores.parquet_current import current_view
+
+    src = Source(tmp_path, spec_name, {"type": "parquet", "path": str(tmp_path / "lake")})
+    src.spec["entities"][0]["deletes"] = {"mode": "soft"}
+    src.insert(range(1, 21))
+    assert run_flow(src.spec).is_completed()
+    src.delete([3, 4])
+    before = dt.datetime.now(dt.UTC)
+    assert run_flow(src.spec).is_completed()
+
+    def view() -> pl.DataFrame:
+        frame = current_view(src.lake / "items", ["id"], soft_column="_deleted_at")
+        return frame.sort("id").collect()
+
+    got = view()
+    assert got.height == 20  # soft: every row stays
+    gone = got.filter(pl.col("_deleted_at").is_not_null())
+    assert gone["id"].to_list() == [3, 4]
+    assert all(t >= before - dt.timedelta(seconds=5) for t in gone["_deleted_at"])
+    assert got["_deleted_at"].dtype == pl.Datetime("us", "UTC")
+    # a soft-deleted key that comes back is current again, its mark cleared
+    src.insert([3])
+    assert run_flow(src.spec).is_completed()
+    got = view()
+    assert got.filter(pl.col("_deleted_at").is_not_null())["id"].to_list() == [4]
+    assert ledger_of(src.spec)["items"]["keyset"]["count"] == 19
+    # without the soft column the same tombstones read as deletes
+    hard = current_view(src.lake / "items", ["id"]).collect()
+    assert sorted(hard["id"].to_list()) == [i for i, _ in src.rows()]
+
+
+def test_soft_deletes_are_refused_where_a_row_cannot_stay(tmp_path: Path, spec_name: str) -> None:
+    src = Source(
+        tmp_path,
+        spec_name,
+        {
+            "type": "open_mirroring",
+            "workspace": "ws",
+            "item": "Shop.MountedRelationalDatabase",
+            "credentials": {
+                "connection_string": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                "AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:9/a"
+            },
+        },
+    )
+    src.spec["entities"][0] |= {"deletes": "soft", "key_columns": ["id"]}
+    src.insert(range(1, 3))
+    state = run_flow(src.spec)
+    with pytest.raises(Exception, match="a soft delete would blank the row's other columns"):
+        state.result()

@@ -210,7 +210,7 @@ class BlobStoreBase(PublishingStore):
 class BlobParquetStore(BlobStoreBase):
     """Parquet tables under a folder of a Blob container, published atomically file by file."""
 
-    def deletes_refusal(self, keys: list[str]) -> str | None:
+    def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
         return (
             f"the {self.spec_type} Store keeps a log of loads and does not write tombstones "
             "yet (the local Parquet Store does); use a Delta Store (`type: delta`) for a "

@@ -162,7 +162,7 @@ class DeltaStore(DeltaArea, ParquetStore):
     def merges_by(self, keys: list[str]) -> bool:
         return bool(keys) and (self.merge_keys or keys) == keys
 
-    def deletes_refusal(self, keys: list[str]) -> str | None:
+    def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
         if self.merges_by(keys):
             return None  # the run's merge deletes them in its one commit
         return (

@@ -233,7 +233,13 @@ class OpenMirroringStore(BlobStoreBase):
         # Fabric upserts by the table's key columns when the files carry upsert markers
         return bool(keys) and self.row_marker == "upsert" and list(self.key_columns or []) == keys
 
-    def deletes_refusal(self, keys: list[str]) -> str | None:
+    def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
+        if soft:
+            return (
+                "Fabric replaces a whole row on an upsert, so a soft delete would blank the "
+                "row's other columns; use `deletes: detect` (rows are deleted), or keep a "
+                "deleted flag at the source and send it as `delete_column`"
+            )
         if self.key_columns:
             return None  # deletes go as `__rowMarker__` 2 rows of the key columns
         return "Open Mirroring deletes by the table's key columns: set `key_columns: [...]`"

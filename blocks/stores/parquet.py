@@ -96,7 +96,7 @@ class ParquetStore(PublishingStore):
         description="Start a new file after this many rows (appends publish file by file).",
     )
 
-    def deletes_refusal(self, keys: list[str]) -> str | None:
+    def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
         return None  # tombstones in `<entity>/_deletes/`; `parquet_current.current_view`
 
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> ParquetWriter:
@@ -349,6 +349,11 @@ class ParquetWriter(StagedWriter):
             self._deleted += keys.num_rows
         except OSError as exc:
             raise os_error(exc, self.entity, self.staged) from exc
+
+    def soft_delete(self, keys: pa.RecordBatch, column: str) -> None:
+        """Tombstones that carry when (`column`): `current_view(..., soft_column=column)` keeps
+        the rows and shows it."""
+        self.delete(keys)
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:

@@ -25,11 +25,15 @@ from blocks.stores.parquet import TOMBSTONES
 
 _RUN = "__hygge_run"
 _GONE = "__hygge_gone_run"
+_WHEN = "__hygge_gone_at"
 
 
-def current_view(table: str | Path, keys: list[str]) -> pl.LazyFrame:
+def current_view(
+    table: str | Path, keys: list[str], soft_column: str | None = None
+) -> pl.LazyFrame:
     """One row per key, as the source held it at the last run: later versions replace
-    earlier ones and deleted keys are left out."""
+    earlier ones and deleted keys are left out, or, with `soft_column` (`deletes: soft`),
+    kept with that column set to when the source lost them."""
     folder = Path(table)
     data = sorted(folder.glob("*.parquet"))
     if not data:
@@ -38,18 +42,26 @@ def current_view(table: str | Path, keys: list[str]) -> pl.LazyFrame:
     rows = _with_run(pl.scan_parquet(data, include_file_paths=_RUN))
     latest = rows.sort(_RUN, maintain_order=True).unique(subset=keys, keep="last")
     tombstones = sorted((folder / TOMBSTONES).glob("*.parquet"))
-    if tombstones:
-        gone = (
-            _with_run(pl.scan_parquet(tombstones, include_file_paths=_RUN))
-            .group_by(keys)
-            .agg(pl.col(_RUN).max().alias(_GONE))
+    if not tombstones:
+        return latest.drop(_RUN)
+    marks = _with_run(pl.scan_parquet(tombstones, include_file_paths=_RUN))
+    if soft_column is None:
+        gone = marks.group_by(keys).agg(pl.col(_RUN).max().alias(_GONE))
+        latest = latest.join(gone, on=keys, how="left", nulls_equal=True)
+        return latest.filter(pl.col(_GONE).is_null() | (pl.col(_GONE) < pl.col(_RUN))).drop(
+            _GONE, _RUN
         )
-        latest = (
-            latest.join(gone, on=keys, how="left", nulls_equal=True)
-            .filter(pl.col(_GONE).is_null() | (pl.col(_GONE) < pl.col(_RUN)))
-            .drop(_GONE)
-        )
-    return latest.drop(_RUN)
+    # soft: the latest tombstone per key, applied when it is as late as the row or later
+    gone = (
+        marks.sort(_RUN)
+        .group_by(keys)
+        .agg(pl.col(_RUN).last().alias(_GONE), pl.col(soft_column).last().alias(_WHEN))
+    )
+    deleted = pl.col(_GONE).is_not_null() & (pl.col(_GONE) >= pl.col(_RUN))
+    latest = latest.join(gone, on=keys, how="left", nulls_equal=True).with_columns(
+        pl.when(deleted).then(pl.col(_WHEN)).otherwise(pl.col(soft_column)).alias(soft_column)
+    )
+    return latest.drop(_GONE, _WHEN, _RUN)
 
 
 def _with_run(frame: pl.LazyFrame) -> pl.LazyFrame:
