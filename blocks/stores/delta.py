@@ -163,6 +163,8 @@ class DeltaStore(DeltaArea, ParquetStore):
         return bool(keys) and (self.merge_keys or keys) == keys
 
     def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
+        if soft:
+            return "a Delta table does not take soft deletes yet: use `deletes: detect`"
         if self.merges_by(keys):
             return None  # the run's merge deletes them in its one commit
         return (
