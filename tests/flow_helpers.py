@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -85,3 +88,22 @@ def file_spec_for(
         "entities": entities,
         **extra,
     }
+
+
+def run_cli(
+    spec: Path, api_url: str, fault: str | None = None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m flows.run --spec SPEC` in its own process against a Prefect server; with
+    `fault`, that process is SIGKILLed at the fault point (`hygge_core.faults`)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    env.pop("HYGGE_FAULT", None)
+    if fault:
+        env["HYGGE_FAULT"] = f"{fault}:kill"
+    return subprocess.run(
+        [sys.executable, "-m", "flows.run", "--spec", str(spec), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

@@ -12,8 +12,6 @@ import io
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from azure.storage.blob import ContainerClient
 
 from tests.azurite import KEY, Azurite
 from tests.conftest import ledger_of, make_events_db, run_flow, source_events
-from tests.flow_helpers import events_rows, summary_row
+from tests.flow_helpers import events_rows, run_cli, summary_row
 
 
 def read_folder(c: ContainerClient, prefix: str) -> pl.DataFrame:
@@ -235,21 +233,6 @@ def test_a_second_run_waits_for_the_lease(azurite: Azurite, tmp_path: Path, spec
         pass
 
 
-def _cli(spec: Path, api_url: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    env.pop("HYGGE_FAULT", None)
-    if fault:
-        env["HYGGE_FAULT"] = f"{fault}:kill"
-    return subprocess.run(
-        [sys.executable, "-m", "flows.run", "--spec", str(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "point",
@@ -275,11 +258,11 @@ def test_kill_mid_publish_then_rerun_is_exact(
     spec["entities"] = spec["entities"][:1]
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
-    assert _cli(path, prefect_server).returncode == 0
+    assert run_cli(path, prefect_server).returncode == 0
     make_events_db(db, events_rows(600, 500))
-    killed = _cli(path, prefect_server, fault=point)
+    killed = run_cli(path, prefect_server, fault=point)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    rerun = _cli(path, prefect_server)
+    rerun = run_cli(path, prefect_server)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     c = azurite.container(cont)
     got = read_folder(c, "lake/raw/events")

@@ -9,11 +9,8 @@ reference applier that applies the row markers file by file, as Fabric does.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from deltalake import DeltaTable
 from flows.spec import parse_spec
 from hygge_core.errors import ConfigError
 from tests.conftest import ledger_of, run_flow
-from tests.flow_helpers import failed_row, summary_row
+from tests.flow_helpers import failed_row, run_cli, summary_row
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
 
@@ -108,18 +105,7 @@ class Source:
     def cli(self, api_url: str, fault: str | None = None) -> int:
         spec = self.db.parent / "spec.yaml"
         spec.write_text(yaml.safe_dump(self.spec), encoding="utf-8")
-        env = {**os.environ, "PREFECT_API_URL": api_url}
-        env.pop("HYGGE_FAULT", None)
-        if fault:
-            env["HYGGE_FAULT"] = f"{fault}:kill"
-        proc = subprocess.run(
-            [sys.executable, "-m", "flows.run", "--spec", str(spec)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        proc = run_cli(spec, api_url, fault)
         self.output = proc.stdout + proc.stderr
         return proc.returncode
 

@@ -11,12 +11,10 @@ tests/test_delta_place.py.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 from typing import Any
 
 import polars as pl
@@ -30,6 +28,7 @@ from hygge_core import faults
 from hygge_core.errors import StoreError, is_transient
 from tests.azurite import KEY, Azurite
 from tests.conftest import ledger_of, run_flow
+from tests.flow_helpers import run_cli
 from tests.test_delta_store import T0, batch, load, utc
 
 
@@ -392,18 +391,7 @@ def test_a_run_killed_at_the_commit_on_adls_is_finished_once(
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
 
     def cli(fault: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PREFECT_API_URL": prefect_server}
-        env.pop("HYGGE_FAULT", None)
-        if fault:
-            env["HYGGE_FAULT"] = f"{fault}:kill"
-        return subprocess.run(
-            [sys.executable, "-m", "flows.run", "--spec", str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return run_cli(path, prefect_server, fault)
 
     first = cli()
     assert first.returncode == 0, first.stdout + first.stderr

@@ -28,6 +28,7 @@ from blocks.stores import _delta_log
 from hygge_core import faults
 from hygge_core.errors import StoreError, is_transient
 from tests.conftest import ledger_of, run_flow
+from tests.flow_helpers import run_cli
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
 
@@ -425,18 +426,7 @@ class Source:
     def cli(self, api_url: str, fault: str | None = None) -> int:
         spec = self.db.parent / "spec.yaml"
         spec.write_text(yaml.safe_dump(self.spec), encoding="utf-8")
-        env = {**os.environ, "PREFECT_API_URL": api_url}
-        env.pop("HYGGE_FAULT", None)
-        if fault:
-            env["HYGGE_FAULT"] = f"{fault}:kill"
-        proc = subprocess.run(
-            [sys.executable, "-m", "flows.run", "--spec", str(spec)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        proc = run_cli(spec, api_url, fault)
         self.output = proc.stdout + proc.stderr
         return proc.returncode
 

@@ -15,8 +15,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ from azure.storage.blob import ContainerClient
 
 from tests.azurite import Azurite
 from tests.conftest import ledger_of, make_events_db, run_flow
-from tests.flow_helpers import events_rows, summary_row
+from tests.flow_helpers import events_rows, run_cli, summary_row
 
 ITEM = "Shop.MountedRelationalDatabase"
 LZ = f"{ITEM}/Files/LandingZone"
@@ -333,23 +331,6 @@ def test_the_wait_holds_no_concurrency_slot(
     assert (stamp["a"] - stamp["b"]).total_seconds() >= 6
 
 
-def _cli(
-    spec: Path, api_url: str, fault: str | None = None, *args: str
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    env.pop("HYGGE_FAULT", None)
-    if fault:
-        env["HYGGE_FAULT"] = f"{fault}:kill"
-    return subprocess.run(
-        [sys.executable, "-m", "flows.run", "--spec", str(spec), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def _manifests(c: ContainerClient, folder: str) -> list[dict[str, Any]]:
     prefix = f"{ITEM}/Files/_hygge/_manifests/{folder}/"
     return [
@@ -393,15 +374,15 @@ def test_kill_then_rerun_keeps_numbering_and_rows(
     spec["retries"] = 0
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
-    assert _cli(path, prefect_server).returncode == 0
+    assert run_cli(path, prefect_server).returncode == 0
     make_events_db(db, events_rows(300, 250))
-    killed = _cli(path, prefect_server, point, *(["--full-drop"] if full_drop else []))
+    killed = run_cli(path, prefect_server, point, *(["--full-drop"] if full_drop else []))
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     c = azurite.container(ws)
     if consumed:
         for name in data_files(c, "events")[:-1]:
             c.delete_blob(f"{LZ}/events/{name}")
-    rerun = _cli(path, prefect_server)
+    rerun = run_cli(path, prefect_server)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     names = data_files(c, "events")
     numbers = [int(re.match(r"(\d{20})", n).group(1)) for n in names]  # type: ignore[union-attr]
