@@ -29,7 +29,7 @@ from hygge_core.errors import StoreError, is_transient
 from tests.azurite import KEY, Azurite
 from tests.conftest import ledger_of, run_flow
 from tests.flow_helpers import run_cli
-from tests.test_delta_store import T0, batch, load, utc
+from tests.test_delta_store import T0, batch, die_at, load, utc
 
 
 def adls(az: Azurite, cont: str, **settings: Any) -> DeltaStore:
@@ -185,12 +185,7 @@ class TestDeltaRecoveryOnAdls:
     """A process that died mid-publish (no `abort` ran), and the next run's recovery."""
 
     def _die_at(self, store: DeltaStore, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("HYGGE_FAULT", f"{point}:raise")
-        writer = store.open_writer("t", "r2", "append")
-        writer.write(batch([(2, "b-new", 2), (3, "c", 1)]))
-        with pytest.raises(faults.InjectedFault):
-            writer.commit_files({"watermark": "r2"}, 2)
-        monkeypatch.delenv("HYGGE_FAULT")
+        die_at(store, point, monkeypatch)
 
     def test_a_prepared_run_rolls_forward_from_the_container_on_another_machine(
         self, azurite_delta: Azurite, cont: str, keyed: DeltaStore, monkeypatch: pytest.MonkeyPatch

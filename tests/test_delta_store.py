@@ -285,16 +285,21 @@ class TestDeltaStore:
         assert not _delta_log.committed(uri, None, "r3", 3)
 
 
+def die_at(store: DeltaStore, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run r2 (an update of 2, a new 3) dies at `point`: no `abort` runs, as after a kill."""
+    monkeypatch.setenv("HYGGE_FAULT", f"{point}:raise")
+    writer = store.open_writer("t", "r2", "append")
+    writer.write(batch([(2, "b-new", 2), (3, "c", 1)]))
+    with pytest.raises(faults.InjectedFault):
+        writer.commit_files({"watermark": "r2"}, 2)
+    monkeypatch.delenv("HYGGE_FAULT")
+
+
 class TestDeltaRecovery:
     """A process that died mid-publish (no `abort` ran), and the next run's recovery."""
 
     def _die_at(self, store: DeltaStore, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("HYGGE_FAULT", f"{point}:raise")
-        writer = store.open_writer("t", "r2", "append")
-        writer.write(batch([(2, "b-new", 2), (3, "c", 1)]))
-        with pytest.raises(faults.InjectedFault):
-            writer.commit_files({"watermark": "r2"}, 2)
-        monkeypatch.delenv("HYGGE_FAULT")
+        die_at(store, point, monkeypatch)
 
     def test_a_run_prepared_but_not_committed_rolls_forward_once(
         self, keyed: DeltaStore, monkeypatch: pytest.MonkeyPatch
