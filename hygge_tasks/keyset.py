@@ -32,7 +32,8 @@ Keys compare by value and type over all their columns at once (ints, strings, da
 timestamps, decimals, binary...; `keyset_buckets` says which type changes are tolerated). A
 NULL inside a key compares equal to NULL, so `(1, NULL)` at the source matches `(1, NULL)` in
 the set: a nullable key column is a key like any other, never a reason to delete. Duplicate keys
-count once. Floating-point keys compare by value (avoid them: `0.1 + 0.2` is not `0.3`).
+count once. Floating-point keys compare by value, NaN matching NaN and -0.0 matching 0.0
+(better avoided all the same: `0.1 + 0.2` is not `0.3`).
 
 Memory: one comparison at a time holds about 300 MB at 10M keys (`bench/RESULTS.md`); entities
 compared at once (`concurrency`) each hold their own.

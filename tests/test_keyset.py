@@ -171,6 +171,15 @@ def test_a_null_inside_a_key_matches_a_null(tmp_path: Path) -> None:
     assert rows(diff.path) == sorted(held[:4], key=order)
 
 
+def test_float_keys_match_nan_and_signed_zero(tmp_path: Path) -> None:
+    held = pa.table({"k": pa.array([1.5, float("nan"), 0.0, None])})
+    first = diff_keys(["k"], batches(held), None, None, tmp_path)
+    now = pa.table({"k": pa.array([float("nan"), -0.0, 2.5])})
+    diff = diff_keys(["k"], batches(now), None, first.path, tmp_path)
+    assert sorted(rows(diff), key=order) == [(1.5,), (None,)]
+    assert (diff.count, diff.source_count) == (2, 3)
+
+
 def test_duplicate_keys_count_once(tmp_path: Path) -> None:
     source = ids([1, 1, 2, 2, 2, None, None, 3])
     written = collect(["id"], ids([3, 3, 4, 4]), tmp_path)
