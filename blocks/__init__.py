@@ -16,7 +16,7 @@ from prefect.blocks.core import Block
 from blocks import stores
 from blocks.base import HomeBlock, StoreBlock
 from blocks.credentials import PostgresCredentials, SqlServerCredentials
-from blocks.homes import CsvHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome
+from blocks.homes import CsvHome, JsonHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome
 from blocks.ledger import WatermarkLedger
 from blocks.stores import ParquetStore
 
@@ -28,6 +28,7 @@ __all__ = [
     "CsvHome",
     "DeltaStore",
     "HomeBlock",
+    "JsonHome",
     "MssqlHome",
     "OneLakeStore",
     "OpenMirroringStore",
@@ -87,7 +88,7 @@ class BlockKinds(MutableMapping[str, type[B]]):
 
 
 HOMES: BlockKinds[HomeBlock] = BlockKinds(
-    [CsvHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome], {}
+    [CsvHome, JsonHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome], {}
 )
 STORES: BlockKinds[StoreBlock] = BlockKinds(
     [ParquetStore],

@@ -1,9 +1,10 @@
 """One Home per module; each reads one kind of source."""
 
 from blocks.homes.csv import CsvHome
+from blocks.homes.json import JsonHome
 from blocks.homes.mssql import MssqlHome
 from blocks.homes.parquet import ParquetHome
 from blocks.homes.postgres import PostgresHome
 from blocks.homes.sqlite import SqliteHome
 
-__all__ = ["CsvHome", "MssqlHome", "ParquetHome", "PostgresHome", "SqliteHome"]
+__all__ = ["CsvHome", "JsonHome", "MssqlHome", "ParquetHome", "PostgresHome", "SqliteHome"]
