@@ -74,6 +74,24 @@ class ReadRequest:
     where: str | None = None
     batch_size: int = 100_000
     since: Since | None = None
+    #: read exactly these files (absolute paths) instead of resolving `path` (file Homes;
+    #: `incremental: files` reads only the files no run has loaded yet)
+    files: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file a file Home would read, as `incremental: files` remembers it."""
+
+    path: str
+    size: int
+    #: modification time, nanoseconds since the epoch
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: os.PathLike[str] | str) -> SourceFile:
+        st = os.stat(path)
+        return cls(str(os.path.abspath(path)), st.st_size, st.st_mtime_ns)
 
 
 #: a validation error never echoes what it was given: that may hold a password or a DSN
@@ -124,6 +142,10 @@ class HomeBlock(Block, ABC):
     @abstractmethod
     def describe(self, request: ReadRequest) -> str:
         """A short human description of the source, for dry runs and logs (no secrets)."""
+
+    def list_files(self, request: ReadRequest) -> list[SourceFile] | None:
+        """The files the entity would read, for `incremental: files` (None: not a file Home)."""
+        return None
 
     @abstractmethod
     def check(self, request: ReadRequest) -> None:

@@ -241,8 +241,16 @@ def plan_entity(
     # asked at most once: for a Store in object storage, each ask lists the entity's files
     has_data = functools.cache(lambda: store.has_data(entity.name))
 
-    def plan(mode: WriteMode, reason: str, previous: dict[str, Any] | None = None) -> EntityPlan:
+    def plan(
+        mode: WriteMode,
+        reason: str,
+        previous: dict[str, Any] | None = None,
+        files: dict[str, Any] | None = None,
+    ) -> EntityPlan:
         return EntityPlan(
+            new_files=entity.incremental == "files",
+            changed_files=entity.changed_files,
+            previous_files=files,
             name=entity.name,
             request=request,
             mode=mode,
@@ -269,6 +277,12 @@ def plan_entity(
     if run_type == "full_drop":
         return plan("replace", "full_drop: replace the table")  # the entry starts over
     _check_entry(e, entry, ledger_name, mine)
+    if wm is None and entity.incremental == "files":
+        if entry.files is None:
+            return plan("replace", "first load: no file loaded yet")
+        if not has_data():
+            return plan("replace", "destination is empty: reloading every file")
+        return plan("append", "new files only", files=entry.files)
     if wm is None:
         return plan("replace", "no watermark: full reload")
     if not previous:

@@ -120,6 +120,16 @@ class EntitySpec(BaseModel):
     run_type: RunType | None = None
     polish: PolishSpec | None = None
     drift: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    incremental: Literal["files"] | None = Field(
+        default=None,
+        description="`files`: each run loads only the files of the entity's `path` that no run "
+        "has loaded yet (file Homes); the ledger remembers them.",
+    )
+    changed_files: Literal["fail", "reload"] = Field(
+        default="fail",
+        description="With `incremental: files`, a loaded file that has changed since: `fail` "
+        "(loading it again would repeat its rows) or `reload` it (a Store that merges by key).",
+    )
     deletes: DeletesSpec | None = Field(
         default=None,
         description="`deletes: detect` deletes at the destination the rows deleted at the "
@@ -144,6 +154,16 @@ class EntitySpec(BaseModel):
     def _one_source(self) -> EntitySpec:
         if self.table and self.query:
             msg = "give `table` or `query`, not both"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _one_increment(self) -> EntitySpec:
+        if self.incremental == "files" and self.watermark is not None:
+            msg = (
+                "give `incremental: files` (new files only) or a `watermark` (new rows by "
+                "column), not both"
+            )
             raise ValueError(msg)
         return self
 

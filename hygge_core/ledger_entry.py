@@ -9,8 +9,8 @@ saved by any earlier hygge reads as it always did:
   kind, value and boundary keys. It is opaque here, so the watermark's format can grow without
   this file knowing; only its `column` and `value` are read for reports.
 - `schema` (`hygge_tasks.drift.remember`), `identity` (`flows.plan.identity`), `keyset` and
-  `deleted` (`deletes: detect`) came later: an entry written before them has none of them,
-  and reads with `None`.
+  `deleted` (`deletes: detect`) and `files` (`incremental: files`) came later: an entry
+  written before them has none of them, and reads with `None`.
 - keys this version does not know are kept as read (`extra`) and written back unchanged.
 """
 
@@ -23,7 +23,17 @@ from typing import Any
 from hygge_core.errors import LedgerError
 
 #: the keys an entry holds, in the order the move writes them
-_OPTIONAL = ("run_id", "rows", "mode", "committed_at", "schema", "identity", "keyset", "deleted")
+_OPTIONAL = (
+    "run_id",
+    "rows",
+    "mode",
+    "committed_at",
+    "schema",
+    "identity",
+    "keyset",
+    "deleted",
+    "files",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,9 @@ class LedgerEntry:
     keyset: dict[str, Any] | None = None
     #: the rows that run deleted at the destination
     deleted: int | None = None
+    #: the files loaded so far (`incremental: files`): inline, or a reference to the Store's
+    #: state (`hygge_tasks.new_files`)
+    files: dict[str, Any] | None = None
     #: keys written by another version of hygge, kept as they were
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +95,7 @@ class LedgerEntry:
                 "run the entity once with --full-drop to start its entry over"
             )
             raise LedgerError(msg, entity=entity)
-        for key in ("watermark", "schema", "identity", "keyset"):
+        for key in ("watermark", "schema", "identity", "keyset", "files"):
             value = data.get(key)
             if value is not None and not isinstance(value, Mapping):
                 msg = (
@@ -101,6 +114,7 @@ class LedgerEntry:
             identity=_dict(data.get("identity")),
             keyset=_dict(data.get("keyset")),
             deleted=data.get("deleted"),
+            files=_dict(data.get("files")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 

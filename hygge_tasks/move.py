@@ -28,6 +28,7 @@ from hygge_tasks.boundary_spill import restore, spill
 from hygge_tasks.deletes import DeleteDetector, Reconciled
 from hygge_tasks.drift import DriftPolicy, SchemaGuard, carry_over
 from hygge_tasks.limits import home_slot
+from hygge_tasks.new_files import from_ledger, select, to_ledger
 from hygge_tasks.polish import Polisher, PolishSpec
 from hygge_tasks.progress import EntityProgress
 from hygge_tasks.watermark import BoundaryFilter, Watermark, lagged, not_behind
@@ -68,6 +69,11 @@ class EntityPlan:
     deletes: Any = None
     #: the ledger's reference to the key set the destination holds (`hygge_tasks.keyset_store`)
     previous_keyset: dict[str, Any] | None = None
+    #: `incremental: files`: read only the files no run has loaded (`hygge_tasks.new_files`)
+    new_files: bool = False
+    changed_files: str = "fail"
+    #: the ledger's record of the files loaded so far
+    previous_files: dict[str, Any] | None = None
 
 
 @dataclass
@@ -122,6 +128,23 @@ def move(
     if plan.mode == "append" and plan.previous:
         previous = Watermark.from_json(restore(store, plan.name, plan.previous) or {})
     request = plan.request
+    selection = None
+    if plan.new_files:
+        held = from_ledger(store, plan.name, plan.previous_files) if plan.mode == "append" else None
+        selection = select(plan.name, home.list_files(request), held, plan.changed_files)
+        if held is not None and not selection.read:
+            return EntityResult(
+                entity=plan.name,
+                run_id=run_id,
+                mode=plan.mode,
+                rows=0,
+                bytes=0,
+                seconds=time.perf_counter() - start,
+                files=[],
+                changed=False,
+                watermark=plan.previous,
+            )
+        request = replace(request, files=tuple(f.path for f in selection.read))
     # with a lag the run reads again from before the watermark, and the Store merges by key
     reread = previous
     if previous is not None and plan.watermark_lag is not None:
@@ -245,6 +268,7 @@ def move(
             identity=plan.identity,
             keyset=reconciled.keyset if reconciled else None,
             deleted=deleted if reconciled else None,
+            files=to_ledger(store, plan.name, run_id, selection.loaded) if selection else None,
         )
         # the manifest keeps the entry as JSON until the flow commits it
         manifest = writer.commit_files(entry.to_json(), rows + carried)

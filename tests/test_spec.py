@@ -528,20 +528,20 @@ def test_spec_no_close_key_lists_the_valid_ones(tmp_path: Path) -> None:
     ("home", "expected"),
     [
         pytest.param(
-            "{type: jsonx, path: x}",
-            "field home.type: unknown type 'jsonx' (choose one of: csv, mssql, parquet, postgres, "
-            "sqlite)",
+            "{type: excel, path: x}",
+            "field home.type: unknown type 'excel' (choose one of: csv, json, mssql, parquet, "
+            "postgres, sqlite)",
             id="unknown",
         ),
         pytest.param(
             "{type: sqlit, path: x}",
             "field home.type: unknown type 'sqlit', did you mean 'sqlite'? (choose one of: csv, "
-            "mssql, parquet, postgres, sqlite)",
+            "json, mssql, parquet, postgres, sqlite)",
             id="close",
         ),
         pytest.param(
             "{path: x}",
-            "field home: no `type:`; give one of: csv, mssql, parquet, postgres, sqlite",
+            "field home: no `type:`; give one of: csv, json, mssql, parquet, postgres, sqlite",
             id="missing",
         ),
     ],
@@ -655,9 +655,9 @@ def test_spec_cli_store_typo_exits_2_with_file_key_and_suggestion(tmp_path: Path
 
 
 def test_spec_cli_unknown_home_type_exits_2_before_prefect(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, VALID.replace("type: sqlite", "type: jsonx"), name="bad.yaml")
+    spec = write_spec(tmp_path, VALID.replace("type: sqlite", "type: excel"), name="bad.yaml")
     proc = run_module(spec, tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert "field home.type: unknown type 'jsonx' (choose one of: csv, mssql," in proc.stderr
+    assert "field home.type: unknown type 'excel' (choose one of: csv, json, mssql," in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "lake").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from blocks.base import ReadRequest
+from blocks.base import ReadRequest, SourceFile
 from hygge_core.errors import HomeError, first_line
 from hygge_core.timestamps import NanoTimestamp
 
@@ -64,6 +64,20 @@ def resolve_files(
         )
         raise HomeError(msg, entity=entity)
     return [target]
+
+
+def entity_files(base: str | None, request: ReadRequest, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files a read takes: the request's own list (`incremental: files`), else its path's."""
+    if request.files is not None:
+        return [Path(f) for f in request.files]
+    return resolve_files(base, request.path, suffixes, request.entity)
+
+
+def source_files(
+    base: str | None, request: ReadRequest, suffixes: tuple[str, ...]
+) -> list[SourceFile]:
+    """`HomeBlock.list_files` for a file Home: each file with its size and modification time."""
+    return [SourceFile.of(p) for p in resolve_files(base, request.path, suffixes, request.entity)]
 
 
 def _hidden(path: Path) -> bool:

@@ -14,9 +14,9 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest
+from blocks.base import HomeBlock, ReadRequest, SourceFile
 from blocks.homes._csv_types import exact_reads, guard_hint
-from blocks.homes._files import check_scan, resolve_files, stream_batches
+from blocks.homes._files import check_scan, entity_files, source_files, stream_batches
 from hygge_core.errors import ConfigError, HomeError, first_line
 
 _POLARS_ENCODINGS = {"utf8", "utf-8", "utf8-lossy"}
@@ -81,7 +81,7 @@ class CsvHome(HomeBlock):
     @contextmanager
     def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str]]:
         """The entity's files as one scan (transcoded to UTF-8 meanwhile); errors get a hint."""
-        files = resolve_files(self.path, request.path, (".csv", ".tsv", ".txt"), request.entity)
+        files = entity_files(self.path, request, (".csv", ".tsv", ".txt"))
         for f in files:
             if f.stat().st_size == 0:
                 msg = (
@@ -151,6 +151,9 @@ class CsvHome(HomeBlock):
 
     def describe(self, request: ReadRequest) -> str:
         return f"csv {request.path or ''} under {self.path or '.'}"
+
+    def list_files(self, request: ReadRequest) -> list[SourceFile]:
+        return source_files(self.path, request, (".csv", ".tsv", ".txt"))
 
     def _headerless_names(self, sources: list[Path], request: ReadRequest) -> list[str]:
         """`column_1`, `column_2`, ...: stable names whatever the Polars version calls them."""

@@ -27,8 +27,8 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest
-from blocks.homes._files import check_scan, resolve_files, stream_batches
+from blocks.base import HomeBlock, ReadRequest, SourceFile
+from blocks.homes._files import check_scan, entity_files, source_files, stream_batches
 from hygge_core.errors import ConfigError, HomeError, first_line
 
 _SUFFIXES = (".json", ".jsonl", ".ndjson", ".gz")
@@ -98,11 +98,14 @@ class JsonHome(HomeBlock):
     def describe(self, request: ReadRequest) -> str:
         return f"json {request.path or self.path}"
 
+    def list_files(self, request: ReadRequest) -> list[SourceFile]:
+        return source_files(self.path, request, _SUFFIXES)
+
     @contextmanager
     def _scan(
         self, request: ReadRequest
     ) -> Iterator[tuple[pl.LazyFrame, str, list[tuple[str, int]]]]:
-        files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
+        files = entity_files(self.path, request, _SUFFIXES)
         skipped: list[tuple[str, int]] = []
         with tempfile.TemporaryDirectory(prefix="hygge-json-") as tmp:
             sources = [

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest
+from blocks.base import HomeBlock, ReadRequest, SourceFile
 from blocks.homes._arrow_read import needs_arrow, read_schema, scan_arrow
-from blocks.homes._files import check_scan, resolve_files, stream_batches
+from blocks.homes._files import check_scan, entity_files, source_files, stream_batches
 from hygge_core.errors import HomeError, first_line
 
 _SUFFIXES = (".parquet", ".parq")
@@ -60,7 +60,7 @@ class ParquetHome(HomeBlock):
         """The entity's files as one scan, every footer checked; read errors name the file.
 
         Also yields whether pyarrow reads the files (`_arrow_read`) rather than Polars."""
-        files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
+        files = entity_files(self.path, request, _SUFFIXES)
         footers = [_check_footer(f, request.entity) for f in files]
         try:
             by_arrow = any(needs_arrow(meta) for meta in footers)
@@ -72,13 +72,16 @@ class ParquetHome(HomeBlock):
     def estimate_rows(self, request: ReadRequest) -> int | None:
         # footers only: no data pages are read
         try:
-            files = resolve_files(self.path, request.path, _SUFFIXES, request.entity)
+            files = entity_files(self.path, request, _SUFFIXES)
             return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         except Exception:
             return None
 
     def describe(self, request: ReadRequest) -> str:
         return f"parquet {request.path or ''} under {self.path or '.'}"
+
+    def list_files(self, request: ReadRequest) -> list[SourceFile]:
+        return source_files(self.path, request, _SUFFIXES)
 
 
 def _describe_files(files: list[Path]) -> str:
