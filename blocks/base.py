@@ -80,6 +80,15 @@ class ReadRequest:
 
 
 @dataclass(frozen=True)
+class CopySource:
+    """A source file a Store may publish byte for byte, with what its footer says."""
+
+    path: str
+    rows: int
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
 class SourceFile:
     """A file a file Home would read, as `incremental: files` remembers it."""
 
@@ -147,6 +156,11 @@ class HomeBlock(Block, ABC):
         """The files the entity would read, for `incremental: files` (None: not a file Home)."""
         return None
 
+    def copy_sources(self, request: ReadRequest) -> list[CopySource] | None:
+        """The entity's files, when a Store may take them as they are (no column, filter or
+        bound, one schema, types read without change); None: the rows must be read."""
+        return None
+
     @abstractmethod
     def check(self, request: ReadRequest) -> None:
         """Prove the entity can be read, reading none of its rows (`hygge check`).
@@ -199,6 +213,14 @@ class EntityWriter(ABC):
         None take deletes; the spec check refuses the others before a run starts."""
         msg = "this Store cannot delete rows"
         raise StoreError(msg)
+
+    def copy_file(self, source: CopySource) -> bool:
+        """Stage a source file as it is, checked by its footer (rows, schema) once copied.
+
+        False: this Store re-encodes what it stores (its own types, codec or layout), and the
+        engine reads the rows instead. Called before any `write`, for every file or none.
+        """
+        return False
 
     def soft_delete(self, keys: pa.RecordBatch, column: str) -> None:
         """Stage soft deletes: the rows with these keys stay, with `column` (a UTC timestamp,

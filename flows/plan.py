@@ -249,6 +249,7 @@ def plan_entity(
     ) -> EntityPlan:
         return EntityPlan(
             new_files=entity.incremental == "files",
+            reencode=entity.reencode,
             changed_files=entity.changed_files,
             previous_files=files,
             name=entity.name,

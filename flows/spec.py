@@ -120,6 +120,12 @@ class EntitySpec(BaseModel):
     run_type: RunType | None = None
     polish: PolishSpec | None = None
     drift: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    reencode: Literal["auto", "always"] = Field(
+        default="auto",
+        description="`auto`: Parquet files nothing would change (no polish, watermark, "
+        "columns or where) are copied into the Store as they are; `always`: decode and "
+        "re-encode them with the Store's codec and row groups.",
+    )
     incremental: Literal["files"] | None = Field(
         default=None,
         description="`files`: each run loads only the files of the entity's `path` that no run "

@@ -39,6 +39,8 @@ class SummaryRow:
             detail = "source is empty: published an empty table"
         if result.deleted:
             detail += f"; {result.deleted:,} deleted (gone from the source)"
+        if result.copied_files:
+            detail += f"; copied as they are ({result.copied_files} source files, no re-encode)"
         if result.schema_change:
             detail += f"; {result.schema_change}"
         return cls(

@@ -41,3 +41,8 @@ def unview(batch: pa.RecordBatch) -> pa.RecordBatch:
         return batch
     arrays = [col.cast(VIEWS[col.type]) if col.type in VIEWS else col for col in batch.columns]
     return pa.RecordBatch.from_arrays(arrays, schema=unviewed(batch.schema))
+
+
+def comparable(schema: pa.Schema) -> pa.Schema:
+    """`schema` as readers see it: no metadata, one flavour of text and binary."""
+    return pa.schema(pa.field(f.name, SMALL.get(f.type, f.type), f.nullable) for f in schema)

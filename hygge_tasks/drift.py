@@ -316,6 +316,11 @@ class SchemaGuard:
         self.target = pa.schema([*fields.values(), *added])
         self.remembered = remember(self.target, absent)
 
+    def unchanged(self, source: pa.Schema) -> bool:
+        """After `check`: whether the run takes this schema as it is (no column added, dropped,
+        reordered or cast, no rewrite), so that files of it may be stored byte for byte."""
+        return self.target is not None and not self.rewrite and _plain(source).equals(self.target)
+
     def conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """`batch` with the run's columns, in the run's order and types."""
         assert self.target is not None, "check() first"

@@ -19,7 +19,16 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
+from blocks.base import (
+    CopySource,
+    EntityWriter,
+    HomeBlock,
+    ReadRequest,
+    Since,
+    StoreBlock,
+    WriteMode,
+    utc_now,
+)
 from hygge_core import faults
 from hygge_core.arrow_types import unview
 from hygge_core.errors import HomeError, StoreError, is_transient
@@ -69,6 +78,8 @@ class EntityPlan:
     deletes: Any = None
     #: the ledger's reference to the key set the destination holds (`hygge_tasks.keyset_store`)
     previous_keyset: dict[str, Any] | None = None
+    #: `always`: re-encode even files a Store could take as they are (`reencode:`)
+    reencode: str = "auto"
     #: `incremental: files`: read only the files no run has loaded (`hygge_tasks.new_files`)
     new_files: bool = False
     changed_files: str = "fail"
@@ -107,6 +118,8 @@ class EntityResult:
     rows_published: int | None = None
     #: rows deleted at the destination because the source no longer has them (`deletes:`)
     deleted: int = 0
+    #: source files the Store took byte for byte, without decoding (`reencode: auto`)
+    copied_files: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -194,8 +207,21 @@ def move(
     mode: WriteMode = plan.mode
     carry = computes = False
     rows = carried = 0
+    copied = 0
     try:
-        for batch in home.read(request):
+        sources = _copy_sources(plan, home, request, detector is not None)
+        if sources:
+            guard.check(sources[0].schema)
+            if guard.unchanged(sources[0].schema):
+                writer = store.open_writer(plan.name, run_id, mode)
+                if all(writer.copy_file(s) for s in sources):
+                    copied = len(sources)
+                    rows = sum(s.rows for s in sources)
+                    progress.update(rows)
+                else:
+                    writer.abort()  # the Store re-encodes: the rows are read below
+                    writer = None
+        for batch in home.read(request) if not copied else ():
             if writer is None:
                 # drift is decided on the source's schema, before anything is written; an
                 # append whose table must change schema rewrites the table instead
@@ -301,7 +327,20 @@ def move(
         rows_read=rows + carried,
         rows_published=published,
         deleted=deleted,
+        copied_files=copied,
     )
+
+
+def _copy_sources(
+    plan: EntityPlan, home: HomeBlock, request: ReadRequest, detects_deletes: bool
+) -> list[CopySource] | None:
+    """The source files a Store may take as they are: nothing would change their rows (no
+    polish, watermark, key tracking, column or filter; `reencode` not `always`)."""
+    if plan.reencode == "always" or plan.polish is not None or plan.watermark_column:
+        return None
+    if detects_deletes:
+        return None
+    return home.copy_sources(request)
 
 
 def _refuse_empty_replace(plan: EntityPlan, store: StoreBlock) -> None:

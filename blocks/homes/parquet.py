@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest, SourceFile
+from blocks.base import CopySource, HomeBlock, ReadRequest, SourceFile
 from blocks.homes._arrow_read import needs_arrow, read_schema, scan_arrow
 from blocks.homes._files import check_scan, entity_files, source_files, stream_batches
+from hygge_core.arrow_types import comparable
 from hygge_core.errors import HomeError, first_line
 
 _SUFFIXES = (".parquet", ".parq")
@@ -82,6 +83,21 @@ class ParquetHome(HomeBlock):
 
     def list_files(self, request: ReadRequest) -> list[SourceFile]:
         return source_files(self.path, request, _SUFFIXES)
+
+    def copy_sources(self, request: ReadRequest) -> list[CopySource] | None:
+        if request.columns or request.where or request.since is not None:
+            return None
+        files = entity_files(self.path, request, _SUFFIXES)
+        out = []
+        for f in files:
+            meta = _check_footer(f, request.entity)
+            if needs_arrow(meta):
+                return None  # read to carry its values exactly (`_arrow_read`)
+            out.append(CopySource(str(f), meta.num_rows, meta.schema.to_arrow_schema()))
+        first = comparable(out[0].schema) if out else None
+        if any(not comparable(c.schema).equals(first) for c in out[1:]):
+            return None  # the read names the odd file
+        return out
 
 
 def _describe_files(files: list[Path]) -> str:

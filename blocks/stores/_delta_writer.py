@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 from deltalake.exceptions import DeltaError
 
-from blocks.base import WriteMode
+from blocks.base import CopySource, WriteMode
 from blocks.stores import _delta_log as log
 from blocks.stores._delta_place import refused_names
 from blocks.stores._delta_types import delta_schema, to_delta
@@ -61,6 +61,9 @@ class DeltaWriter(ParquetWriter):
             self._deletes.write(keys)
         except OSError as exc:
             raise os_error(exc, self.entity, self.staged) from exc
+
+    def copy_file(self, source: CopySource) -> bool:
+        return False  # a Delta table takes its own types (`_delta_types`): rows are read
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._delta_schema is None:

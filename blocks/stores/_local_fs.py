@@ -145,3 +145,24 @@ def _file_in_the_way(path: Path) -> Path | None:
         if candidate.exists() and not candidate.is_dir():
             return candidate
     return None
+
+
+def copy_bytes(source: Path, target: Path) -> None:
+    """Copy a file's bytes: in the kernel (`copy_file_range`, a reflink on filesystems that
+    share extents), falling back to a plain copy; then make it durable."""
+    with source.open("rb") as src, target.open("wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        try:
+            done = 0
+            while done < size:
+                sent = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
+                if sent == 0:
+                    break
+                done += sent
+        except (AttributeError, OSError):
+            src.seek(0)
+            dst.seek(0)
+            dst.truncate()
+            shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
+        dst.flush()
+        os.fsync(dst.fileno())

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from hygge_core.arrow_types import SMALL
+from hygge_core.arrow_types import SMALL, comparable
 from hygge_core.errors import StoreError, first_line
 
 __all__ = ["SMALL", "appendable", "comparable", "conform"]
-
-
-def comparable(schema: pa.Schema) -> pa.Schema:
-    """`schema` as readers see it: no metadata, one flavour of text and binary."""
-    return pa.schema(pa.field(f.name, SMALL.get(f.type, f.type), f.nullable) for f in schema)
 
 
 def appendable(existing: pa.Schema, schema: pa.Schema, entity: str) -> pa.Schema:

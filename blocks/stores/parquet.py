@@ -34,9 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from blocks.base import WriteMode, asset_uri
+from blocks.base import CopySource, WriteMode, asset_uri
 from blocks.stores._local_fs import (
     copy_atomic,
+    copy_bytes,
     fsync_file,
     has_all,
     make_dirs,
@@ -347,6 +348,31 @@ class ParquetWriter(StagedWriter):
                 self.files.append(name)
             self._tombstones.write(keys)
             self._deleted += keys.num_rows
+        except OSError as exc:
+            raise os_error(exc, self.entity, self.staged) from exc
+
+    def copy_file(self, source: CopySource) -> bool:
+        """The source file copied into staging as it is (a reflink where the filesystem has
+        one), then checked by its own footer: the rows and schema the source's footer gave."""
+        try:
+            if self._schema is None:
+                self._schema = self._check_schema(source.schema)
+                shutil.rmtree(self.staged, ignore_errors=True)  # debris of an earlier attempt
+                make_dirs(self.staged)
+            name = run_file_name(self.run_id, len(self.files))
+            copy_bytes(Path(source.path), self.staged / name)
+            meta = pq.read_metadata(self.staged / name)
+            if meta.num_rows != source.rows or not meta.schema.to_arrow_schema().equals(
+                source.schema
+            ):
+                msg = (
+                    f"the copy of {source.path!r} does not match it ({meta.num_rows:,} rows, "
+                    f"the source's footer says {source.rows:,}); nothing was published. Run "
+                    "the entity again; if it repeats, set `reencode: always`"
+                )
+                raise StoreError(msg, entity=self.entity)
+            self.files.append(name)
+            return True
         except OSError as exc:
             raise os_error(exc, self.entity, self.staged) from exc
 
