@@ -69,8 +69,13 @@ def run(name: str, args: dict[str, Any]) -> dict[str, Any]:
     kind = name.split(".", 1)[1]
     group = name.split(".", 1)[0]
 
+    if kind == "hygge_reencode" and group in ("parquet", "parquet_parts"):
+        # the decode + encode path: what the engine does whenever a row could change
+        entity = {"name": "orders", "path": src, "reencode": "always"}
+        return _hygge({"type": "parquet"}, [entity], str(out))
     if kind == "hygge":
         if group in ("parquet", "parquet_parts"):
+            # nothing changes the rows: the files are copied as they are (`reencode: auto`)
             return _hygge({"type": "parquet"}, [{"name": "orders", "path": src}], str(out))
         if group == "csv":
             return _hygge({"type": "csv"}, [{"name": "orders", "path": src}], str(out))
