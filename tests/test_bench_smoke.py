@@ -30,10 +30,12 @@ def test_bench_suite_smoke_reports_every_workload(prefect_server: str, tmp_path:
     names = {r["name"] for r in results}
     assert names == {
         "parquet.hygge",
+        "parquet.hygge_reencode",
         "parquet.polars_sink",
         "parquet.pyarrow",
         "parquet.read_only",
         "parquet_parts.hygge",
+        "parquet_parts.hygge_reencode",
         "parquet_parts.polars_sink",
         "csv.hygge",
         "csv.polars_sink",
