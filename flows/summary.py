@@ -35,6 +35,8 @@ class SummaryRow:
             detail = "source is empty: published an empty table"
         if result.schema_change:
             detail += f"; {result.schema_change}"
+        if result.home_note:
+            detail += f"; {result.home_note}"
         return cls(
             entity=result.entity,
             status="ok",
@@ -86,7 +88,7 @@ def render(rows: list[SummaryRow]) -> str:
     notes = [
         f"  {r.entity}: {r.detail}"
         for r in rows
-        if r.status != "ok" or "NULL" in r.detail or "empty" in r.detail or "schema" in r.detail
+        if r.status != "ok" or any(w in r.detail for w in ("NULL", "empty", "schema", "skipped"))
     ]
     if notes:
         out += ["", *notes]

@@ -13,9 +13,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -94,6 +96,8 @@ class EntityResult:
     #: before publishing; None when the writer cannot count its files)
     rows_read: int = 0
     rows_published: int | None = None
+    #: what the Home reported leaving out of the rows (`HomeBlock.read`), for the summary
+    home_note: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -151,8 +155,9 @@ def move(
     mode: WriteMode = plan.mode
     carry = computes = False
     rows = carried = 0
+    notes: list[str] = []
     try:
-        for batch in home.read(request):
+        for batch in _noted(home.read(request), notes):
             if writer is None:
                 # drift is decided on the source's schema, before anything is written; an
                 # append whose table must change schema rewrites the table instead
@@ -178,6 +183,9 @@ def move(
         if writer is None:
             writer = store.open_writer(plan.name, run_id, mode)
         faults.point("move.after_read")
+        note = notes[0] if notes else None
+        if note:
+            logger.info("%s: %s", plan.name, note)
         if boundary is not None and boundary.null_rows:
             _null_policy(plan, boundary.null_rows, logger)
         watermark = boundary.result() if boundary is not None else None
@@ -197,6 +205,7 @@ def move(
                 changed=False,
                 watermark=plan.previous,
                 schema_change=guard.note,
+                home_note=note,
             )
         if mode == "replace" and rows + carried == 0 and not plan.allow_empty:
             _refuse_empty_replace(plan, store)
@@ -222,9 +231,9 @@ def move(
         faults.set_entity(None)
     seconds = time.perf_counter() - start
     progress.done(rows, seconds)
-    note = guard.note
+    change = guard.note
     if carried:
-        note = f"{note}; table rewritten ({carried:,} published rows carried over)"
+        change = f"{change}; table rewritten ({carried:,} published rows carried over)"
     return EntityResult(
         entity=plan.name,
         run_id=run_id,
@@ -236,11 +245,19 @@ def move(
         null_watermark_rows=boundary.null_rows if boundary else 0,
         ledger_entry=entry,
         watermark=entry.watermark,
-        schema_change=note,
+        schema_change=change,
         ready_at=manifest.extra.get("ready_at") if manifest.state == "waiting" else None,
         rows_read=rows + carried,
         rows_published=published,
+        home_note=note,
     )
+
+
+def _noted(batches: Iterator[pa.RecordBatch], notes: list[str]) -> Iterator[pa.RecordBatch]:
+    """The Home's batches; the note its generator returns, if any, goes into `notes`."""
+    note = yield from batches
+    if isinstance(note, str) and note:
+        notes.append(note)
 
 
 def _refuse_empty_replace(plan: EntityPlan, store: StoreBlock) -> None:
