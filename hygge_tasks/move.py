@@ -13,9 +13,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 from prefect import task
@@ -255,7 +255,8 @@ def move(
 
 def _noted(batches: Iterator[pa.RecordBatch], notes: list[str]) -> Iterator[pa.RecordBatch]:
     """The Home's batches; the note its generator returns, if any, goes into `notes`."""
-    note = yield from batches
+    # a plain iterator's `yield from` gives None; a generator's gives what it returned
+    note = yield from cast(Generator[pa.RecordBatch, None, object], batches)
     if isinstance(note, str) and note:
         notes.append(note)
 
