@@ -145,6 +145,10 @@ def _prestart() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows import interrupts
+
+    # Ctrl-C and SIGTERM stop the run within seconds, saying what was kept
+    interrupts.install()
     targets = _targets(args, example=True, prestart=_prestart)
     _preflight(targets, api=False, run_type=args.run_type)
     if args.dry_run:
@@ -370,16 +374,22 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
     if getattr(args, "flows", None):
         args.flows = [f.strip() for raw in args.flows for f in raw.split(",") if f.strip()]
     try:
-        return func(args)
-    except ConfigError as exc:
-        print(f"hygge: {exc}", file=sys.stderr)
-        return 2
-    except HyggeError as exc:
-        print(f"hygge: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("hygge: interrupted", file=sys.stderr)
-        return 130
+        code = func(args)
+    except (HyggeError, KeyboardInterrupt) as exc:
+        code = 2 if isinstance(exc, ConfigError) else 1 if isinstance(exc, HyggeError) else 130
+        if _interrupt_code() is None:  # an interrupted run says so in its own line, below
+            print(f"hygge: {exc}" if str(exc) else "hygge: interrupted", file=sys.stderr)
+    if _interrupt_code() is None:
+        return code
+    from flows import interrupts
+
+    return interrupts.finish()
+
+
+def _interrupt_code() -> int | None:
+    """128 + the signal that interrupted the run (`flows.interrupts`), or None."""
+    module = sys.modules.get("flows.interrupts")
+    return None if module is None else module.exit_code()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ __all__ = [
     "FlowError",
     "HomeError",
     "HyggeError",
+    "InterruptError",
     "LedgerError",
     "ServerError",
     "StoreError",
@@ -67,6 +68,10 @@ class FlowError(HyggeError):
     """The flow run as a whole failed: one or more entities did not commit."""
 
     summary: list[dict[str, Any]] | None = None
+
+
+class InterruptError(HyggeError):
+    """The run was stopped by Ctrl-C or SIGTERM; what it had not published is left out."""
 
 
 class _Transient:

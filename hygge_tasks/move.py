@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.base import EntityWriter, HomeBlock, ReadRequest, Since, StoreBlock, WriteMode, utc_now
-from hygge_core import faults
+from hygge_core import faults, stop
 from hygge_core.arrow_types import unview
 from hygge_core.errors import HomeError, StoreError, is_transient
 from hygge_core.ledger_entry import LedgerEntry
@@ -112,6 +112,13 @@ def move(
     Each attempt writes under its own id (`<run_id>-<4 hex>`): a retry after a failure late in
     publishing must never mistake the failed attempt's files for its own.
     """
+    with stop.moving():
+        return _move(plan, home, store, run_id, logger)
+
+
+def _move(
+    plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str, logger: Any
+) -> EntityResult:
     start = time.perf_counter()
     run_id = f"{run_id}-{uuid.uuid4().hex[:4]}"
     faults.set_entity(plan.name)
@@ -158,6 +165,7 @@ def move(
     notes: list[str] = []
     try:
         for batch in _noted(home.read(request), notes):
+            stop.check(plan.name)  # a signal: the writer's abort below removes the staging
             if writer is None:
                 # drift is decided on the source's schema, before anything is written; an
                 # append whose table must change schema rewrites the table instead
@@ -221,6 +229,7 @@ def move(
             schema=guard.remembered,
             identity=plan.identity,
         )
+        stop.check(plan.name)  # an interrupted run publishes nothing more
         # the manifest keeps the entry as JSON until the flow commits it
         manifest = writer.commit_files(entry.to_json(), rows + carried)
     except BaseException:
@@ -336,7 +345,10 @@ def _with_since(request: ReadRequest, since: Since) -> ReadRequest:
 
 
 def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry dropped connections and timeouts; never bad data or bad configuration."""
+    """Retry dropped connections and timeouts; never bad data or bad configuration, and
+    never once the run was asked to stop."""
+    if stop.requested():
+        return False
     try:
         state.result()
     except Exception as exc:
