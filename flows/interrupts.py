@@ -52,6 +52,12 @@ def mark(entity: str, state: str) -> None:
             _board[entity] = state
 
 
+def clear() -> None:
+    """Forget every entity (tests)."""
+    with _lock:
+        _board.clear()
+
+
 def plan(entities: list[str]) -> None:
     for entity in entities:
         mark(entity, "pending")
