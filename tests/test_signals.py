@@ -70,7 +70,7 @@ def test_the_line_names_each_entity_by_what_happened_to_it(board: None) -> None:
         "commits its watermark); customers committed; rerun to continue"
     )
     interrupts.mark("items", "committed")
-    assert interrupts.line().endswith("; items and customers committed; rerun to continue")
+    assert interrupts.line().endswith("; customers and items committed; rerun to continue")
 
 
 def test_the_line_before_any_entity_and_with_many(board: None) -> None:
