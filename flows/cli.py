@@ -5,7 +5,8 @@ walking up from the current directory (`--flow`, `--entity flow.entity` pick par
 else, only for `run` and `python -m flows.run`, the bundled example. Every spec is loaded and
 its inline blocks checked before a Prefect server is needed, so a configuration mistake is
 one message and exit code 2. Exit codes: 0 all committed, 1 an entity (or check) failed,
-2 configuration error, nothing ran.
+2 configuration error, nothing ran; 130 and 143 a run stopped by Ctrl-C or SIGTERM
+(`flows.interrupts`).
 
 Prefect is imported only by the commands that need it, after `flows.local_server` has found
 or started a Prefect API.
@@ -290,7 +291,8 @@ def parser() -> argparse.ArgumentParser:
         description="Move tables from where data lives (Homes) to where it should rest "
         "(Stores). Works on --spec FILE, else on the project (hygge.yml) found from the "
         "current folder upward.",
-        epilog="Exit codes: 0 ok, 1 an entity or check failed, 2 configuration error.",
+        epilog="Exit codes: 0 ok, 1 an entity or check failed, 2 configuration error, "
+        "130/143 interrupted (Ctrl-C/SIGTERM).",
     )
     top.add_argument("--version", action="version", version=f"hygge {version('hygge')}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")

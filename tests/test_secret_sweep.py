@@ -31,6 +31,8 @@ CANARY = "Canary-7f3a9c-Sweep"
 #: an account key must be base64; this one spells the canary when decoded, and is searched
 #: for as it is written
 CANARY_KEY = base64.b64encode(b"hygge-canary-key-" + b"\x17" * 47).decode()
+#: the database the unreachable host would serve (a mutation test puts the canary here)
+DATABASE = "postgres"
 SWEEPER = "sweeper"  # the PostgreSQL role whose password is the canary
 
 
@@ -62,9 +64,16 @@ class Outcome:
     err: str
     lake: Path
     db: Path
+    logs_before: int  # the log table's last row before the run (the module shares a server)
 
 
 def run(tmp: Path, prefect_home: Path, spec: dict[str, Any]) -> Outcome:
+    db = prefect_home / "prefect.db"
+    before = 0
+    if db.exists():
+        con = sqlite3.connect(db)
+        before = con.execute("SELECT coalesce(max(rowid), 0) FROM log").fetchone()[0]
+        con.close()
     path = tmp / "spec.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HYGGE_"))}
@@ -83,13 +92,12 @@ def run(tmp: Path, prefect_home: Path, spec: dict[str, Any]) -> Outcome:
         timeout=600,
         check=False,
     )
-    return Outcome(
-        done.returncode, done.stdout, done.stderr, tmp / "lake", prefect_home / "prefect.db"
-    )
+    return Outcome(done.returncode, done.stdout, done.stderr, tmp / "lake", db, before)
 
 
 def assert_no_canary(outcome: Outcome, *canaries: str) -> None:
     places = {"stdout": outcome.out, "stderr": outcome.err}
+    errors: list[Any] = []
     # everything the run wrote beside the data: journal, manifests, locks, staging
     for path in sorted(outcome.lake.rglob("*")) if outcome.lake.exists() else []:
         if path.is_file():
@@ -99,9 +107,10 @@ def assert_no_canary(outcome: Outcome, *canaries: str) -> None:
     if outcome.db.exists():
         con = sqlite3.connect(outcome.db)
         try:
-            places["log table"] = "\n".join(
-                str(row) for row in con.execute("SELECT name, level, message FROM log")
-            )
+            logs = con.execute("SELECT name, level, message FROM log").fetchall()
+            places["log table"] = "\n".join(map(str, logs))
+            new = con.execute("SELECT level FROM log WHERE rowid > ?", (outcome.logs_before,))
+            errors = [level for (level,) in new if level >= 40]
             for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
                 rows = con.execute(f'SELECT * FROM "{table}"').fetchall()
                 places[f"table {table}"] = "\n".join(map(str, rows))
@@ -111,8 +120,8 @@ def assert_no_canary(outcome: Outcome, *canaries: str) -> None:
             raw = Path(f"{outcome.db}{suffix}")
             if raw.exists():
                 places[raw.name] = raw.read_bytes().decode("utf-8", errors="replace")
-    if outcome.code != 2:  # the run reached Prefect: its failure is in the log table
-        assert "failed" in places.get("log table", ""), "the run's logs never reached the server"
+    if outcome.code == 1:  # the run reached Prefect: its failure is in the log table
+        assert errors, "the run's error records never reached the server's log table"
     for canary in canaries:
         leaks = [where for where, text in places.items() if canary in text]
         assert not leaks, f"{canary!r} found in {leaks}"
@@ -145,12 +154,27 @@ def test_sweep_unreachable_host(tmp_path: Path, prefect_home: Path, form: str) -
         if form == "fields"
         else {"dsn": f"postgresql://{SWEEPER}:{CANARY}@127.0.0.1:{port}/postgres"}
     )
-    home = {"credentials": creds} | (
-        {"host": "127.0.0.1", "port": port} if form == "fields" else {}
-    )
-    home |= {"database": "postgres"} if form == "fields" else {}
+    home: dict[str, Any] = {"credentials": creds}
+    if form == "fields":
+        home |= {"host": "127.0.0.1", "port": port, "database": DATABASE}
     outcome = run(tmp_path, prefect_home, pg_spec(f"sweep-host-{form}", home))
     assert outcome.code == 1, outcome.err
+    assert_no_canary(outcome, CANARY)
+
+
+#: DSNs libpq cannot parse: it echoes the whole URI, or the password's own text
+MALFORMED = {
+    "unclosed-ipv6": f"postgresql://{SWEEPER}:{CANARY}@[::1/postgres",
+    "bad-percent-escape": f"postgresql://{SWEEPER}:{CANARY}%zz@127.0.0.1:1/postgres",
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_sweep_a_dsn_the_driver_cannot_parse(tmp_path: Path, prefect_home: Path, case: str) -> None:
+    spec = pg_spec(f"sweep-dsn-{case}", {"credentials": {"dsn": MALFORMED[case]}})
+    outcome = run(tmp_path, prefect_home, spec)
+    assert outcome.code in (1, 2), outcome.err  # a URI Python cannot split is a config error
+    assert "DSN" in outcome.err + outcome.out
     assert_no_canary(outcome, CANARY)
 
 
