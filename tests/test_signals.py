@@ -381,3 +381,34 @@ def _is_log_record(line: str) -> bool:
 def _local_server_pid(prefect_home: Path) -> int | None:
     record = prefect_home / "hygge-server" / "server.json"
     return int(json.loads(record.read_text())["pid"]) if record.exists() else None
+
+
+def test_a_second_ctrl_c_stops_the_run_at_once_and_the_rerun_is_exact(
+    tmp_path: Path, prefect_home: Path
+) -> None:
+    shop = Shop(tmp_path, prefect_home)
+    shop.create()
+    process = shop.start(command_of(Case("flows.run", signal.SIGINT, True)), slow=True)
+    try:
+        shop.mid_flight(process)
+        started = descendants(process.pid)
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.05)
+        sent = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # the impatient user
+        process.wait(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    out = "".join(shop.output)
+    # the run either was still stopping (killed by the default handler now back in place)
+    # or had just finished stopping on its own
+    assert process.returncode in (-signal.SIGINT, 130), out
+    assert took < 2.0, f"the second Ctrl-C took {took:.1f} s\n{out}"
+    time.sleep(0.5)
+    for pid, cmdline in started.items():
+        assert not running(pid), f"left running: {pid} {cmdline}"
+    rerun = shop.start(command_of(Case("flows.run", signal.SIGINT, True)), slow=False)
+    assert rerun.wait(timeout=300) == 0, "".join(shop.output)
+    shop.assert_exact()
