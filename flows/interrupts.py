@@ -31,6 +31,7 @@ GRACE_SECONDS = float(os.environ.get("HYGGE_INTERRUPT_GRACE_SECONDS", "6"))
 #: what the line calls each state an entity can be in
 _WORDS = {
     "committed": "committed",
+    "staged": "staged (the rerun publishes it)",
     "published": "published (the rerun commits its watermark)",
     "failed": "failed",
     "pending": "not published",
@@ -45,7 +46,8 @@ _said = False
 
 
 def mark(entity: str, state: str) -> None:
-    """Record an entity's state: pending, published, committed or failed."""
+    """Record an entity's state: pending, staged (its publish waits), published, committed or
+    failed."""
     with _lock:
         # published data stays published: a failed ledger save is finished by the next run
         if _board.get(entity) != "published" or state == "committed":
@@ -68,7 +70,7 @@ def line() -> str:
     with _lock:
         board = dict(_board)
     parts = []
-    for state in ("pending", "published", "failed", "committed"):
+    for state in ("pending", "staged", "published", "failed", "committed"):
         names = [e for e, s in board.items() if s == state]
         if names:
             parts.append(f"{_names(names)} {_WORDS[state]}")

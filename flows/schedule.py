@@ -72,6 +72,7 @@ def move_all(
                             result.ready_at,
                         )
                         scheduler.defer(job, result)
+                        interrupts.mark(name, "staged")
                         continue
                 else:
                     future.result()  # the deferred publish

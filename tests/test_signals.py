@@ -61,13 +61,15 @@ def board() -> Iterator[None]:
 
 
 def test_the_line_names_each_entity_by_what_happened_to_it(board: None) -> None:
-    interrupts.plan(["customers", "orders", "order_lines", "items"])
+    interrupts.plan(["customers", "orders", "order_lines", "items", "mirror"])
+    interrupts.mark("mirror", "staged")  # its Store publishes after a wait
     interrupts.mark("customers", "committed")
     interrupts.mark("items", "published")
     interrupts.mark("items", "failed")  # a failed ledger save: the data stays published
     assert interrupts.line() == (
-        "interrupted: orders and order_lines not published; items published (the rerun "
-        "commits its watermark); customers committed; rerun to continue"
+        "interrupted: orders and order_lines not published; mirror staged (the rerun publishes "
+        "it); items published (the rerun commits its watermark); customers committed; rerun to "
+        "continue"
     )
     interrupts.mark("items", "committed")
     assert interrupts.line().endswith("; customers and items committed; rerun to continue")
