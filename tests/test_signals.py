@@ -313,6 +313,7 @@ def command_of(case: Case) -> list[str]:
     return [sys.executable, "-m", "flows.run"]
 
 
+@pytest.mark.kill  # runs stopped half-way by signals, as the SIGKILL tests stop them
 @pytest.mark.parametrize("case", CASES)
 def test_signal_stops_the_run_within_10_s_and_the_rerun_is_exact(
     case: Case, tmp_path: Path, prefect_home: Path
@@ -385,6 +386,7 @@ def _local_server_pid(prefect_home: Path) -> int | None:
     return int(json.loads(record.read_text())["pid"]) if record.exists() else None
 
 
+@pytest.mark.kill
 def test_a_second_ctrl_c_stops_the_run_at_once_and_the_rerun_is_exact(
     tmp_path: Path, prefect_home: Path
 ) -> None:
