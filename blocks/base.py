@@ -145,7 +145,8 @@ class HomeBlock(Block, ABC):
 
         Every batch of one read carries the same schema. Memory stays bounded by the batch
         size, not the table size. Raises `HomeError` (or `TransientHomeError`) naming the
-        entity and the cause.
+        entity and the cause. A generator may return a short note for the run's report (what
+        it left out of the rows and why, e.g. blank CSV lines), or None.
         """
 
     @abstractmethod

@@ -24,6 +24,24 @@ _KV_KEY = re.compile(r"(?:^|\s)([A-Za-z_]+)\s*=")
 _KV_PAIR = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
+def dsn_passwords(dsn: str) -> list[str]:
+    """The password a DSN holds, as written and decoded (a URI's or a `password=` pair's).
+
+    Parsed by hand: a DSN too broken for a URL parser is the kind a driver echoes back.
+    """
+    found: list[str] = []
+    if "://" in dsn:
+        rest = dsn.split("://", 1)[1]
+        userinfo = rest[: rest.rfind("@")] if "@" in rest else ""
+        if ":" in userinfo:
+            raw = userinfo.split(":", 1)[1]
+            found += [raw, urllib.parse.unquote(raw)]
+    for key, value in _KV_PAIR.findall(dsn):
+        if key.lower() == "password":
+            found += [value, value.strip("'")]
+    return list(dict.fromkeys(v for v in found if v))
+
+
 def libpq_value(value: str) -> str:
     """Quote a libpq keyword/value for a conninfo string: `'...'` with `\\` and `'` escaped."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -107,7 +125,16 @@ class PostgresCredentials(CredentialsBlock):
         """
         dsn = self.dsn.get_secret_value() if self.dsn is not None else ""
         if dsn.startswith(("postgresql://", "postgres://")):
-            parts = urllib.parse.urlsplit(dsn)
+            try:
+                parts = urllib.parse.urlsplit(dsn)
+            except ValueError as exc:
+                # its text names the broken part, never the DSN itself
+                msg = (
+                    f"the PostgreSQL DSN is not a valid URI ({exc}); check the credentials "
+                    "block's `dsn` (a host in brackets needs its closing `]`; a password with "
+                    "`@`, `:` or `/` must be percent-encoded)"
+                )
+                raise ConfigError(msg) from None
             query = dict(urllib.parse.parse_qsl(parts.query))
             found = {
                 "host": parts.netloc.rsplit("@", 1)[-1] or query.get("host"),  # host[:port],...
@@ -121,8 +148,14 @@ class PostgresCredentials(CredentialsBlock):
         return " ".join(f"{k}={v}" for k, v in values.items())
 
     def secrets(self) -> list[str]:
-        """Secret values, so messages can be scrubbed of them whatever a driver echoes."""
+        """Secret values, so messages can be scrubbed of them whatever a driver echoes.
+
+        A DSN's password counts on its own too: libpq quotes just that part of a DSN it cannot
+        parse (`invalid percent-encoded token: "..."`).
+        """
         found = [s.get_secret_value() for s in (self.password, self.dsn) if s is not None]
+        if self.dsn is not None:
+            found += dsn_passwords(self.dsn.get_secret_value())
         return [s for s in found if s]
 
     def get_client(self, **connect_args: Any) -> Any:

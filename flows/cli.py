@@ -5,7 +5,8 @@ walking up from the current directory (`--flow`, `--entity flow.entity` pick par
 else, only for `run` and `python -m flows.run`, the bundled example. Every spec is loaded and
 its inline blocks checked before a Prefect server is needed, so a configuration mistake is
 one message and exit code 2. Exit codes: 0 all committed, 1 an entity (or check) failed,
-2 configuration error, nothing ran.
+2 configuration error, nothing ran; 130 and 143 a run stopped by Ctrl-C or SIGTERM
+(`flows.interrupts`).
 
 Prefect is imported only by the commands that need it, after `flows.local_server` has found
 or started a Prefect API.
@@ -145,6 +146,10 @@ def _prestart() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows import interrupts
+
+    # Ctrl-C and SIGTERM stop the run within seconds, saying what was kept
+    interrupts.install()
     targets = _targets(args, example=True, prestart=_prestart)
     _preflight(targets, api=False, run_type=args.run_type)
     if args.dry_run:
@@ -301,7 +306,8 @@ def parser() -> argparse.ArgumentParser:
         description="Move tables from where data lives (Homes) to where it should rest "
         "(Stores). Works on --spec FILE, else on the project (hygge.yml) found from the "
         "current folder upward.",
-        epilog="Exit codes: 0 ok, 1 an entity or check failed, 2 configuration error.",
+        epilog="Exit codes: 0 ok, 1 an entity or check failed, 2 configuration error, "
+        "130/143 interrupted (Ctrl-C/SIGTERM).",
     )
     top.add_argument("--version", action="version", version=f"hygge {version('hygge')}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -395,16 +401,22 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
     if getattr(args, "flows", None):
         args.flows = [f.strip() for raw in args.flows for f in raw.split(",") if f.strip()]
     try:
-        return func(args)
-    except ConfigError as exc:
-        print(f"hygge: {exc}", file=sys.stderr)
-        return 2
-    except HyggeError as exc:
-        print(f"hygge: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("hygge: interrupted", file=sys.stderr)
-        return 130
+        code = func(args)
+    except (HyggeError, KeyboardInterrupt) as exc:
+        code = 2 if isinstance(exc, ConfigError) else 1 if isinstance(exc, HyggeError) else 130
+        if _interrupt_code() is None:  # an interrupted run says so in its own line, below
+            print(f"hygge: {exc}" if str(exc) else "hygge: interrupted", file=sys.stderr)
+    if _interrupt_code() is None:
+        return code
+    from flows import interrupts
+
+    return interrupts.finish()
+
+
+def _interrupt_code() -> int | None:
+    """128 + the signal that interrupted the run (`flows.interrupts`), or None."""
+    module = sys.modules.get("flows.interrupts")
+    return None if module is None else module.exit_code()
 
 
 def main(argv: list[str] | None = None) -> int:

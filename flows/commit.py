@@ -12,13 +12,13 @@ import datetime as dt
 from typing import Any
 
 from blocks import WatermarkLedger
-from flows import assets
+from flows import assets, interrupts
 from flows.assets import Committed
 from flows.journal import Journal
 from flows.plan import EntityBlocks, EntityJob
 from flows.spec import FlowSpec
 from flows.summary import SummaryRow
-from hygge_core import faults
+from hygge_core import faults, stop
 from hygge_core.ledger_entry import LedgerEntry
 from hygge_tasks.move import EntityResult
 
@@ -92,14 +92,24 @@ class Commits:
         """Published: the ledger follows with the next `flush` (a crash before it is finished
         by the next run's recovery)."""
         self.pending.append((job, result, before))
+        interrupts.mark(job.plan.name, "published")
 
     def done(self, job: EntityJob, result: EntityResult, before: Any) -> None:
         """Report an entity that finished (committed, or with nothing new to commit)."""
         self.rows[job.plan.name] = SummaryRow.ok(result)
+        interrupts.mark(job.plan.name, "committed")
         self.journal.ok(job.plan, job.store, result, before, self.started[job.plan.name])
 
     def failed(self, job: EntityJob, exc: Exception, before: Any) -> None:
-        self.logger.error("%s: failed: %s", job.plan.name, exc)
+        if stop.requested() and stop.is_interrupt(exc):
+            # not a failure: the interrupted run's one line names it (`flows.interrupts`)
+            signal = stop.signal_name(stop.requested())
+            self.logger.info(
+                "%s: stopped by %s; nothing of it was published", job.plan.name, signal
+            )
+        else:
+            self.logger.error("%s: failed: %s", job.plan.name, exc)
+            interrupts.mark(job.plan.name, "failed")
         self.rows[job.plan.name] = SummaryRow.failed(job.plan.name, job.plan.mode, exc)
         self.journal.failed(job.plan, job.store, exc, before, self.started[job.plan.name])
 

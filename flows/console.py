@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from hygge_core.errors import FlowError, HyggeError
+from hygge_core.errors import FlowError, HyggeError, InterruptError
 
 
 class RepeatsOnly(logging.Filter):
@@ -38,7 +38,9 @@ class RepeatsOnly(logging.Filter):
         if record.name.startswith("prefect.flow_runs"):
             if isinstance(exc, HyggeError) and "Encountered exception" in message:
                 return False  # the summary and the last line say it, without a traceback
-            if message.startswith("Finished in state Failed") and FlowError.__name__ in message:
+            if message.startswith("Finished in state Failed") and any(
+                e.__name__ in message for e in (FlowError, InterruptError)
+            ):
                 return False
         return True
 

@@ -165,6 +165,62 @@ def stop() -> ServerRecord | None:
         return stopped
 
 
+def _temporary_servers() -> list[tuple[subprocess.Popen[bytes], int | None]]:
+    """The temporary servers Prefect started in this process (it keeps them in a registry),
+    each with its port."""
+    module = sys.modules.get("prefect.server.api.server")
+    servers = getattr(getattr(module, "SubprocessASGIServer", None), "_instances", {})
+    found = [
+        (getattr(server, "server_process", None), getattr(server, "port", None))
+        for server in list(servers.values())
+    ]
+    return [(process, port) for process, port in found if process is not None]
+
+
+def _temporary_processes() -> list[subprocess.Popen[bytes]]:
+    return [process for process, _ in _temporary_servers()]
+
+
+def temporary_server_gone() -> bool:
+    """Whether Prefect's temporary server of this process has exited or stopped listening (a
+    Ctrl-C to the process group stops it too): nothing is left to report to then."""
+    servers = _temporary_servers()
+    return bool(servers) and all(
+        process.poll() is not None or (port is not None and not _listening(port))
+        for process, port in servers
+    )
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def stop_temporary(grace: float = 2.0) -> int:
+    """Stop the temporary server Prefect started in this process (`HYGGE_LOCAL_SERVER=0`).
+
+    Prefect stops it when the interpreter exits normally; an interrupted run ends sooner
+    (`flows.interrupts`), and a server left behind would keep running with nobody to stop it.
+    Returns how many were stopped. hygge's own server is not touched: it runs in its own
+    session for later commands (`hygge server stop` stops it).
+    """
+    stopped = 0
+    for process in _temporary_processes():
+        if process.poll() is not None:
+            continue
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
+        stopped += 1
+    return stopped
+
+
 def _launch(port: int, announce: bool) -> ServerRecord:
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger
 
 from blocks import HomeBlock, SqliteHome, StoreBlock, WatermarkLedger
 from blocks.base import utc_now
+from flows import interrupts
 from flows.commit import recover
 from flows.example import EXAMPLE_SPEC, EXAMPLE_SPECS, ensure_example_data
 from flows.journal import Journal
@@ -35,7 +36,8 @@ from flows.schedule import move_all
 from flows.spec import RunType, TaskRunnerSpec, load_any
 from flows.summary import publish_summary, render
 from flows.verdicts import await_verdicts
-from hygge_core.errors import FlowError
+from hygge_core import stop
+from hygge_core.errors import FlowError, InterruptError
 
 #: log the summary table at the end of the flow; the command line turns it off and prints the
 #: table itself, so a terminal shows it once
@@ -59,6 +61,18 @@ def hygge(
         concurrency: Override how many entities move at once.
         dask_address: Run the entity tasks on this existing Dask cluster (tcp://host:8786).
     """
+    # Ctrl-C and SIGTERM from the command line stop the run between batches
+    with interrupts.handling():
+        return _hygge(spec, entities, run_type, concurrency, dask_address)
+
+
+def _hygge(
+    spec: str | dict[str, Any],
+    entities: list[str] | None,
+    run_type: RunType | None,
+    concurrency: int | None,
+    dask_address: str | None,
+) -> list[dict[str, Any]]:
     logger = get_run_logger()
     plan = load_any(spec)
     if dask_address:
@@ -78,6 +92,11 @@ def hygge(
         workers = concurrency or plan.concurrency
         started = utc_now()
         rows = move_all(jobs, plan, ledger, run_id, workers, logger, journal)
+    signum = stop.requested()
+    if signum:
+        # what each entity kept is said once, by the command line (`flows.interrupts`)
+        msg = f"stopped by {stop.signal_name(signum)}: {interrupts.line()}"
+        raise InterruptError(msg)
     # the destination's own verdict (Fabric's monitor), once the Stores are free again
     await_verdicts(jobs, rows, started, journal, logger)
     journal.publish_artifact()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flows import run as flow_module
 from flows.spec import RunType
 from flows.summary import SummaryRow, render
+from hygge_core import stop
 
 if TYPE_CHECKING:
     from flows.cli import Target
@@ -38,6 +39,8 @@ def run_targets(targets: list[Target], run_type: RunType | None, concurrency: in
     else:
         with ThreadPoolExecutor(max_workers=targets[0].flows_at_once) as pool:
             results = list(pool.map(one, targets))
+    if stop.requested():
+        return 1  # the command line prints the interrupted run's one line instead
     failed = 0
     for label, text, ok in results:
         print(f"{label}:\n{text}" if len(results) > 1 else text)
@@ -63,5 +66,6 @@ def _report(state: Any) -> tuple[str, bool]:
                 f"{len(failed)} of {len(summary)} entities failed: {', '.join(failed)}; each "
                 "one's cause and fix is above, and the Prefect run logs keep the details"
             )
-    print(f"hygge: run {state.name}: {message}", file=sys.stderr)
+    if not stop.requested():
+        print(f"hygge: run {state.name}: {message}", file=sys.stderr)
     return table.rstrip("\n"), False

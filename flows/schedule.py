@@ -18,11 +18,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import WatermarkLedger
 from blocks.base import utc_now
+from flows import interrupts
 from flows.commit import LEDGER_BATCH_SECONDS, Commits
 from flows.journal import Journal
 from flows.plan import EntityJob
 from flows.spec import FlowSpec, TaskRunnerSpec
 from flows.summary import SummaryRow
+from hygge_core import stop
 from hygge_core.errors import ConfigError
 from hygge_tasks.move import EntityResult, finish_entity, move_entity
 
@@ -41,6 +43,7 @@ def move_all(
     for job in jobs:
         logger.info("%s: %s (%s)", job.plan.name, job.plan.mode, job.plan.reason)
     retries, delay = spec.retries, spec.retry_delay_seconds
+    interrupts.plan([job.plan.name for job in jobs])
     with task_runner(spec.task_runner, workers) as runner:
         scheduler = Scheduler(
             runner,
@@ -69,6 +72,7 @@ def move_all(
                             result.ready_at,
                         )
                         scheduler.defer(job, result)
+                        interrupts.mark(name, "staged")
                         continue
                 else:
                     future.result()  # the deferred publish
@@ -148,6 +152,10 @@ class Scheduler:
 
     def __iter__(self) -> Iterator[tuple[Any, Any, EntityResult | None]]:
         while self.waiting or self.running or self.deferred:
+            if stop.requested():
+                # interrupted: start nothing more; what runs stops at its next batch
+                self.waiting.clear()
+                self.deferred.clear()
             now = time.monotonic()
             while self.deferred and self.deferred[0][0] <= now and self._free():
                 _, _, job, moved = self.deferred.pop(0)

@@ -43,6 +43,8 @@ class SummaryRow:
             detail += f"; copied as they are ({result.copied_files} source files, no re-encode)"
         if result.schema_change:
             detail += f"; {result.schema_change}"
+        if result.home_note:
+            detail += f"; {result.home_note}"
         return cls(
             entity=result.entity,
             status="ok",
@@ -99,7 +101,7 @@ def render(rows: list[SummaryRow]) -> str:
     notes = [
         f"  {r.entity}: {r.detail}"
         for r in rows
-        if r.status != "ok" or "NULL" in r.detail or "empty" in r.detail or "schema" in r.detail
+        if r.status != "ok" or any(w in r.detail for w in ("NULL", "empty", "schema", "skipped"))
     ]
     if notes:
         out += ["", *notes]

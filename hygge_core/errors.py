@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -15,7 +16,9 @@ __all__ = [
     "FlowError",
     "HomeError",
     "HyggeError",
+    "InterruptError",
     "LedgerError",
+    "RedactedError",
     "ServerError",
     "StoreError",
     "TransientHomeError",
@@ -23,6 +26,8 @@ __all__ = [
     "first_line",
     "is_transient",
     "redact",
+    "scrub",
+    "scrubbed",
 ]
 
 
@@ -67,6 +72,14 @@ class FlowError(HyggeError):
     """The flow run as a whole failed: one or more entities did not commit."""
 
     summary: list[dict[str, Any]] | None = None
+
+
+class InterruptError(HyggeError):
+    """The run was stopped by Ctrl-C or SIGTERM; what it had not published is left out."""
+
+
+class RedactedError(Exception):
+    """Stands in for a driver's error whose text held a secret: its type and its scrubbed text."""
 
 
 class _Transient:
@@ -131,6 +144,33 @@ def redact(text: str) -> str:
     for pattern, repl in _SECRET_PATTERNS:
         text = pattern.sub(repl, text)
     return text
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """`redact`, and every one of `secrets` replaced, whatever the text around it."""
+    text = redact(text)
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def scrubbed(exc: BaseException, secrets: Iterable[str] = ()) -> BaseException:
+    """`exc` to chain as the cause of hygge's error, or a `RedactedError` in its place.
+
+    A traceback prints the cause's text, in the console and in the Prefect run logs; a driver
+    that echoes a connection string would show its password there. The stand-in keeps the
+    driver's type, its scrubbed text and its traceback; what it chained is left out.
+    """
+    secrets = list(secrets)
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if all(scrub(str(e), secrets) == str(e) for e in chain):
+        return exc
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return RedactedError(f"{kind}: {scrub(str(exc), secrets)}").with_traceback(exc.__traceback__)
 
 
 def first_line(exc: BaseException) -> str:

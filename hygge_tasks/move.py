@@ -13,9 +13,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
+import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -29,7 +31,7 @@ from blocks.base import (
     WriteMode,
     utc_now,
 )
-from hygge_core import faults
+from hygge_core import faults, stop
 from hygge_core.arrow_types import unview
 from hygge_core.errors import HomeError, StoreError, is_transient
 from hygge_core.ledger_entry import LedgerEntry
@@ -120,6 +122,8 @@ class EntityResult:
     deleted: int = 0
     #: source files the Store took byte for byte, without decoding (`reencode: auto`)
     copied_files: int = 0
+    #: what the Home reported leaving out of the rows (`HomeBlock.read`), for the summary
+    home_note: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -134,6 +138,13 @@ def move(
     Each attempt writes under its own id (`<run_id>-<4 hex>`): a retry after a failure late in
     publishing must never mistake the failed attempt's files for its own.
     """
+    with stop.moving():
+        return _move(plan, home, store, run_id, logger)
+
+
+def _move(
+    plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str, logger: Any
+) -> EntityResult:
     start = time.perf_counter()
     run_id = f"{run_id}-{uuid.uuid4().hex[:4]}"
     faults.set_entity(plan.name)
@@ -208,6 +219,7 @@ def move(
     carry = computes = False
     rows = carried = 0
     copied = 0
+    notes: list[str] = []
     try:
         sources = _copy_sources(plan, home, request, detector is not None)
         if sources:
@@ -221,7 +233,8 @@ def move(
                 else:
                     writer.abort()  # the Store re-encodes: the rows are read below
                     writer = None
-        for batch in home.read(request) if not copied else ():
+        for batch in _noted(home.read(request), notes) if not copied else ():
+            stop.check(plan.name)  # a signal: the writer's abort below removes the staging
             if writer is None:
                 # drift is decided on the source's schema, before anything is written; an
                 # append whose table must change schema rewrites the table instead
@@ -251,6 +264,9 @@ def move(
         if writer is None:
             writer = store.open_writer(plan.name, run_id, mode)
         faults.point("move.after_read")
+        note = notes[0] if notes else None
+        if note:
+            logger.info("%s: %s", plan.name, note)
         if boundary is not None and boundary.null_rows:
             _null_policy(plan, boundary.null_rows, logger)
         watermark = boundary.result() if boundary is not None else None
@@ -278,6 +294,7 @@ def move(
                 changed=False,
                 watermark=plan.previous,
                 schema_change=guard.note,
+                home_note=note,
             )
         if mode == "replace" and rows + carried == 0 and not plan.allow_empty:
             _refuse_empty_replace(plan, store)
@@ -296,6 +313,7 @@ def move(
             deleted=deleted if reconciled else None,
             files=to_ledger(store, plan.name, run_id, selection.loaded) if selection else None,
         )
+        stop.check(plan.name)  # an interrupted run publishes nothing more
         # the manifest keeps the entry as JSON until the flow commits it
         manifest = writer.commit_files(entry.to_json(), rows + carried)
     except BaseException:
@@ -308,9 +326,9 @@ def move(
             detector.close()
     seconds = time.perf_counter() - start
     progress.done(rows, seconds)
-    note = guard.note
+    change = guard.note
     if carried:
-        note = f"{note}; table rewritten ({carried:,} published rows carried over)"
+        change = f"{change}; table rewritten ({carried:,} published rows carried over)"
     return EntityResult(
         entity=plan.name,
         run_id=run_id,
@@ -322,12 +340,13 @@ def move(
         null_watermark_rows=boundary.null_rows if boundary else 0,
         ledger_entry=entry,
         watermark=entry.watermark,
-        schema_change=note,
+        schema_change=change,
         ready_at=manifest.extra.get("ready_at") if manifest.state == "waiting" else None,
         rows_read=rows + carried,
         rows_published=published,
         deleted=deleted,
         copied_files=copied,
+        home_note=note,
     )
 
 
@@ -341,6 +360,14 @@ def _copy_sources(
     if detects_deletes:
         return None
     return home.copy_sources(request)
+
+
+def _noted(batches: Iterator[pa.RecordBatch], notes: list[str]) -> Iterator[pa.RecordBatch]:
+    """The Home's batches; the note its generator returns, if any, goes into `notes`."""
+    # a plain iterator's `yield from` gives None; a generator's gives what it returned
+    note = yield from cast(Generator[pa.RecordBatch, None, object], batches)
+    if isinstance(note, str) and note:
+        notes.append(note)
 
 
 def _refuse_empty_replace(plan: EntityPlan, store: StoreBlock) -> None:
@@ -418,7 +445,10 @@ def _with_since(request: ReadRequest, since: Since) -> ReadRequest:
 
 
 def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry dropped connections and timeouts; never bad data or bad configuration."""
+    """Retry dropped connections and timeouts; never bad data or bad configuration, and
+    never once the run was asked to stop."""
+    if stop.requested():
+        return False
     try:
         state.result()
     except Exception as exc:

@@ -74,3 +74,30 @@ def test_the_command_line_shows_no_secret(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "credentials" in done.stdout + done.stderr  # the error is there, naming the field
     assert CANARY not in done.stdout + done.stderr
+
+
+def test_a_dsn_password_counts_as_a_secret_on_its_own() -> None:
+    uri = PostgresCredentials(dsn=f"postgresql://u:{CANARY}%25zz@[::1/x")
+    assert {f"{CANARY}%25zz", f"{CANARY}%zz"} <= set(uri.secrets())
+    pairs = PostgresCredentials(dsn=f"host=db user=u password='{CANARY} x' dbname=x")
+    assert f"{CANARY} x" in pairs.secrets()
+
+
+def test_a_driver_error_that_echoes_a_secret_is_chained_without_it() -> None:
+    from hygge_core.errors import HomeError, RedactedError, scrubbed
+
+    creds = PostgresCredentials(dsn=f"postgresql://u:{CANARY}@[::1/x")
+    echoed = f'invalid percent-encoded token: "{CANARY}"'
+    try:
+        try:
+            raise OSError(echoed)
+        except OSError as exc:
+            msg = "cannot connect"
+            raise HomeError(msg, entity="t") from scrubbed(exc, creds.secrets())
+    except HomeError as err:
+        shown = "".join(traceback.format_exception(err))
+        assert isinstance(err.__cause__, RedactedError)
+        assert "OSError: invalid percent-encoded token" in shown
+        assert CANARY not in shown
+    clean = ValueError("nothing secret here")
+    assert scrubbed(clean, creds.secrets()) is clean

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest, SourceFile
+from blocks.homes._csv_blank import without_blank_lines
 from blocks.homes._csv_types import exact_reads, guard_hint
 from blocks.homes._files import check_scan, entity_files, source_files, stream_batches
 from hygge_core.errors import ConfigError, HomeError, first_line
@@ -31,6 +32,7 @@ class CsvHome(HomeBlock):
     than UTF-8 are transcoded on the fly. Without a header line, columns are named `column_1`,
     `column_2`, ... (the names `schema_overrides` and `columns` use). A file holding only the
     header reads as zero rows with every column typed String, unless `schema_overrides` pins it.
+    Blank lines are skipped and counted (a blank line inside a quoted field is data).
 
     Example:
         ```python
@@ -70,17 +72,20 @@ class CsvHome(HomeBlock):
         default=True, description="Parse ISO-8601 looking columns as dates and timestamps."
     )
 
-    def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
-        with self._scan(request) as (lf, what):
+    def read(self, request: ReadRequest) -> Generator[pa.RecordBatch, None, str | None]:
+        with self._scan(request) as (lf, what, blank):
             yield from stream_batches(lf, request, what)
+        # the engine reports it with the entity's result (`HomeBlock.read`)
+        return f"skipped {blank:,} blank line(s) in {what}" if blank else None
 
     def check(self, request: ReadRequest) -> None:
-        with self._scan(request) as (lf, what):
+        with self._scan(request) as (lf, what, _):
             check_scan(lf, request, what, footers=False)
 
     @contextmanager
-    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str]]:
-        """The entity's files as one scan (transcoded to UTF-8 meanwhile); errors get a hint."""
+    def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str, int]]:
+        """The entity's files as one scan, and the blank lines left out of it."""
+        # transcoded to UTF-8 and without blank lines meanwhile; errors get a hint
         files = entity_files(self.path, request, (".csv", ".tsv", ".txt"))
         for f in files:
             if f.stat().st_size == 0:
@@ -91,10 +96,11 @@ class CsvHome(HomeBlock):
                 raise HomeError(msg, entity=request.entity)
         with tempfile.TemporaryDirectory(prefix="hygge-csv-") as tmp:
             sources = self._utf8_sources(files, Path(tmp), request.entity)
+            sources, blank = self._without_blank_lines(sources, Path(tmp), request.entity)
             what = f"{str(files[0])!r}" if len(files) == 1 else f"{len(files)} CSV files"
             lf = self._exact_scan(sources, request, what)
             try:
-                yield lf, what
+                yield lf, what, blank
             except HomeError as exc:
                 # the hint comes from the engine's text, not from a path that may contain "utf8"
                 hint = _hint(str(exc.__cause__ or ""))
@@ -188,6 +194,15 @@ class CsvHome(HomeBlock):
                 raise ConfigError(msg, entity=entity)
             out[col] = dtype()
         return out or None
+
+    def _without_blank_lines(
+        self, sources: list[Path], tmp: Path, entity: str
+    ) -> tuple[list[Path], int]:
+        try:
+            return without_blank_lines(sources, tmp, self.quote_char)
+        except OSError as exc:
+            msg = f"cannot read {str(exc.filename)!r}: {exc.strerror or exc}"
+            raise HomeError(msg, entity=entity) from exc
 
     def _utf8_sources(self, files: list[Path], tmp: Path, entity: str) -> list[Path]:
         if self.encoding.lower() in _POLARS_ENCODINGS:

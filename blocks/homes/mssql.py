@@ -30,7 +30,7 @@ from blocks.homes import _odbc, _sql
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import TSQL, Binder, Dialect, qmark
-from hygge_core.errors import ConfigError, HomeError, HyggeError
+from hygge_core.errors import ConfigError, HomeError, HyggeError, scrubbed
 
 _TYPE = re.compile(r"^(\w+)(?:\((\w+)(?:,\s*(\d+))?\))?$")
 
@@ -335,9 +335,10 @@ class MssqlHome(HomeBlock):
         except (OdbcError, pyodbc.Error) as exc:
             where = f"SQL Server at {self.host},{self.port}/{self.database}"
             limits = f"max_text_size={self.max_text_size}, max_binary_size={self.max_binary_size}"
-            raise _odbc.to_home_error(
-                exc, request.entity, where, self.credentials.secrets(), limits
-            ) from exc
+            secrets = self.credentials.secrets()
+            raise _odbc.to_home_error(exc, request.entity, where, secrets, limits) from scrubbed(
+                exc, secrets
+            )  # the driver may echo the connection string
 
 
 def _freetds_encrypt(encrypt: str) -> str:

@@ -30,7 +30,7 @@ from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import POSTGRES, Binder
 from hygge_core import faults
-from hygge_core.errors import ConfigError, HomeError, TransientHomeError, redact
+from hygge_core.errors import ConfigError, HomeError, TransientHomeError, scrub, scrubbed
 
 # SQLSTATEs worth a retry: connection exceptions (class 08), admin/crash shutdown, cannot
 # connect now, too many connections, serialization failure and deadlock
@@ -228,7 +228,7 @@ class PostgresHome(HomeBlock):
                 return [(sql, binder, columns)]
             return self._partitions(cur, request, columns, predicates, binder, granted)
         except _adbc_error() as exc:
-            raise self._error(exc, request) from exc
+            raise self._error(exc, request) from self._cause(exc)
 
     def _partitions(
         self,
@@ -285,7 +285,7 @@ class PostgresHome(HomeBlock):
             cur.execute("SELECT pg_export_snapshot()")
             (snapshot,) = cur.fetchone()
         except _adbc_error() as exc:
-            raise self._error(exc, request) from exc
+            raise self._error(exc, request) from self._cause(exc)
         if not re.fullmatch(r"[0-9A-Fa-f-]+", str(snapshot)):  # it enters SQL text below
             msg = f"PostgreSQL at {self._where()} exported an unexpected snapshot id"
             raise HomeError(msg, entity=request.entity)
@@ -297,7 +297,7 @@ class PostgresHome(HomeBlock):
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         except _adbc_error() as exc:
-            raise self._error(exc, request) from exc
+            raise self._error(exc, request) from self._cause(exc)
 
     def _stream(
         self, conn: Any, request: ReadRequest, sql: str, binder: Binder, columns: list[_Column]
@@ -318,7 +318,7 @@ class PostgresHome(HomeBlock):
             if not sent:
                 yield pa.RecordBatch.from_pylist([], schema=schema)
         except _adbc_error() as exc:
-            raise self._error(exc, request) from exc
+            raise self._error(exc, request) from self._cause(exc)
 
     def _columns(self, cur: Any, base: str, request: ReadRequest) -> list[_Column]:
         """The source's columns, how to select each, and the Arrow type each becomes."""
@@ -354,7 +354,7 @@ class PostgresHome(HomeBlock):
                 autocommit=True,
             )
         except pg.Error as exc:
-            raise self._error(exc, ReadRequest(entity=entity)) from exc
+            raise self._error(exc, ReadRequest(entity=entity)) from self._cause(exc)
 
     def _error(self, exc: Exception, request: ReadRequest) -> HomeError:
         """Turn a driver error into a HomeError that says what to fix (transient if it is)."""
@@ -400,10 +400,11 @@ class PostgresHome(HomeBlock):
         return HomeError(f"{where}: read failed: {text}", entity=entity)
 
     def _scrub(self, text: str) -> str:
-        text = redact(text)
-        for secret in self.credentials.secrets():
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self.credentials.secrets())
+
+    def _cause(self, exc: Exception) -> BaseException:
+        """The driver's error to chain, without a secret it may echo (`scrubbed`)."""
+        return scrubbed(exc, self.credentials.secrets())
 
 
 def _adbc_error() -> type[Exception]:
