@@ -42,7 +42,8 @@ def _child(kind: str, src: str, conn: str, container: str) -> dict[str, Any]:
 
         from blocks import AdlsStore, ParquetHome
         from blocks.base import ReadRequest
-        from hygge_tasks.move import EntityPlan, move
+        from hygge_tasks.entity import EntityPlan
+        from hygge_tasks.move import move
     start = time.perf_counter()
     if kind == "hygge":
         store = AdlsStore(

@@ -20,7 +20,7 @@ from flows.spec import FlowSpec
 from flows.summary import SummaryRow
 from hygge_core import faults, stop
 from hygge_core.ledger_entry import LedgerEntry
-from hygge_tasks.move import EntityResult
+from hygge_tasks.entity import EntityResult
 
 #: entities that finish within this window share one ledger save (each save is several API
 #: calls and grows with the ledger: one per entity made 200 small entities take 90 s)

@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from blocks.base import StoreBlock, utc_now
-from hygge_tasks.move import EntityPlan, EntityResult
+from hygge_tasks.entity import EntityPlan, EntityResult
 
 SCHEMA = pa.schema(
     [

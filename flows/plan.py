@@ -26,7 +26,7 @@ from flows.keys import block_problems
 from flows.spec import EntitySpec, FlowSpec, RunType, setting_problem
 from hygge_core.errors import ConfigError
 from hygge_core.ledger_entry import LedgerEntry
-from hygge_tasks.move import EntityPlan
+from hygge_tasks.entity import EntityPlan
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from flows.spec import FlowSpec, TaskRunnerSpec
 from flows.summary import SummaryRow
 from hygge_core import stop
 from hygge_core.errors import ConfigError
-from hygge_tasks.move import EntityResult, finish_entity, move_entity
+from hygge_tasks.entity import EntityResult
+from hygge_tasks.move import finish_entity, move_entity
 
 
 def move_all(

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect.artifacts import create_table_artifact
 
-from hygge_tasks.move import EntityResult
+from hygge_tasks.entity import EntityResult
 
 
 @dataclass

@@ -28,7 +28,8 @@ from blocks.stores.parquet import ParquetStore
 from flows.spec import parse_spec
 from hygge_core.errors import LedgerError
 from hygge_tasks.boundary_keys import identities, legacy_identities
-from hygge_tasks.move import EntityPlan, move
+from hygge_tasks.entity import EntityPlan
+from hygge_tasks.move import move
 from hygge_tasks.watermark import BoundaryFilter, Watermark
 from tests.conftest import ledger_of, read_lake, run_flow
 from tests.flow_helpers import summary_row

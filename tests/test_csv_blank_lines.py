@@ -17,7 +17,8 @@ from blocks import CsvHome, ParquetStore
 from blocks.base import ReadRequest
 from blocks.homes._csv_blank import copy_without_blank_lines, might_have_blank_lines
 from flows.summary import SummaryRow, render
-from hygge_tasks.move import EntityPlan, move
+from hygge_tasks.entity import EntityPlan
+from hygge_tasks.move import move
 from tests.conftest import read_lake
 
 

@@ -23,7 +23,8 @@ import pytest
 from blocks import CsvHome, ParquetHome, ParquetStore, SqliteHome
 from blocks.base import HomeBlock, ReadRequest, StoreBlock
 from hygge_core.errors import HomeError, HyggeError
-from hygge_tasks.move import EntityPlan, EntityResult, move
+from hygge_tasks.entity import EntityPlan, EntityResult
+from hygge_tasks.move import move
 from hygge_tasks.polish import PolishSpec
 from tests.conftest import make_events_db, read_lake
 from tests.flow_helpers import T0, assert_lake_equals_source, events_rows, ts
