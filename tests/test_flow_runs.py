@@ -329,7 +329,7 @@ class _Counts:
         self.store_asks: Counter[str] = Counter()
         self.home_lists: Counter[str] = Counter()
         plan_entity, has_data = flows.plan.plan_entity, ParquetStore.has_data
-        resolve_files = parquet_home.resolve_files
+        entity_files = parquet_home.entity_files
 
         def counted_plan(e: Any, *args: Any) -> Any:
             self.plans[e.name] += 1
@@ -340,12 +340,12 @@ class _Counts:
             return has_data(store, entity)
 
         def counted_files(*args: Any) -> Any:
-            self.home_lists[args[-1]] += 1  # (base, path, suffixes, entity)
-            return resolve_files(*args)
+            self.home_lists[args[1].entity] += 1  # (base, request, suffixes)
+            return entity_files(*args)
 
         monkeypatch.setattr(flows.plan, "plan_entity", counted_plan)
         monkeypatch.setattr(ParquetStore, "has_data", counted_has_data)
-        monkeypatch.setattr(parquet_home, "resolve_files", counted_files)
+        monkeypatch.setattr(parquet_home, "entity_files", counted_files)
 
     def clear(self) -> None:
         for counter in (self.plans, self.store_asks, self.home_lists):
