@@ -6,9 +6,11 @@ Every commit carries the run in two places: an application transaction
 `hygge.txn`). A manifest records the `n` its run was prepared with; `committed` answers
 whether that commit exists, so a publish repeated after a crash is recognised and skipped.
 
-The staged files are read as a stream (`pyarrow.dataset`), never the whole table at once. A
-merge's source is the run's batch after de-duplication by key (the version with the highest
-watermark wins, ties going to the row read last), which Polars computes over the staged files.
+An append or an overwrite commits the run's files where they lie in the table's folder
+(`_delta_files`): they were encoded once, by the Store's writer, and are invisible to every
+reader until this commit names them. A merge reads the staged files as its source
+(`_delta_merge`); so does an append that adds columns, rewritten by `write_deltalake` with a
+schema merge (`create_write_transaction` does not change a table's schema on append).
 """
 
 from __future__ import annotations
@@ -17,17 +19,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    Schema,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
+from deltalake.transaction import create_table_with_add_actions
+
+from blocks.stores._delta_files import add_actions, file_schema
+from blocks.stores._delta_merge import delete_keys, latest_per_key, merge_run, surviving
 
 #: the application id of hygge's transactions in every table it writes
 APP_ID = "hygge"
 RUN_KEY = "hygge.run_id"
 TXN_KEY = "hygge.txn"
-_ROW = "__hygge_row"
 
 DeltaKind = Literal["overwrite", "append", "merge"]
 
@@ -61,41 +71,16 @@ def commit_properties(run_id: str, txn: int, entity: str) -> CommitProperties:
     return CommitProperties(custom_metadata=meta, app_transactions=[Transaction(APP_ID, txn)])
 
 
+def in_place(kind: DeltaKind, add_columns: bool) -> bool:
+    """Whether a run's files are committed where they lie in the table's folder (an append or
+    an overwrite), rather than read as a merge's source or rewritten by a schema merge."""
+    return kind == "overwrite" or (kind == "append" and not add_columns)
+
+
 def staged_reader(files: Sequence[Path], batch_rows: int = 131_072) -> pa.RecordBatchReader:
     """The staged files as one stream of batches, in staging order."""
     dataset = ds.dataset([str(f) for f in files], format="parquet")
     return dataset.scanner(batch_size=batch_rows).to_reader()
-
-
-def latest_per_key(files: Sequence[Path], keys: list[str], order: list[str]) -> pa.Table:
-    """The run's rows with one row per key: the highest `order` (a COALESCE of the watermark
-    columns) wins; equal or NULL watermarks go to the row staged last, so reruns agree."""
-    schema = ds.dataset([str(f) for f in files], format="parquet").schema
-    lf = pl.scan_parquet([str(f) for f in files]).with_row_index(_ROW)
-    rank = [pl.coalesce([pl.col(c) for c in order]), pl.col(_ROW)] if order else [pl.col(_ROW)]
-    lf = lf.sort(rank, nulls_last=False).unique(subset=keys, keep="last", maintain_order=True)
-    # the merge source is the run's changed rows (bounded by the run), not the table
-    table = lf.drop(_ROW).collect().to_arrow()
-    return table.cast(schema)
-
-
-def merge_predicate(keys: list[str], source: pa.Table | None = None) -> str:
-    """`t.k = s.k` for each key; with one integer key, also the source's key range, so the
-    merge reads only the table files whose statistics can hold the run's keys."""
-    predicate = " AND ".join(f"t.{_quoted(k)} = s.{_quoted(k)}" for k in keys)
-    if source is None or len(keys) != 1 or not source.num_rows:
-        return predicate
-    column = source.column(keys[0])
-    if not pa.types.is_integer(column.type) or column.null_count == source.num_rows:
-        return predicate
-    bounds = pc.min_max(column)
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    key = f"t.{_quoted(keys[0])}"
-    return f"{key} >= {int(low)} AND {key} <= {int(high)} AND {predicate}"
-
-
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def write_run(
@@ -111,28 +96,32 @@ def write_run(
     writer: WriterProperties,
     name: str,
     description: str,
+    deletes: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Apply one staged run to the table in one commit; the commit's metrics."""
+    """Apply one run to the table in one commit; the commit's metrics (a merge's).
+
+    `files` are the run's data files: for an `in_place` run they lie in the table's folder
+    (under names no commit has used), otherwise anywhere. `deletes` (a merge's only) are
+    Parquet files of the key columns whose rows the same commit deletes; a key both changed
+    and deleted in the run is deleted.
+    """
+    if deletes and kind != "merge":
+        msg = f"deletes by key need a merge (keys), not a Delta {kind}"
+        raise ValueError(msg)
     exists = DeltaTable.is_deltatable(uri, storage_options=options)
-    if kind == "merge" and exists:
-        source = latest_per_key(files, keys, order)
-        table = DeltaTable(uri, storage_options=options)
-        merger = table.merge(
-            source,
-            predicate=merge_predicate(keys, source),
-            source_alias="s",
-            target_alias="t",
-            merge_schema=add_columns,
-            writer_properties=writer,
-            commit_properties=props,
-        )
-        metrics: dict[str, Any] = (
-            merger.when_matched_update_all().when_not_matched_insert_all().execute()
-        )
-        return metrics
     if kind == "merge":
-        # a table's first rows: the de-duplicated batch, written as the new table
-        data: Any = latest_per_key(files, keys, order)
+        changes = latest_per_key(files, keys, order)
+        gone = delete_keys(deletes, keys, changes.schema)
+        if exists:
+            table = DeltaTable(uri, storage_options=options)
+            return merge_run(
+                table, changes, gone, keys, add_columns=add_columns, props=props, writer=writer
+            )
+        # a table's first rows: the de-duplicated batch, less its deletes, as the new table
+        data: Any = surviving(changes, gone, keys)
+    elif files and in_place(kind, add_columns):
+        commit_in_place(uri, options, kind, files, exists, props, name, description)
+        return {}
     else:
         data = staged_reader(files)
     common: dict[str, Any] = {
@@ -151,3 +140,34 @@ def write_run(
         schema_mode: Literal["overwrite"] | None = "overwrite" if exists else None
         write_deltalake(uri, data, mode="overwrite", schema_mode=schema_mode, **common)
     return {}
+
+
+def commit_in_place(
+    uri: str,
+    options: dict[str, str] | None,
+    kind: DeltaKind,
+    files: Sequence[Path],
+    exists: bool,
+    props: CommitProperties,
+    name: str,
+    description: str,
+) -> None:
+    """Commit files already in the table's folder: an append, or an overwrite that removes
+    every file of the current version (and takes the files' schema)."""
+    actions = add_actions(files)
+    schema = Schema.from_arrow(file_schema(files[0]))
+    if exists:
+        mode = "overwrite" if kind == "overwrite" else "append"
+        table = DeltaTable(uri, storage_options=options)
+        table.create_write_transaction(actions, mode, schema, commit_properties=props)
+        return
+    create_table_with_add_actions(
+        uri,
+        schema,
+        actions,
+        mode="error",
+        name=name,
+        description=description,
+        storage_options=options,
+        commit_properties=props,
+    )

@@ -16,8 +16,10 @@ it subclasses it; only the table differs. Its publishing protocol is
 - prepare: the manifest names the files, the commit kind and the transaction number;
 - publish: ONE Delta commit, recording the run id (`blocks.stores._delta_log`): a full_drop
   overwrites (readers see the old table or the new), an incremental entity with keys merges
-  (one current row per key), one without keys appends. A publish repeated after a crash finds
-  its commit in the log and skips it, so no run is applied twice.
+  (one current row per key), one without keys appends. An append or overwrite first moves
+  its files into the table's folder and commits them there, never encoding them twice; until
+  the commit names them no reader sees them, and a roll back deletes them. A publish repeated
+  after a crash finds its commit in the log and skips it, so no run is applied twice.
 
 The table's location is a URI plus storage options (`table_uri`, `storage_options`), which is
 all delta-rs needs to write to ADLS or OneLake as well as to a local path.
@@ -25,7 +27,9 @@ all delta-rs needs to write to ADLS or OneLake as well as to a local path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pyarrow as pa
@@ -41,7 +45,7 @@ from blocks.stores._schema import appendable, comparable
 from blocks.stores.parquet import ParquetStore, ParquetWriter
 from blocks.stores.protocol import Staged
 from hygge_core.errors import StoreError, TransientStoreError, first_line
-from hygge_core.manifest import Manifest
+from hygge_core.manifest import Manifest, fsync_dir
 
 _CODECS = {"none": "UNCOMPRESSED", "uncompressed": "UNCOMPRESSED"}
 
@@ -200,7 +204,10 @@ class DeltaStore(ParquetStore):
         if self.run_committed(manifest):
             return True
         staged = self.staging_dir(manifest.entity, manifest.run_id)
-        return bool(manifest.files) and all((staged / n).exists() for n in manifest.files)
+        final = self.table_dir(manifest.entity)  # a file placed there before the commit
+        return bool(manifest.files) and all(
+            (staged / n).exists() or (final / n).exists() for n in manifest.files
+        )
 
     def unpublished(self, manifest: Manifest) -> list[str]:
         return [] if self.run_committed(manifest) else list(manifest.files)
@@ -211,11 +218,14 @@ class DeltaStore(ParquetStore):
     def commit_run(self, manifest: Manifest) -> None:
         entity, extra = manifest.entity, manifest.extra
         staged = self.staging_dir(entity, manifest.run_id)
+        files = [staged / n for n in manifest.files]
+        if log.in_place(extra["delta"], bool(extra.get("add_columns"))) and files:
+            files = self._place(manifest)
         log.write_run(
             self.table_uri(entity),
             self.storage_options(),
             extra["delta"],
-            [staged / n for n in manifest.files],
+            files,
             add_columns=bool(extra.get("add_columns")),
             keys=list(extra.get("keys") or []),
             order=list(extra.get("order") or []),
@@ -237,9 +247,25 @@ class DeltaStore(ParquetStore):
         remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
 
     def unpublish(self, manifest: Manifest) -> None:
-        # nothing of an uncommitted run is in the table: delta-rs's files of a commit that
-        # never happened are unreferenced (a `vacuum` removes them); only staging goes
+        # called for a run whose commit does not exist: the files it placed in the table's
+        # folder are named by no version of the log, so they go with its staging
+        final = self.table_dir(manifest.entity)
+        for name in manifest.files:
+            (final / name).unlink(missing_ok=True)
         remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
+
+    def _place(self, manifest: Manifest) -> list[Path]:
+        """Move the run's staged files into the table's folder, ready for its commit. Their
+        names carry the run id, so no reader sees them until the commit names them, and a
+        publish repeated after a crash finds them there."""
+        staged = self.staging_dir(manifest.entity, manifest.run_id)
+        final = self.table_dir(manifest.entity)
+        final.mkdir(parents=True, exist_ok=True)
+        for name in manifest.files:
+            if (staged / name).exists():
+                os.replace(staged / name, final / name)
+        fsync_dir(final)
+        return [final / n for n in manifest.files]
 
     def abort_prepared(self, manifest: Manifest) -> None:
         if self.run_committed(manifest):
