@@ -145,10 +145,11 @@ def _as_json(kind: pa.DataType, low: Any, high: Any) -> tuple[Any, Any]:
 
 def _timestamp(value: int, unit: str, *, up: bool) -> str:
     """A UTC instant as Delta's statistics hold it: ISO 8601 to the millisecond."""
-    if unit == "ns":
-        micros = -(-value // 1000) if up else value // 1000
-    else:
-        micros = value * _PER_US[unit]
-    millis = -(-micros // 1000) if up else micros // 1000
+    micros = value * _PER_US[unit] if unit != "ns" else _div(value, 1000, up)
+    millis = _div(micros, 1000, up)
     moment = _EPOCH + dt.timedelta(milliseconds=millis)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _div(value: int, by: int, up: bool) -> int:
+    return -(-value // by) if up else value // by

@@ -29,7 +29,7 @@ from deltalake import (
     WriterProperties,
     write_deltalake,
 )
-from deltalake.transaction import create_table_with_add_actions
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from blocks.stores._delta_files import add_actions, file_schema
 from blocks.stores._delta_merge import delete_keys, latest_per_key, merge_run, surviving
@@ -159,7 +159,8 @@ def commit_in_place(
     if exists:
         mode = "overwrite" if kind == "overwrite" else "append"
         table = DeltaTable(uri, storage_options=options)
-        table.create_write_transaction(actions, mode, schema, commit_properties=props)
+        both: list[AddAction | RemoveAction] = [*actions]
+        table.create_write_transaction(both, mode, schema, commit_properties=props)
         return
     create_table_with_add_actions(
         uri,

@@ -54,9 +54,7 @@ def delete_keys(files: Sequence[Path], keys: list[str], schema: pa.Schema) -> pa
 
 def merge_source(changes: pa.Table, deletes: pa.Table, keys: list[str]) -> pa.Table:
     """Changes not deleted (flag false), then the delete keys (flag true), as one table."""
-    kept = pl.from_arrow(changes).join(pl.from_arrow(deletes), on=keys, how="anti")
-    assert isinstance(kept, pl.DataFrame)
-    upserts = kept.to_arrow().cast(changes.schema)
+    upserts = _without(changes, deletes, keys)
     upserts = upserts.append_column(_FLAG, pa.repeat(False, upserts.num_rows))
     columns = {
         f.name: deletes.column(f.name) if f.name in keys else pa.nulls(deletes.num_rows, f.type)
@@ -70,9 +68,12 @@ def surviving(changes: pa.Table, deletes: pa.Table, keys: list[str]) -> pa.Table
     """The changes whose keys are not deleted: a new table's first rows."""
     if not deletes.num_rows:
         return changes
-    kept = pl.from_arrow(changes).join(pl.from_arrow(deletes), on=keys, how="anti")
-    assert isinstance(kept, pl.DataFrame)
-    return kept.to_arrow().cast(changes.schema)
+    return _without(changes, deletes, keys)
+
+
+def _without(changes: pa.Table, deletes: pa.Table, keys: list[str]) -> pa.Table:
+    rows, gone = pl.DataFrame(changes), pl.DataFrame(deletes)
+    return rows.join(gone, on=keys, how="anti").to_arrow().cast(changes.schema)
 
 
 def merge_predicate(keys: list[str], source: pa.Table | None = None) -> str:
@@ -122,10 +123,8 @@ def merge_run(
     writer: WriterProperties,
 ) -> dict[str, Any]:
     """Upsert `changes` and delete `deletes` by `keys`, in one commit; the merge's metrics."""
-    if deletes.num_rows:
-        source = merge_source(changes, deletes, keys)
-    else:
-        source = changes  # the plain upsert: no flag column at all
+    # without deletes, the plain upsert: no flag column at all
+    source = merge_source(changes, deletes, keys) if deletes.num_rows else changes
     merger = table.merge(
         source,
         predicate=merge_predicate(keys, source),
