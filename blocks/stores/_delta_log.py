@@ -110,7 +110,13 @@ def write_run(
         raise ValueError(msg)
     exists = DeltaTable.is_deltatable(uri, storage_options=options)
     if kind == "merge":
-        changes = latest_per_key(files, keys, order)
+        if files:
+            changes = latest_per_key(files, keys, order)
+        elif exists:  # a run of deletes only
+            table_schema = DeltaTable(uri, storage_options=options).schema().to_arrow()
+            changes = pa.schema(table_schema).empty_table()  # type: ignore[arg-type]
+        else:
+            return {}  # nothing to delete from, nothing to write
         gone = delete_keys(deletes, keys, changes.schema)
         if exists:
             table = DeltaTable(uri, storage_options=options)
