@@ -39,6 +39,7 @@ from pydantic import Field
 
 from blocks.base import WriteMode, asset_uri
 from blocks.stores import _delta_log as log
+from blocks.stores._delta_maintain import Upkeep, maintain
 from blocks.stores._delta_types import delta_schema, to_delta
 from blocks.stores._local_fs import os_error, remove_staging
 from blocks.stores._schema import appendable, comparable
@@ -170,6 +171,37 @@ class DeltaStore(ParquetStore):
     def description(self, entity: str) -> str:
         spec = f" of spec {self.spec_name!r}" if self.spec_name else ""
         return f"hygge entity {entity!r}{spec}: written by hygge, do not edit by hand"
+
+    def maintain(
+        self,
+        entity: str,
+        *,
+        compact: bool,
+        vacuum: bool,
+        retention_hours: int | None = None,
+        allow_short_retention: bool = False,
+        dry_run: bool = False,
+        wait_seconds: float = 0.0,
+    ) -> Upkeep | None:
+        """Compact and/or vacuum the entity's table (`_delta_maintain`), holding the Store's
+        lock so that no run commits meanwhile; None when the table does not exist yet."""
+        with (
+            self.exclusive(f"hygge maintain (pid {os.getpid()})", wait_seconds),
+            self.translated("cannot maintain the Delta table", entity),
+        ):
+            if self._table(entity) is None:
+                return None
+            return maintain(
+                self.table_uri(entity),
+                self.storage_options(),
+                entity,
+                compact=compact,
+                vacuum=vacuum,
+                retention_hours=retention_hours,
+                allow_short_retention=allow_short_retention,
+                dry_run=dry_run,
+                writer=self._writer_properties(),
+            )
 
     # -- the protocol's primitives (Delta's log in place of renames) ----------------------------
 
