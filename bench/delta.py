@@ -175,7 +175,10 @@ def _rows(uri: str) -> int:
 
 def merge_target(work: Path, rows: int, src: Path) -> Path:
     """The bench table as hygge's Delta Store writes it (one full load), built once."""
-    target = work / f"delta-target-{rows}"
+    from blocks import DeltaStore
+
+    per_file = DeltaStore.model_fields["max_rows_per_file"].default
+    target = work / f"delta-target-{rows}-{per_file}"
     if not (target / "orders" / "_delta_log").is_dir():
         shutil.rmtree(target, ignore_errors=True)
         _hygge_write(target, "load", "replace", _batches(str(src)))

@@ -1,11 +1,12 @@
 """Opt-in upkeep of a Delta table: compaction of small files and `vacuum` of expired ones.
 
 Frequent incremental runs leave many small files. `compact` rewrites them into fewer, larger
-ones in one OPTIMIZE commit (`dataChange: false`): the rows and every earlier version stay as
-they were, and a reader of any version keeps its files, since nothing is deleted. `vacuum`
-deletes the files that versions older than the retention still name (delta-rs's "lite" mode:
-only files a commit removed, never a file no commit names, such as a run's files placed in the
-table's folder for a commit still to come). After it, time travel to those versions fails.
+ones (of about the Store's `max_rows_per_file` rows) in one OPTIMIZE commit (`dataChange:
+false`): the rows and every earlier version stay as they were, and a reader of any version
+keeps its files, since nothing is deleted. `vacuum` deletes the files that versions older than
+the retention still name (delta-rs's "lite" mode: only files a commit removed, never a file no
+commit names, such as a run's files placed in the table's folder for a commit still to come).
+After it, time travel to those versions fails.
 
 The retention is never shorter than delta-rs's default of 7 days (`DEFAULT_RETENTION_HOURS`,
 the table's `delta.deletedFileRetentionDuration`) unless the caller says so explicitly with
@@ -89,6 +90,7 @@ def maintain(
     allow_short_retention: bool = False,
     dry_run: bool = False,
     writer: WriterProperties | None = None,
+    target_rows: int | None = None,
 ) -> Upkeep:
     """Compact and/or vacuum one table; the caller holds the Store's lock."""
     hours = check_retention(retention_hours, allow_short_retention, entity) if vacuum else None
@@ -96,7 +98,8 @@ def maintain(
     before = _files(table)
     upkeep = Upkeep(entity, before[0], before[0], before[1], dry_run=dry_run)
     if compact and not dry_run:
-        upkeep.compacted = table.optimize.compact(writer_properties=writer)
+        size = _target_size(table, target_rows)
+        upkeep.compacted = table.optimize.compact(target_size=size, writer_properties=writer)
         table = DeltaTable(uri, storage_options=options)
     if hours is not None:
         upkeep.retention_hours = hours
@@ -119,3 +122,14 @@ def _files(table: DeltaTable) -> tuple[int, int]:
     if not files.num_rows:
         return 0, 0
     return files.num_rows, int(pa.compute.sum(files.column("num_records")).as_py() or 0)
+
+
+def _target_size(table: DeltaTable, rows: int | None) -> int | None:
+    """Bytes of a compacted file of about `rows` rows (the Store's file size, so a compacted
+    table merges within the same memory); None for delta-rs's default (100 MB)."""
+    files = pa.table(table.get_add_actions(flatten=True))
+    if rows is None or not files.num_rows:
+        return None
+    total = int(pa.compute.sum(files.column("num_records")).as_py() or 0)
+    size = int(pa.compute.sum(files.column("size_bytes")).as_py() or 0)
+    return max(1 << 20, size * rows // total) if total else None

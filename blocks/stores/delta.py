@@ -82,6 +82,13 @@ class DeltaStore(ParquetStore):
     )
 
     path: str = Field(description="Directory that holds one Delta table per entity.")
+    # a merge rewrites each file that can hold one of its keys, and delta-rs's merge memory
+    # grows with the files it rewrites (bench/RESULTS.md: 1.9 GB for one 10M-row file, 0.6 GB
+    # for 1M-row ones): smaller files than the Parquet Store's keep merges bounded
+    max_rows_per_file: int = Field(
+        default=1_000_000,
+        description="Start a new file after this many rows (merges rewrite whole files).",
+    )
     merge_keys: list[str] | None = Field(
         default=None,
         description="Columns an incremental load merges by; empty takes the entity's "
@@ -201,6 +208,7 @@ class DeltaStore(ParquetStore):
                 allow_short_retention=allow_short_retention,
                 dry_run=dry_run,
                 writer=self._writer_properties(),
+                target_rows=self.max_rows_per_file,
             )
 
     # -- the protocol's primitives (Delta's log in place of renames) ----------------------------
