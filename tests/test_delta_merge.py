@@ -185,3 +185,13 @@ def test_the_predicate_bounds_integer_and_text_keys() -> None:
         "t.`id` = s.`id` AND t.`code` = s.`code` AND t.`f` = s.`f`"
     )
     assert merge_predicate(["id"], source.slice(0, 0)) == "t.`id` = s.`id`"
+
+
+def test_a_range_that_rules_out_no_file_is_left_out() -> None:
+    source = pa.table({"id": [5, 2, 9]})
+    spread = pa.table({"min.id": [0, 4], "max.id": [6, 12]})  # both files can hold 2..9
+    assert merge_predicate(["id"], source, spread) == "t.`id` = s.`id`"
+    apart = pa.table({"min.id": [0, 10], "max.id": [6, 12]})  # the second holds 10..12 only
+    assert merge_predicate(["id"], source, apart).startswith("t.`id` >= 2 AND t.`id` <= 9 AND")
+    unknown = pa.table({"size_bytes": [1, 2]})  # no statistics: the range could skip nothing
+    assert merge_predicate(["id"], source, unknown) == "t.`id` = s.`id`"
