@@ -9,10 +9,11 @@ the same work, in the same run:
   commit) against `write_deltalake(mode="append")` from the same reader;
 - **full_drop**: the same rows replacing that table (`mode="replace"`, one overwrite commit)
   against `write_deltalake(mode="overwrite")`;
-- **merge** / **merge_spread**: 100k changed rows (60k updates, 30k new keys, 10k deletes) into
-  the 10M-row table as hygge wrote it: `_delta_log.write_run` (de-duplication, the key-range
-  predicate, deletes in the same commit) against a hand-written merge (`t.id = s.id`, a delete
-  flag). `merge` changes recent keys (the newest 1M), `merge_spread` keys across the table.
+- **merge** / **merge_spread**: 1% of the rows changed (at 10M: 60k updates, 30k new keys, 10k
+  deletes) merged into the table as hygge wrote it: `_delta_log.write_run` (de-duplication,
+  the key-range predicate, deletes in the same commit) against a hand-written merge
+  (`t.id = s.id`, a delete flag). `merge` changes recent keys (the newest 10%),
+  `merge_spread` keys across the table.
 
 Each run is its own process; the parent times it and takes its peak RSS as `bench.suite` does
 (GNU time). Seconds are the work after imports and set-up (the seed table, the copy of the
@@ -186,8 +187,9 @@ def merge_target(work: Path, rows: int, src: Path) -> Path:
 
 
 def merge_changes(work: Path, rows: int, spread: bool) -> tuple[Path, Path]:
-    """100k changes: 60k updates and 10k deletes of existing keys (the newest 1M keys, or
-    spread over the table), 30k new keys; as the writer stages them (UTC timestamps)."""
+    """1% of the rows as changes (at 10M: 60k updates and 10k deletes of existing keys, the
+    newest 10% of keys or spread over the table, and 30k new keys), as the writer stages
+    them (UTC timestamps)."""
     import polars as pl
 
     folder = work / f"delta-changes-{rows}-{'spread' if spread else 'recent'}"
@@ -195,15 +197,19 @@ def merge_changes(work: Path, rows: int, spread: bool) -> tuple[Path, Path]:
     if changes.exists() and deletes.exists():
         return changes, deletes
     folder.mkdir(parents=True, exist_ok=True)
-    span = rows if spread else min(rows, 1_000_000)
-    picked = orders(rows - span, span).gather_every(max(1, span // 70_000)).head(70_000)
-    updated = picked.head(60_000).with_columns(
+    n = max(10, rows // 100)
+    updates, inserts, gone = n * 6 // 10, n * 3 // 10, n // 10
+    span = rows if spread else max(updates + gone, rows // 10)
+    picked = orders(rows - span, span).gather_every(max(1, span // (updates + gone)))
+    picked = picked.head(updates + gone)
+    updated = picked.head(updates).with_columns(
         status=pl.lit("changed"), created_at=pl.col("created_at") + pl.duration(days=1)
     )
-    new = orders(rows, 30_000)
-    frame = pl.concat([updated, new]).with_columns(pl.col("created_at").dt.replace_time_zone("UTC"))
+    frame = pl.concat([updated, orders(rows, inserts)]).with_columns(
+        pl.col("created_at").dt.replace_time_zone("UTC")
+    )
     frame.write_parquet(changes)
-    picked.slice(60_000).select("id").write_parquet(deletes)
+    picked.slice(updates).select("id").write_parquet(deletes)
     return changes, deletes
 
 
@@ -220,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per workload (median)")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"of {','.join(GROUPS)}")
     parser.add_argument("--work", help="where sources are kept (default: $TMPDIR/hygge-bench)")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     rows = parse_size(args.rows)
     groups = [g for g in args.only.split(",") if g]
@@ -256,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {_line(results[name])}", flush=True)
     print()
     print(render(results, rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
 
 

@@ -180,3 +180,19 @@ def test_hygge_maintain_command(
     args = ["maintain", "--spec", str(spec), "--vacuum", "--retention-hours", "2"]
     assert main(args) == 2
     assert "--allow-short-retention" in capsys.readouterr().err
+
+
+def test_optimize_every_compacts_after_every_nth_run(tmp_path: Path) -> None:
+    store = DeltaStore(path=str(tmp_path / "lake"), optimize_every=3)
+    load(store, "r1", "replace", batch(range(0, 10)))
+    load(store, "r2", "append", batch(range(10, 20)))
+    assert live(store) == 2
+    load(store, "r3", "append", batch(range(20, 30)))  # the 3rd hygge commit: compacted after
+    assert live(store) == 1
+    table = DeltaTable(store.table_uri("t"))
+    assert [h["operation"] for h in table.history(2)] == ["OPTIMIZE", "WRITE"]
+    assert table.transaction_version(_delta_log.APP_ID) == 3
+    load(store, "r4", "append", batch(range(30, 40)))
+    assert live(store) == 2
+    assert [r["id"] for r in rows(store)] == list(range(40))
+    assert store.load_manifest("t", "r3") is not None  # the run itself was recorded as usual

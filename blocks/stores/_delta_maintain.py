@@ -18,16 +18,20 @@ The Store calls both while holding its lock (`exclusive`), so no hygge run commi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, WriterProperties
+from deltalake.exceptions import DeltaError
 
 from hygge_core.errors import ConfigError
 
 #: delta-rs's default retention of removed files, and the shortest hygge uses unasked
 DEFAULT_RETENTION_HOURS = 7 * 24
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,3 +137,29 @@ def _target_size(table: DeltaTable, rows: int | None) -> int | None:
     total = int(pa.compute.sum(files.column("num_records")).as_py() or 0)
     size = int(pa.compute.sum(files.column("size_bytes")).as_py() or 0)
     return max(1 << 20, size * rows // total) if total else None
+
+
+def compact_after_run(
+    uri: str,
+    options: dict[str, str] | None,
+    entity: str,
+    txn: int,
+    every: int,
+    writer: WriterProperties | None,
+    target_rows: int | None,
+) -> dict[str, Any] | None:
+    """After a run's commit (the run holds the Store's lock): compact when the run's
+    transaction number is a multiple of `every`. The run is committed whatever happens here,
+    so a failure is logged and left to the next such run, never raised."""
+    if every < 1 or txn % every:
+        return None
+    try:
+        table = DeltaTable(uri, storage_options=options)
+        size = _target_size(table, target_rows)
+        metrics: dict[str, Any] = table.optimize.compact(target_size=size, writer_properties=writer)
+    except (DeltaError, OSError) as exc:
+        logger.warning(
+            "%s: compaction after run %s failed (%s); the run is committed", entity, txn, exc
+        )
+        return None
+    return metrics

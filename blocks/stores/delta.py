@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from deltalake import DeltaTable, WriterProperties
@@ -39,7 +39,7 @@ from pydantic import Field
 
 from blocks.base import WriteMode, asset_uri
 from blocks.stores import _delta_log as log
-from blocks.stores._delta_maintain import Upkeep, maintain
+from blocks.stores._delta_maintain import Upkeep, compact_after_run, maintain
 from blocks.stores._delta_types import delta_schema, to_delta
 from blocks.stores._local_fs import os_error, remove_staging
 from blocks.stores._schema import appendable, comparable
@@ -106,6 +106,12 @@ class DeltaStore(ParquetStore):
     )
     spec_name: str | None = Field(
         default=None, description="Named in each table's description, for who browses it."
+    )
+    optimize_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Compact the table after every N-th run's commit (opt-in; `hygge "
+        "maintain --compact` does it on request, `--vacuum` deletes expired files).",
     )
 
     def merges_by(self, keys: list[str]) -> bool:
@@ -179,36 +185,23 @@ class DeltaStore(ParquetStore):
         spec = f" of spec {self.spec_name!r}" if self.spec_name else ""
         return f"hygge entity {entity!r}{spec}: written by hygge, do not edit by hand"
 
-    def maintain(
-        self,
-        entity: str,
-        *,
-        compact: bool,
-        vacuum: bool,
-        retention_hours: int | None = None,
-        allow_short_retention: bool = False,
-        dry_run: bool = False,
-        wait_seconds: float = 0.0,
-    ) -> Upkeep | None:
-        """Compact and/or vacuum the entity's table (`_delta_maintain`), holding the Store's
-        lock so that no run commits meanwhile; None when the table does not exist yet."""
+    def maintain(self, entity: str, wait_seconds: float = 0.0, **how: Any) -> Upkeep | None:
+        """Compact and/or vacuum the entity's table (`_delta_maintain.maintain`, whose options
+        `how` are), holding the Store's lock so that no run commits meanwhile; None when the
+        table does not exist yet."""
         with (
             self.exclusive(f"hygge maintain (pid {os.getpid()})", wait_seconds),
             self.translated("cannot maintain the Delta table", entity),
         ):
             if self._table(entity) is None:
                 return None
-            return maintain(
+            uri, options, writer = (
                 self.table_uri(entity),
                 self.storage_options(),
-                entity,
-                compact=compact,
-                vacuum=vacuum,
-                retention_hours=retention_hours,
-                allow_short_retention=allow_short_retention,
-                dry_run=dry_run,
-                writer=self._writer_properties(),
-                target_rows=self.max_rows_per_file,
+                self._writer_properties(),
+            )
+            return maintain(
+                uri, options, entity, writer=writer, target_rows=self.max_rows_per_file, **how
             )
 
     # -- the protocol's primitives (Delta's log in place of renames) ----------------------------
@@ -285,6 +278,16 @@ class DeltaStore(ParquetStore):
 
     def after_publish(self, manifest: Manifest) -> None:
         remove_staging(self.staging_dir(manifest.entity, manifest.run_id))
+        if self.optimize_every:  # opt-in: the run holds the lock, a failure is only logged
+            txn, entity = int(manifest.extra["txn"]), manifest.entity
+            uri, options, writer = (
+                self.table_uri(entity),
+                self.storage_options(),
+                self._writer_properties(),
+            )
+            compact_after_run(
+                uri, options, entity, txn, self.optimize_every, writer, self.max_rows_per_file
+            )
 
     def unpublish(self, manifest: Manifest) -> None:
         # called for a run whose commit does not exist: the files it placed in the table's
