@@ -4,6 +4,7 @@ statistics read from their footers, and the files of a run whose commit never ca
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -87,3 +88,33 @@ def test_a_run_placed_but_never_committed_leaves_no_file(
     assert sorted(p.name for p in Path(store.table_uri("t")).glob("*.parquet")) == [
         "part-r1-00000.parquet"
     ]
+
+
+def test_a_run_stopped_between_its_moves_rolls_forward_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DeltaStore(path=str(tmp_path / "lake"), max_rows_per_file=2)
+    writer = store.open_writer("t", "r1", "replace")
+    writer.write(pa.record_batch({"id": pa.array([0], pa.int64())}))
+    writer.commit_files(None, 1)
+    store.mark_committed("t", "r1")
+    monkeypatch.setenv("HYGGE_FAULT", "publish.after_prepare:raise")
+    writer = store.open_writer("t", "r2", "append")
+    for i in range(1, 6, 2):
+        writer.write(pa.record_batch({"id": pa.array([i, i + 1], pa.int64())}))
+    with pytest.raises(faults.InjectedFault):
+        writer.commit_files(None, 6)
+    monkeypatch.delenv("HYGGE_FAULT")
+    manifest = store.load_manifest("t", "r2")
+    assert manifest is not None and len(manifest.files) == 3
+    # the process died after moving the first of its three files into the table folder
+    first = manifest.files[0]
+    os.replace(store.staging_dir("t", "r2") / first, Path(store.table_uri("t")) / first)
+    assert store.staged_complete(manifest)
+    assert [m.run_id for m in store.recover("t")] == ["r2"]
+    table = DeltaTable(store.table_uri("t"))
+    assert table.version() == 1
+    assert sorted(table.to_pyarrow_table().column("id").to_pylist()) == list(range(7))
+    # a repeated publish finds the commit and adds nothing
+    store.publish(manifest)
+    assert DeltaTable(store.table_uri("t")).version() == 1
