@@ -118,3 +118,24 @@ def test_a_run_stopped_between_its_moves_rolls_forward_once(
     # a repeated publish finds the commit and adds nothing
     store.publish(manifest)
     assert DeltaTable(store.table_uri("t")).version() == 1
+
+
+def test_a_full_drop_to_naive_timestamps_raises_the_protocol_in_its_commit(
+    tmp_path: Path,
+) -> None:
+    def replace(store: DeltaStore, run_id: str) -> None:
+        writer = store.open_writer("t", run_id, "replace")
+        writer.write(pa.record_batch({"ts": pa.array([T0], pa.timestamp("us"))}))
+        writer.commit_files(None, 1)
+        store.mark_committed("t", run_id)
+
+    replace(DeltaStore(path=str(tmp_path / "lake")), "r1")  # UTC: no `timestampNtz` feature
+    ntz = DeltaStore(path=str(tmp_path / "lake"), timestamp_ntz=True)
+    replace(ntz, "r2")
+    table = DeltaTable(ntz.table_uri("t"))
+    assert table.version() == 1  # one commit: delta-rs rewrote the run and raised the protocol
+    assert "timestampNtz" in (table.protocol().writer_features or [])
+    assert table.to_pyarrow_table().column("ts").to_pylist() == [T0]
+    # the run's own file, rewritten, is gone; the old version's stays for time travel
+    names = sorted(p.name for p in Path(ntz.table_uri("t")).glob("*.parquet"))
+    assert "part-r2-00000.parquet" not in names and "part-r1-00000.parquet" in names

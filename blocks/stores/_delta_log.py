@@ -125,10 +125,12 @@ def write_run(
             )
         # a table's first rows: the de-duplicated batch, less its deletes, as the new table
         data: Any = surviving(changes, gone, keys)
-    elif files and in_place(kind, add_columns):
+    elif files and in_place(kind, add_columns) and _fits_protocol(uri, options, files[0], exists):
         commit_in_place(uri, options, kind, files, exists, props, name, description)
         return {}
     else:
+        # delta-rs's writer also raises the protocol in the same commit when the new schema
+        # needs it (naive timestamps on a table without `timestampNtz`)
         data = staged_reader(files)
     common: dict[str, Any] = {
         "name": name,
@@ -145,7 +147,20 @@ def write_run(
         # a replace takes the source's schema as it is now (full_drop, drift evolve)
         schema_mode: Literal["overwrite"] | None = "overwrite" if exists else None
         write_deltalake(uri, data, mode="overwrite", schema_mode=schema_mode, **common)
+    if kind != "merge" and in_place(kind, add_columns):
+        for placed in files:  # rewritten above: no version names the run's own files
+            placed.unlink(missing_ok=True)
     return {}
+
+
+def _fits_protocol(uri: str, options: dict[str, str] | None, sample: Path, exists: bool) -> bool:
+    """Whether the table's protocol takes the run's files as they are: a commit of `add`
+    actions does not add the `timestampNtz` feature that naive timestamps need."""
+    naive = any(pa.types.is_timestamp(f.type) and f.type.tz is None for f in file_schema(sample))
+    if not naive or not exists:
+        return True  # a new table gets the features its schema needs
+    protocol = DeltaTable(uri, storage_options=options).protocol()
+    return "timestampNtz" in (protocol.writer_features or [])
 
 
 def commit_in_place(
