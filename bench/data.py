@@ -64,6 +64,18 @@ def chunks(rows: int, size: int = 1_000_000) -> list[tuple[int, int]]:
     return [(s, min(size, rows - s)) for s in range(0, rows, size)]
 
 
+def write_parquet(work: Path, rows: int) -> Path:
+    """Write (once) the table as one Parquet file under `work`; its path."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "orders.parquet"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        frames = [orders(s, c).lazy() for s, c in chunks(rows)]
+        pl.concat(frames).sink_parquet(tmp, compression="zstd", row_group_size=100_000)
+        tmp.replace(path)
+    return path
+
+
 def write_sources(work: Path, rows: int) -> dict[str, Path]:
     """Write (once) the table as Parquet, Parquet parts, CSV and SQLite under `work`."""
     work.mkdir(parents=True, exist_ok=True)
@@ -73,11 +85,7 @@ def write_sources(work: Path, rows: int) -> dict[str, Path]:
         "csv": work / "orders.csv",
         "sqlite": work / "orders.sqlite",
     }
-    if not paths["parquet"].exists():
-        tmp = paths["parquet"].with_suffix(".tmp")
-        frames = [orders(s, c).lazy() for s, c in chunks(rows)]
-        pl.concat(frames).sink_parquet(tmp, compression="zstd", row_group_size=100_000)
-        tmp.replace(paths["parquet"])
+    write_parquet(work, rows)
     if not paths["parts"].exists():
         tmp_dir = paths["parts"].with_suffix(".tmp")
         tmp_dir.mkdir(exist_ok=True)

@@ -211,6 +211,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from flows.maintain import maintain_spec
+
+    targets = _targets(args, example=False)
+    if any(t.saved_blocks for t in targets):
+        _api()
+    print("\n".join(line for t in targets for line in maintain_spec(t.spec, t.entities, args)))
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from flows.scaffold import scaffold
 
@@ -353,6 +363,18 @@ def parser() -> argparse.ArgumentParser:
     )
     _selection(status)
     status.set_defaults(func=cmd_status)
+
+    upkeep = sub.add_parser(
+        "maintain",
+        help="compact and vacuum the Delta tables of a spec or project",
+        description="Compact small files (--compact) and delete files only versions older "
+        "than the retention name (--vacuum, 7 days unless told), holding each Store's lock.",
+    )
+    _selection(upkeep)
+    from flows.maintain import add_arguments
+
+    add_arguments(upkeep)
+    upkeep.set_defaults(func=cmd_maintain)
 
     init = sub.add_parser(
         "init",

@@ -81,7 +81,7 @@ def test_the_delta_example_follows_a_day_of_changes(example: tuple[Path, dict]) 
     # orders: the first write and one merge holding the day's upserts and deletes
     assert [h["operation"] for h in DeltaTable(str(lake / "orders")).history()] == [
         "MERGE",
-        "WRITE",
+        "CREATE TABLE",
     ]
     assert change_example(db).day == 2
     assert run_flow(spec).is_completed()

@@ -90,6 +90,19 @@ class DeltaArea(_Base):
         r = self.records()
         return super().get_state(entity, name) if r is None else r.get_state(entity, name)
 
+    def put_state_file(self, entity: str, name: str, path: Path) -> None:
+        r = self.records()
+        if r is None:
+            super().put_state_file(entity, name, path)
+        else:
+            r.put_state_file(entity, name, path)
+
+    def get_state_file(self, entity: str, name: str, dest: Path) -> bool:
+        r = self.records()
+        if r is None:
+            return bool(super().get_state_file(entity, name, dest))
+        return r.get_state_file(entity, name, dest)
+
     def state_names(self, entity: str) -> list[str]:
         r = self.records()
         return super().state_names(entity) if r is None else r.state_names(entity)

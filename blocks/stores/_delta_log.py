@@ -6,9 +6,11 @@ Every commit carries the run in two places: an application transaction
 `hygge.txn`). A manifest records the `n` its run was prepared with; `committed` answers
 whether that commit exists, so a publish repeated after a crash is recognised and skipped.
 
-The staged files are read as a stream (`pyarrow.dataset`), never the whole table at once. A
-merge's source is the run's batch after de-duplication by key (the version with the highest
-watermark wins, ties going to the row read last), which Polars computes over the staged files.
+An append or an overwrite commits the run's files where they lie in the table's folder
+(`_delta_files`): they were encoded once, by the Store's writer, and are invisible to every
+reader until this commit names them. A merge reads the staged files as its source
+(`_delta_merge`); so does an append that adds columns, rewritten by `write_deltalake` with a
+schema merge (`create_write_transaction` does not change a table's schema on append).
 """
 
 from __future__ import annotations
@@ -17,18 +19,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    Schema,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+
+from blocks.stores._delta_files import add_actions, file_schema
+from blocks.stores._delta_merge import delete_keys, latest_per_key, merge_run, surviving
 
 #: the application id of hygge's transactions in every table it writes
 APP_ID = "hygge"
 RUN_KEY = "hygge.run_id"
 TXN_KEY = "hygge.txn"
-_ROW = "__hygge_row"
-_GONE = "__hygge_deleted"
 
 DeltaKind = Literal["overwrite", "append", "merge"]
 
@@ -62,41 +71,16 @@ def commit_properties(run_id: str, txn: int, entity: str) -> CommitProperties:
     return CommitProperties(custom_metadata=meta, app_transactions=[Transaction(APP_ID, txn)])
 
 
+def in_place(kind: DeltaKind, add_columns: bool) -> bool:
+    """Whether a run's files are committed where they lie in the table's folder (an append or
+    an overwrite), rather than read as a merge's source or rewritten by a schema merge."""
+    return kind == "overwrite" or (kind == "append" and not add_columns)
+
+
 def staged_reader(files: Sequence[Path], batch_rows: int = 131_072) -> pa.RecordBatchReader:
     """The staged files as one stream of batches, in staging order."""
     dataset = ds.dataset([str(f) for f in files], format="parquet")
     return dataset.scanner(batch_size=batch_rows).to_reader()
-
-
-def latest_per_key(files: Sequence[Path], keys: list[str], order: list[str]) -> pa.Table:
-    """The run's rows with one row per key: the highest `order` (a COALESCE of the watermark
-    columns) wins; equal or NULL watermarks go to the row staged last, so reruns agree."""
-    schema = ds.dataset([str(f) for f in files], format="parquet").schema
-    lf = pl.scan_parquet([str(f) for f in files]).with_row_index(_ROW)
-    rank = [pl.coalesce([pl.col(c) for c in order]), pl.col(_ROW)] if order else [pl.col(_ROW)]
-    lf = lf.sort(rank, nulls_last=False).unique(subset=keys, keep="last", maintain_order=True)
-    # the merge source is the run's changed rows (bounded by the run), not the table
-    table = lf.drop(_ROW).collect().to_arrow()
-    return table.cast(schema)
-
-
-def merge_predicate(keys: list[str], source: pa.Table | None = None) -> str:
-    """`t.k = s.k` for each key; with one integer key, also the source's key range, so the
-    merge reads only the table files whose statistics can hold the run's keys."""
-    predicate = " AND ".join(f"t.{_quoted(k)} = s.{_quoted(k)}" for k in keys)
-    if source is None or len(keys) != 1 or not source.num_rows:
-        return predicate
-    column = source.column(keys[0])
-    if not pa.types.is_integer(column.type) or column.null_count == source.num_rows:
-        return predicate
-    bounds = pc.min_max(column)
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    key = f"t.{_quoted(keys[0])}"
-    return f"{key} >= {int(low)} AND {key} <= {int(high)} AND {predicate}"
-
-
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def write_run(
@@ -105,7 +89,6 @@ def write_run(
     kind: DeltaKind,
     files: Sequence[Path],
     *,
-    deletes: Sequence[Path] = (),
     add_columns: bool,
     keys: list[str],
     order: list[str],
@@ -113,49 +96,49 @@ def write_run(
     writer: WriterProperties,
     name: str,
     description: str,
+    deletes: Sequence[Path] = (),
+    local: bool = True,
 ) -> dict[str, Any]:
-    """Apply one staged run to the table in one commit; the commit's metrics."""
+    """Apply one run to the table in one commit; the commit's metrics (a merge's).
+
+    `files` are the run's data files: for an `in_place` run they lie in the table's folder
+    (under names no commit has used), otherwise anywhere. `deletes` (a merge's only) are
+    Parquet files of the key columns whose rows the same commit deletes; a key both changed
+    and deleted in the run is deleted. `local`: the table is on local disk, where the run's
+    files can be moved into its folder; a remote table is written from the files (`files`
+    then lie in the local spool).
+    """
+    if deletes and kind != "merge":
+        msg = f"deletes by key need a merge (keys), not a Delta {kind}"
+        raise ValueError(msg)
     exists = DeltaTable.is_deltatable(uri, storage_options=options)
-    if kind == "merge" and exists:
-        table = DeltaTable(uri, storage_options=options)
-        target = pa.schema(table.schema().to_arrow())
-        parts = []
-        if files:
-            changed = latest_per_key(files, keys, order)
-            parts.append(changed.append_column(_GONE, pa.repeat(False, changed.num_rows)))
-        if deletes:
-            gone = ds.dataset([str(f) for f in deletes], format="parquet").to_table()
-            cols = {
-                f.name: (gone.column(f.name) if f.name in keys else pa.nulls(gone.num_rows, f.type))
-                for f in (parts[0].schema if parts else target)
-                if f.name != _GONE
-            }
-            gone = pa.table(cols).append_column(_GONE, pa.repeat(True, gone.num_rows))
-            if parts:
-                gone = gone.cast(parts[0].schema)
-            parts.append(gone)
-        source = pa.concat_tables(parts).combine_chunks()
-        merger = table.merge(
-            source,
-            predicate=merge_predicate(keys, source),
-            source_alias="s",
-            target_alias="t",
-            merge_schema=add_columns,
-            writer_properties=writer,
-            commit_properties=props,
-        )
-        flag = f"s.{_quoted(_GONE)}"
-        metrics: dict[str, Any] = (
-            merger.when_matched_delete(predicate=flag)
-            .when_matched_update_all(predicate=f"NOT {flag}", except_cols=[_GONE])
-            .when_not_matched_insert_all(predicate=f"NOT {flag}", except_cols=[_GONE])
-            .execute()
-        )
-        return metrics
     if kind == "merge":
-        # a table's first rows: the de-duplicated batch, written as the new table
-        data: Any = latest_per_key(files, keys, order)
+        if files:
+            changes = latest_per_key(files, keys, order)
+        elif exists:  # a run of deletes only
+            table_schema = DeltaTable(uri, storage_options=options).schema().to_arrow()
+            changes = pa.schema(table_schema).empty_table()  # type: ignore[arg-type]
+        else:
+            return {}  # nothing to delete from, nothing to write
+        gone = delete_keys(deletes, keys, changes.schema)
+        if exists:
+            table = DeltaTable(uri, storage_options=options)
+            return merge_run(
+                table, changes, gone, keys, add_columns=add_columns, props=props, writer=writer
+            )
+        # a table's first rows: the de-duplicated batch, less its deletes, as the new table
+        data: Any = surviving(changes, gone, keys)
+    elif (
+        local
+        and files
+        and in_place(kind, add_columns)
+        and _fits_protocol(uri, options, files[0], exists)
+    ):
+        commit_in_place(uri, options, kind, files, exists, props, name, description)
+        return {}
     else:
+        # delta-rs's writer also raises the protocol in the same commit when the new schema
+        # needs it (naive timestamps on a table without `timestampNtz`)
         data = staged_reader(files)
     common: dict[str, Any] = {
         "name": name,
@@ -172,4 +155,49 @@ def write_run(
         # a replace takes the source's schema as it is now (full_drop, drift evolve)
         schema_mode: Literal["overwrite"] | None = "overwrite" if exists else None
         write_deltalake(uri, data, mode="overwrite", schema_mode=schema_mode, **common)
+    if local and kind != "merge" and in_place(kind, add_columns):
+        for placed in files:  # rewritten above: no version names the run's own files
+            placed.unlink(missing_ok=True)
     return {}
+
+
+def _fits_protocol(uri: str, options: dict[str, str] | None, sample: Path, exists: bool) -> bool:
+    """Whether the table's protocol takes the run's files as they are: a commit of `add`
+    actions does not add the `timestampNtz` feature that naive timestamps need."""
+    naive = any(pa.types.is_timestamp(f.type) and f.type.tz is None for f in file_schema(sample))
+    if not naive or not exists:
+        return True  # a new table gets the features its schema needs
+    protocol = DeltaTable(uri, storage_options=options).protocol()
+    return "timestampNtz" in (protocol.writer_features or [])
+
+
+def commit_in_place(
+    uri: str,
+    options: dict[str, str] | None,
+    kind: DeltaKind,
+    files: Sequence[Path],
+    exists: bool,
+    props: CommitProperties,
+    name: str,
+    description: str,
+) -> None:
+    """Commit files already in the table's folder: an append, or an overwrite that removes
+    every file of the current version (and takes the files' schema)."""
+    actions = add_actions(files)
+    schema = Schema.from_arrow(file_schema(files[0]))
+    if exists:
+        mode = "overwrite" if kind == "overwrite" else "append"
+        table = DeltaTable(uri, storage_options=options)
+        both: list[AddAction | RemoveAction] = [*actions]
+        table.create_write_transaction(both, mode, schema, commit_properties=props)
+        return
+    create_table_with_add_actions(
+        uri,
+        schema,
+        actions,
+        mode="error",
+        name=name,
+        description=description,
+        storage_options=options,
+        commit_properties=props,
+    )

@@ -179,4 +179,7 @@ class DeltaWriter(ParquetWriter):
             # merges them into the table's schema; earlier rows read them as NULL
             self.adds_columns = True
             return schema
-        return appendable(existing, schema, self.entity)
+        kept = appendable(existing, schema, self.entity)
+        # the table's column order, in the run's own types: Delta reads a file by the table's
+        # schema, whatever its flavour of text or nullability, so no batch is cast for them
+        return pa.schema([schema.field(name) for name in kept.names])

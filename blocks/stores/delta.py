@@ -22,14 +22,19 @@ storage options are `blocks.stores._delta_place`'s. Its publishing protocol is
 - prepare: the manifest names the files, the commit kind and the transaction number;
 - publish: ONE Delta commit, recording the run id (`blocks.stores._delta_log`): a full_drop
   overwrites (readers see the old table or the new), an incremental entity with keys merges
-  (one current row per key), one without keys appends. A publish repeated after a crash finds
-  its commit in the log and skips it, so no run is applied twice.
+  (one current row per key), one without keys appends. On local disk an append or overwrite
+  first moves its files into the table's folder and commits them there, never encoding them
+  twice; until the commit names them no reader sees them, and a roll back deletes them. A
+  publish repeated after a crash finds its commit in the log and skips it, so no run is
+  applied twice.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from azure.core.exceptions import AzureError
@@ -43,6 +48,7 @@ from blocks.stores import _delta_log as log
 from blocks.stores import _delta_place as places
 from blocks.stores._blob import join, store_error
 from blocks.stores._delta_area import DeltaArea
+from blocks.stores._delta_maintain import Upkeep, compact_after_run, maintain
 from blocks.stores._delta_writer import DeltaWriter
 from blocks.stores._local_fs import os_error
 from blocks.stores._schema import comparable
@@ -51,7 +57,7 @@ from blocks.stores.blob_parquet import BlobParquetStore
 from blocks.stores.onelake import OneLakeStore
 from blocks.stores.parquet import ParquetStore
 from hygge_core.errors import StoreError, TransientStoreError, first_line
-from hygge_core.manifest import Manifest
+from hygge_core.manifest import Manifest, fsync_dir
 
 _CODECS = {"none": "UNCOMPRESSED", "uncompressed": "UNCOMPRESSED"}
 
@@ -96,6 +102,13 @@ class DeltaStore(DeltaArea, ParquetStore):
         description="Local directory that holds one Delta table per entity; with `container`, "
         "the folder in the container.",
     )
+    # a merge rewrites each file that can hold one of its keys, and delta-rs's merge memory
+    # grows with the files it rewrites (bench/RESULTS.md: 1.9 GB for one 10M-row file, 0.6 GB
+    # for 1M-row ones): smaller files than the Parquet Store's keep merges bounded
+    max_rows_per_file: int = Field(
+        default=1_000_000,
+        description="Start a new file after this many rows (merges rewrite whole files).",
+    )
     merge_keys: list[str] | None = Field(
         default=None,
         description="Columns an incremental load merges by; empty takes the entity's "
@@ -134,6 +147,12 @@ class DeltaStore(DeltaArea, ParquetStore):
         description="prefect-azure credentials for `container` or `workspace`: a connection "
         "string, or an account URL with a service principal or DefaultAzureCredential; empty "
         "for a Lakehouse: DefaultAzureCredential (Entra ID).",
+    )
+    optimize_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Compact the table after every N-th run's commit (opt-in; `hygge "
+        "maintain --compact` does it on request, `--vacuum` deletes expired files).",
     )
     lease_seconds: int = Field(
         default=60,
@@ -286,6 +305,25 @@ class DeltaStore(DeltaArea, ParquetStore):
         spec = f" of spec {self.spec_name!r}" if self.spec_name else ""
         return f"hygge entity {entity!r}{spec}: written by hygge, do not edit by hand"
 
+    def maintain(self, entity: str, wait_seconds: float = 0.0, **how: Any) -> Upkeep | None:
+        """Compact and/or vacuum the entity's table (`_delta_maintain.maintain`, whose options
+        `how` are), holding the Store's lock so that no run commits meanwhile; None when the
+        table does not exist yet."""
+        with (
+            self.exclusive(f"hygge maintain (pid {os.getpid()})", wait_seconds),
+            self.translated("cannot maintain the Delta table", entity),
+        ):
+            if self._table(entity) is None:
+                return None
+            uri, options, writer = (
+                self.table_uri(entity),
+                self.storage_options(),
+                self._writer_properties(),
+            )
+            return maintain(
+                uri, options, entity, writer=writer, target_rows=self.max_rows_per_file, **how
+            )
+
     # -- the protocol's primitives (Delta's log in place of renames) ----------------------------
 
     backend_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError, DeltaError, AzureError)
@@ -325,6 +363,11 @@ class DeltaStore(DeltaArea, ParquetStore):
     def staged_complete(self, manifest: Manifest) -> bool:
         if self.run_committed(manifest):
             return True
+        if self.records() is None:
+            staged = self.staging_dir(manifest.entity, manifest.run_id)
+            final = self.table_dir(manifest.entity)  # a file placed there before the commit
+            names = [*manifest.files, *manifest.extra.get("deletes", [])]
+            return bool(names) and all((staged / n).exists() or (final / n).exists() for n in names)
         return self.staged_present(manifest)
 
     def unpublished(self, manifest: Manifest) -> list[str]:
@@ -335,14 +378,18 @@ class DeltaStore(DeltaArea, ParquetStore):
 
     def commit_run(self, manifest: Manifest) -> None:
         entity, extra = manifest.entity, manifest.extra
+        local = self.records() is None
         files = self.staged_paths(manifest)
         self.ensure_lease()
+        if local and files and log.in_place(extra["delta"], bool(extra.get("add_columns"))):
+            files = self._place(manifest)
         log.write_run(
             self.table_uri(entity),
             self.storage_options(),
             extra["delta"],
             files,
             deletes=self.staged_paths(manifest, manifest.extra.get("deletes", [])),
+            local=local,
             add_columns=bool(extra.get("add_columns")),
             keys=list(extra.get("keys") or []),
             order=list(extra.get("order") or []),
@@ -362,11 +409,38 @@ class DeltaStore(DeltaArea, ParquetStore):
 
     def after_publish(self, manifest: Manifest) -> None:
         self.drop_staging(manifest.entity, manifest.run_id)
+        if self.optimize_every:  # opt-in: the run holds the lock, a failure is only logged
+            txn, entity = int(manifest.extra["txn"]), manifest.entity
+            uri, options, writer = (
+                self.table_uri(entity),
+                self.storage_options(),
+                self._writer_properties(),
+            )
+            compact_after_run(
+                uri, options, entity, txn, self.optimize_every, writer, self.max_rows_per_file
+            )
 
     def unpublish(self, manifest: Manifest) -> None:
-        # nothing of an uncommitted run is in the table: delta-rs's files of a commit that
-        # never happened are unreferenced (a `vacuum` removes them); only staging goes
+        # called for a run whose commit does not exist: the files it placed in a local
+        # table's folder are named by no version of the log, so they go with its staging
+        if self.records() is None:
+            final = self.table_dir(manifest.entity)
+            for name in manifest.files:
+                (final / name).unlink(missing_ok=True)
         self.drop_staging(manifest.entity, manifest.run_id)
+
+    def _place(self, manifest: Manifest) -> list[Path]:
+        """Move the run's staged files into the local table's folder, ready for its commit.
+        Their names carry the run id, so no reader sees them until the commit names them, and
+        a publish repeated after a crash finds them there."""
+        staged = self.staging_dir(manifest.entity, manifest.run_id)
+        final = self.table_dir(manifest.entity)
+        final.mkdir(parents=True, exist_ok=True)
+        for name in manifest.files:
+            if (staged / name).exists():
+                os.replace(staged / name, final / name)
+        fsync_dir(final)
+        return [final / n for n in manifest.files]
 
     def abort_prepared(self, manifest: Manifest) -> None:
         if self.run_committed(manifest):
