@@ -70,17 +70,7 @@ def _move(
         held = from_ledger(store, plan.name, plan.previous_files) if plan.mode == "append" else None
         selection = select(plan.name, home.list_files(request), held, plan.changed_files)
         if held is not None and not selection.read:
-            return EntityResult(
-                entity=plan.name,
-                run_id=run_id,
-                mode=plan.mode,
-                rows=0,
-                bytes=0,
-                seconds=time.perf_counter() - start,
-                files=[],
-                changed=False,
-                watermark=plan.previous,
-            )
+            return _nothing_new(plan, run_id, start)
         request = replace(request, files=tuple(f.path for f in selection.read))
     # with a lag the run reads again from before the watermark, and the Store merges by key
     reread = previous
@@ -195,17 +185,11 @@ def _move(
         deleted = reconciled.deleted if reconciled else 0
         if plan.mode == "append" and rows == 0 and deleted == 0:
             writer.abort()
-            return EntityResult(
-                entity=plan.name,
-                run_id=run_id,
-                mode=plan.mode,
-                rows=0,
-                bytes=0,
-                seconds=time.perf_counter() - start,
-                files=[],
+            return _nothing_new(
+                plan,
+                run_id,
+                start,
                 null_watermark_rows=boundary.null_rows if boundary else 0,
-                changed=False,
-                watermark=plan.previous,
                 schema_change=guard.note,
                 home_note=note,
             )
@@ -260,6 +244,22 @@ def _move(
         deleted=deleted,
         copied_files=copied,
         home_note=note,
+    )
+
+
+def _nothing_new(plan: EntityPlan, run_id: str, start: float, **notes: Any) -> EntityResult:
+    """An incremental run that found nothing to publish: the watermark stays."""
+    return EntityResult(
+        entity=plan.name,
+        run_id=run_id,
+        mode=plan.mode,
+        rows=0,
+        bytes=0,
+        seconds=time.perf_counter() - start,
+        files=[],
+        changed=False,
+        watermark=plan.previous,
+        **notes,
     )
 
 

@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from blocks.base import ReadRequest, SourceFile
-from hygge_core.errors import HomeError, first_line
+from hygge_core.errors import ConfigError, HomeError, first_line
 from hygge_core.timestamps import NanoTimestamp
 
 
@@ -78,6 +78,21 @@ def source_files(
 ) -> list[SourceFile]:
     """`HomeBlock.list_files` for a file Home: each file with its size and modification time."""
     return [SourceFile.of(p) for p in resolve_files(base, request.path, suffixes, request.entity)]
+
+
+def polars_types(overrides: dict[str, str], entity: str) -> dict[str, pl.DataType] | None:
+    """A file Home's `schema_overrides` (column -> Polars type name) as Polars types."""
+    out: dict[str, pl.DataType] = {}
+    for col, name in overrides.items():
+        dtype = getattr(pl, name, None)
+        if dtype is None or not (isinstance(dtype, type) and issubclass(dtype, pl.DataType)):
+            msg = (
+                f"schema_overrides: {name!r} for column {col!r} is not a Polars type "
+                "(Int64, Float64, String, Date, Datetime, Boolean, ...)"
+            )
+            raise ConfigError(msg, entity=entity)
+        out[col] = dtype()
+    return out or None
 
 
 def _hidden(path: Path) -> bool:

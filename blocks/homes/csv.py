@@ -17,7 +17,13 @@ from pydantic import Field
 from blocks.base import HomeBlock, ReadRequest, SourceFile
 from blocks.homes._csv_blank import without_blank_lines
 from blocks.homes._csv_types import exact_reads, guard_hint
-from blocks.homes._files import check_scan, entity_files, source_files, stream_batches
+from blocks.homes._files import (
+    check_scan,
+    entity_files,
+    polars_types,
+    source_files,
+    stream_batches,
+)
 from hygge_core.errors import ConfigError, HomeError, first_line
 
 _POLARS_ENCODINGS = {"utf8", "utf-8", "utf8-lossy"}
@@ -183,17 +189,7 @@ class CsvHome(HomeBlock):
         return [f"column_{i}" for i in range(1, width + 1)]
 
     def _overrides(self, entity: str) -> dict[str, pl.DataType] | None:
-        out: dict[str, pl.DataType] = {}
-        for col, name in self.schema_overrides.items():
-            dtype = getattr(pl, name, None)
-            if dtype is None or not (isinstance(dtype, type) and issubclass(dtype, pl.DataType)):
-                msg = (
-                    f"schema_overrides: {name!r} for column {col!r} is not a Polars type "
-                    "(Int64, Float64, String, Date, Datetime, Boolean, ...)"
-                )
-                raise ConfigError(msg, entity=entity)
-            out[col] = dtype()
-        return out or None
+        return polars_types(self.schema_overrides, entity)
 
     def _without_blank_lines(
         self, sources: list[Path], tmp: Path, entity: str

@@ -28,8 +28,14 @@ import pyarrow as pa
 from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest, SourceFile
-from blocks.homes._files import check_scan, entity_files, source_files, stream_batches
-from hygge_core.errors import ConfigError, HomeError, first_line
+from blocks.homes._files import (
+    check_scan,
+    entity_files,
+    polars_types,
+    source_files,
+    stream_batches,
+)
+from hygge_core.errors import HomeError, first_line
 
 _SUFFIXES = (".json", ".jsonl", ".ndjson", ".gz")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -154,17 +160,7 @@ class JsonHome(HomeBlock):
         return out
 
     def _overrides(self, entity: str) -> dict[str, pl.DataType] | None:
-        out: dict[str, pl.DataType] = {}
-        for col, name in self.schema_overrides.items():
-            dtype = getattr(pl, name, None)
-            if dtype is None or not (isinstance(dtype, type) and issubclass(dtype, pl.DataType)):
-                msg = (
-                    f"schema_overrides: {name!r} for column {col!r} is not a Polars type "
-                    "(e.g. Int64, Float64, String, Boolean, Date, Datetime)"
-                )
-                raise ConfigError(msg, entity=entity)
-            out[col] = dtype()
-        return out or None
+        return polars_types(self.schema_overrides, entity)
 
     def _parse_error(self, exc: BaseException, files: list[Path], entity: str) -> HomeError:
         return HomeError(f"could not read {files[0]}: {first_line(exc)}", entity=entity)
