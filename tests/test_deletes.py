@@ -437,3 +437,33 @@ def test_soft_deletes_are_refused_where_a_row_cannot_stay(tmp_path: Path, spec_n
     state = run_flow(src.spec)
     with pytest.raises(Exception, match="a soft delete would blank the row's other columns"):
         state.result()
+
+
+def test_delta_deletes_the_rows_a_delete_column_marks(tmp_path: Path, spec_name: str) -> None:
+    src = Source(tmp_path, spec_name)
+    src.sql("DROP TABLE items")
+    src.sql("CREATE TABLE items (id INTEGER PRIMARY KEY, ts DATETIME, label TEXT, gone BOOLEAN)")
+    del src.spec["entities"][0]["deletes"]
+    src.spec["entities"][0]["delete_column"] = "gone"
+    src.sql(
+        "INSERT INTO items VALUES (?,?,?,?)",
+        [(i, "2024-05-01 12:00:00", f"item {i}", int(i == 5)) for i in range(1, 11)],
+    )
+
+    def alive() -> list[int]:
+        con = sqlite3.connect(src.db)
+        out = [r[0] for r in con.execute("SELECT id FROM items WHERE NOT gone ORDER BY id")]
+        con.close()
+        return out
+
+    state = run_flow(src.spec)
+    assert state.is_completed()
+    assert [i for i, _ in src.delta_rows()] == alive()  # a full load leaves 5 out
+    assert summary_row(state, "items")["rows"] == 10
+    # the source marks 2 and 3 deleted (a soft-delete flag the application keeps)
+    src.sql("UPDATE items SET gone = 1, ts = '2024-05-01 13:00:00' WHERE id IN (2, 3)")
+    src.sql("INSERT INTO items VALUES (11, '2024-05-01 13:00:00', 'item 11', 0)")
+    assert run_flow(src.spec).is_completed()
+    assert [i for i, _ in src.delta_rows()] == alive() == [1, 4, 6, 7, 8, 9, 10, 11]
+    history = DeltaTable(str(src.lake / "items")).history()
+    assert [h["operation"] for h in history] == ["MERGE", "CREATE TABLE"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake.exceptions import DeltaError
 
 from blocks.base import CopySource, WriteMode
@@ -41,6 +42,7 @@ class DeltaWriter(ParquetWriter):
         self._delta_schema: pa.Schema | None = None
         #: the run adds columns to the table (schema drift's `evolve`)
         self.adds_columns = False
+        self._left_out = 0
         #: the key columns of rows the run deletes, staged beside its rows (one file)
         self._deletes: ArrowFile | None = None
         self.delete_files: list[str] = []
@@ -65,7 +67,13 @@ class DeltaWriter(ParquetWriter):
     def copy_file(self, source: CopySource) -> bool:
         return False  # a Delta table takes its own types (`_delta_types`): rows are read
 
+    def left_out(self) -> int:
+        return self._left_out
+
     def write(self, batch: pa.RecordBatch) -> None:
+        gone = None
+        if self.store.delete_column:
+            batch, gone = self._split_deletes(batch, self.store.delete_column)
         if self._delta_schema is None:
             self._check_names(batch.schema.names)
             self._delta_schema = delta_schema(batch.schema, self.store.timestamp_ntz, self.entity)
@@ -74,7 +82,9 @@ class DeltaWriter(ParquetWriter):
             if batch.schema.names != self._delta_schema.names:
                 batch = self._conform_to_source(batch)
             batch = to_delta(batch, self._delta_schema, self.entity)
-        super().write(batch)
+        super().write(batch)  # first: the first write clears an earlier attempt's staging
+        if gone is not None:
+            self.delete(gone)
 
     def close_files(self) -> Staged:
         if self._deletes is not None:
@@ -127,6 +137,27 @@ class DeltaWriter(ParquetWriter):
         return StoreError(msg, entity=self.entity)
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _split_deletes(
+        self, batch: pa.RecordBatch, column: str
+    ) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
+        """Rows the source marks deleted (`delete_column` true) apart: their keys, deleted in
+        a merge (None: left out of a replace or an append), and the rows to write."""
+        if column not in batch.schema.names:
+            msg = (
+                f"delete_column {column!r} is not a column of the source (columns: "
+                f"{', '.join(batch.schema.names)})"
+            )
+            raise StoreError(msg, entity=self.entity)
+        flag = pc.fill_null(batch.column(column).cast(pa.bool_()), False)
+        gone = int(pc.sum(flag).as_py() or 0)
+        if not gone:
+            return batch, None
+        keys = None
+        if self.kind == "merge":
+            keys = batch.filter(flag).select(list(self.store.merge_keys or []))
+        self._left_out += gone  # not in the data files: reconciled as left out by design
+        return batch.filter(pc.invert(flag)), keys
 
     def _conform_to_source(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         assert self._delta_schema is not None

@@ -119,6 +119,11 @@ class DeltaStore(DeltaArea, ParquetStore):
         description="Columns whose highest value (first non-NULL) wins when a run holds "
         "several versions of a key; empty takes the entity's watermark column(s).",
     )
+    delete_column: str | None = Field(
+        default=None,
+        description="A boolean source column: rows where it is true are deleted by key in the "
+        "run's merge (and left out of a full load), as Open Mirroring's `delete_column`.",
+    )
     timestamp_ntz: bool = Field(
         default=False,
         description="Keep naive timestamps as Delta `timestamp_ntz` instead of UTC "
