@@ -94,10 +94,22 @@ class ParquetHome(HomeBlock):
             if needs_arrow(meta):
                 return None  # read to carry its values exactly (`_arrow_read`)
             out.append(CopySource(str(f), meta.num_rows, meta.schema.to_arrow_schema()))
-        first = comparable(out[0].schema) if out else None
-        if any(not comparable(c.schema).equals(first) for c in out[1:]):
+        if not out:
+            return None
+        first = _types(out[0].schema)
+        if any(_types(c.schema) != first for c in out[1:]):
             return None  # the read names the odd file
+        # the columns as a read would carry them: a copy must leave the table as a re-encode
+        # would (time32 read as time64, fixed-size binary as binary, ...), or later runs'
+        # files would not match it
+        if _types(pl.scan_parquet(files[0]).head(0).collect().to_arrow().schema) != first:
+            return None
         return out
+
+
+def _types(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+    """Names and types as readers see them (one flavour of text; nullability aside)."""
+    return [(f.name, f.type) for f in comparable(schema)]
 
 
 def _describe_files(files: list[Path]) -> str:
