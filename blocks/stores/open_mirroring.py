@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Literal
@@ -37,7 +36,7 @@ import pyarrow as pa
 from azure.core.exceptions import AzureError, ResourceExistsError
 from pydantic import Field, field_validator
 
-from blocks.base import DestinationVerdict, WriteMode, utc_now
+from blocks.base import DestinationVerdict, WriteMode
 from blocks.stores._blob import (
     ONELAKE_URL,
     BlobArea,
@@ -45,25 +44,22 @@ from blocks.stores._blob import (
     join,
     lease_lock,
     store_error,
-    with_retries,
 )
 from blocks.stores._om_monitor import MONITOR, TableStatus, find, parse_tables
+from blocks.stores._om_restart import TableRestart
 from blocks.stores._om_writer import MirroringWriter
 from blocks.stores.blob_parquet import (
     BlobStoreBase,
     _iter_blob,
     footer_schema,
 )
-from hygge_core import faults
-from hygge_core.errors import ConfigError, StoreError, TransientStoreError
+from hygge_core.errors import ConfigError, StoreError
 from hygge_core.manifest import Manifest
 
-#: how often a full drop asks Fabric's monitor whether the dropped table is gone
-_DROP_POLL_SECONDS = 2.0
 _NUMBERED = re.compile(r"^(\d{20})\.parquet$")
 
 
-class OpenMirroringStore(BlobStoreBase):
+class OpenMirroringStore(TableRestart, BlobStoreBase):
     """Writes entities into a Fabric mirrored database's landing zone (Open Mirroring).
 
     Example:
@@ -396,121 +392,6 @@ class OpenMirroringStore(BlobStoreBase):
         )
         raise StoreError(msg, entity=manifest.entity)
 
-    def drop_table(self, manifest: Manifest) -> None:
-        """Delete the table folder (Fabric then drops the table) and start the wait."""
-        folder = self.table_folder(manifest.entity)
-        if manifest.state != "dropping":
-            self._supersede(manifest)
-            # decided once, before deleting: a rerun after a kill mid-delete still waits
-            manifest.extra["had_table"] = bool(self.area().blobs(folder))
-            manifest.state = "dropping"
-            self.save_manifest(manifest)
-        # the service may hold the folder while it reads: retry with backoff
-        with_retries(lambda: self.area().delete_folder(folder))
-        faults.point("publish.between_swap_renames")
-        # nothing was there (a first load): Fabric has no table to drop, nothing to wait for
-        wait = self.drop_wait_seconds if manifest.extra.get("had_table", True) else 0.0
-        if wait and self.monitor() is not None:
-            # Fabric's monitor says when the table is gone: poll it instead of a fixed wait
-            manifest.extra["drop_watch"] = utc_now().isoformat()
-            wait = 0.0
-        ready = utc_now() + dt.timedelta(seconds=wait)
-        manifest.state = "waiting"
-        manifest.extra["ready_at"] = ready.isoformat()
-        self.save_manifest(manifest)
-
-    def _supersede(self, manifest: Manifest) -> None:
-        """Forget older unfinished replaces of the table: this one replaces them all."""
-        state = self.state()
-        folder = self.table_folder(manifest.entity)
-        for name in state.names("_manifests", folder):
-            raw = state.get_bytes(state.key("_manifests", folder, name))
-            other = Manifest.from_json(raw.decode()) if raw else None
-            if (
-                other is not None
-                and other.run_id != manifest.run_id
-                and other.mode == "replace"
-                and other.state in ("prepared", "dropping", "waiting", "publishing")
-            ):
-                for key in other.extra.get("staged", []):
-                    state.delete(key)
-                state.delete(state.key("_manifests", folder, name))
-
-    def finish(self, entity: str, run_id: str) -> Manifest:
-        """Publish a replace whose wait is over: fresh numbering from 1, each file atomic."""
-        try:
-            manifest = self.load_manifest(entity, run_id)
-            if manifest is None:
-                msg = f"run {run_id} has no manifest to finish"
-                raise StoreError(msg, entity=entity)
-            if manifest.state == "dropping":
-                self.drop_table(manifest)
-            if manifest.state == "waiting":
-                _sleep_until(manifest.extra.get("ready_at"))
-                if manifest.extra.get("drop_watch"):
-                    self._await_drop(manifest)
-                manifest.state = "publishing"
-                self.save_manifest(manifest)
-            if manifest.state == "publishing":
-                self._copy_in(manifest)
-            if manifest.state not in ("published", "committed"):
-                msg = f"run {run_id} cannot be finished from state {manifest.state!r}"
-                raise StoreError(msg, entity=entity)
-            return manifest
-        except AzureError as exc:
-            raise store_error(exc, "cannot publish the new table", entity=entity) from exc
-
-    def _await_drop(self, manifest: Manifest) -> None:
-        """Wait until Fabric's monitor no longer lists the dropped table (Microsoft's restart:
-        delete the folder, wait for the table to disappear, then recreate it)."""
-        entity = manifest.entity
-        since = dt.datetime.fromisoformat(manifest.extra["drop_watch"])
-        deadline = since + dt.timedelta(seconds=self.drop_timeout_seconds)
-        while True:
-            tables = self.monitor()
-            if tables is None:
-                # the monitor went away: fall back to the fixed wait from the drop
-                _sleep_until((since + dt.timedelta(seconds=self.drop_wait_seconds)).isoformat())
-                return
-            if find(tables, entity, self.table_schema) is None:
-                return
-            if utc_now() >= deadline:
-                msg = (
-                    f"Fabric still lists the table {self.drop_timeout_seconds:g}s after its "
-                    "folder was deleted, so the rebuilt table is not published yet; it stays "
-                    "staged and the next run resumes the full drop. Check the mirrored "
-                    "database in Fabric (is replication running?), or raise "
-                    "`drop_timeout_seconds`"
-                )
-                raise TransientStoreError(msg, entity=entity)
-            time.sleep(_DROP_POLL_SECONDS)
-
-    def _copy_in(self, manifest: Manifest) -> None:
-        area, state = self.area(), self.state()
-        self.ensure_metadata(manifest.entity)
-        staged = manifest.extra["staged"]
-        present = self.numbers(manifest.entity)
-        top = present[-1] if present else 0
-        first = self.starting_sequence
-        for i, key in enumerate(staged):
-            if first + i <= top:
-                continue  # copied before an interruption (and maybe consumed since)
-            if i:
-                faults.point("publish.between_files")
-            target = area.container.get_blob_client(self.file_key(manifest.entity, first + i))
-            source = state.container.get_blob_client(key).download_blob(
-                max_concurrency=self.upload_parallelism
-            )
-            # upload_blob stages blocks and commits them at the end: the file appears whole
-            target.upload_blob(
-                source.chunks(),
-                length=source.size,
-                overwrite=False,
-                max_concurrency=self.upload_parallelism,
-            )
-        manifest.files = [f"{first + i:020d}.parquet" for i in range(len(staged))]
-        self.mark_published(manifest)
-
     # -- reading back ------------------------------------------------------------------------
 
     def read_table(self, entity: str) -> Iterator[pa.RecordBatch]:
@@ -540,11 +421,3 @@ def _instant(text: str | None) -> dt.datetime | None:
 def _number(name: str) -> int:
     m = _NUMBERED.match(name)
     return int(m.group(1)) if m else 0
-
-
-def _sleep_until(ready_at: str | None) -> None:
-    if not ready_at:
-        return
-    left = (dt.datetime.fromisoformat(ready_at) - utc_now()).total_seconds()
-    if left > 0:
-        time.sleep(left)
