@@ -183,6 +183,52 @@ def test_a_drop_that_fabric_never_finishes_stops_with_the_fix(
     assert data_files(c, "events") == ["00000000000000000001.parquet"]
 
 
+def dropped(c: Any, spec: dict[str, Any]) -> None:
+    """A full drop that Fabric follows at once: the table leaves the monitor, the drop publishes
+    the new initial load, and the monitor has not yet listed the rebuilt table."""
+    spec["store"]["verify_seconds"] = 0
+    assert run_flow(spec).is_completed()
+    write_monitor(c)  # Fabric has dropped the table as soon as its folder goes
+    assert run_flow(spec, run_type="full_drop").is_completed()
+    assert data_files(c, "events") == ["00000000000000000001.parquet"]
+    make_events_db(Path(spec["home"]["path"]), events_rows(300, 40))
+
+
+def test_incremental_files_wait_until_fabric_lists_the_rebuilt_table(
+    mirrored: tuple[Any, dict[str, Any]],
+) -> None:
+    c, spec = mirrored
+    dropped(c, spec)
+    started = time.monotonic()
+    back = later(c, 4, entry("Running", 300))  # Fabric rebuilds the table a little later
+    state = run_flow(spec)
+    back.join()
+    assert state.is_completed(), state.message
+    assert time.monotonic() - started >= 4  # the new rows waited for the table to reappear
+    assert data_files(c, "events") == [f"{n:020d}.parquet" for n in (1, 2)]
+    assert ledger_of(spec)["events"]["rows"] == 40
+
+
+def test_a_rebuilt_table_fabric_never_lists_holds_the_next_run_with_the_fix(
+    mirrored: tuple[Any, dict[str, Any]],
+) -> None:
+    c, spec = mirrored
+    spec["store"]["drop_timeout_seconds"] = 2
+    spec["retries"] = 0
+    dropped(c, spec)
+    time.sleep(2)
+    state = run_flow(spec)
+    row = failed_row(state, "events")
+    assert "Fabric has not listed the table 2s after a full drop" in row["detail"]
+    assert "raise `drop_timeout_seconds`" in row["detail"]
+    assert data_files(c, "events") == ["00000000000000000001.parquet"]  # nothing of the run
+    assert ledger_of(spec)["events"]["rows"] == 300
+    write_monitor(c, entry("Running", 300))  # Fabric catches up: the next run goes on
+    assert run_flow(spec).is_completed()
+    assert data_files(c, "events") == [f"{n:020d}.parquet" for n in (1, 2)]
+    assert ledger_of(spec)["events"]["rows"] == 40
+
+
 def test_the_monitor_is_read_leniently() -> None:
     rest = {
         "data": [

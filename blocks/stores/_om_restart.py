@@ -13,6 +13,7 @@ Each step records itself in the run's manifest first, so a kill anywhere resumes
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,8 @@ else:
 
 #: how often a restart asks Fabric's monitor whether the table has gone, or come back
 POLL_SECONDS = 2.0
+#: the state object that says a rebuilt table has not yet reappeared in Fabric's monitor
+REBUILT = "rebuilt"
 
 
 class TableRestart(_Base):
@@ -54,6 +57,9 @@ class TableRestart(_Base):
         def numbers(self, entity: str) -> list[int]: ...
         def file_key(self, entity: str, number: int) -> str: ...
         def ensure_metadata(self, entity: str) -> None: ...
+        def put_state(self, entity: str, name: str, data: bytes) -> None: ...
+        def get_state(self, entity: str, name: str) -> bytes | None: ...
+        def delete_state(self, entity: str, name: str) -> None: ...
 
     def drop_table(self, manifest: Manifest) -> None:
         """Delete the table folder (Fabric then drops the table) and start the wait."""
@@ -144,9 +150,38 @@ class TableRestart(_Base):
                 raise TransientStoreError(msg, entity=entity)
             time.sleep(POLL_SECONDS)
 
+    def await_rebuilt(self, entity: str) -> None:
+        """Hold a run's incremental files until Fabric lists the table a full drop rebuilt
+        (Microsoft: resume incremental publishing only after the table reappears)."""
+        raw = self.get_state(entity, REBUILT)
+        if raw is None:
+            return
+        since = dt.datetime.fromisoformat(json.loads(raw)["at"])
+        deadline = since + dt.timedelta(seconds=self.drop_timeout_seconds)
+        while True:
+            tables = self.monitor()
+            # no readable monitor: nothing to wait on (the fixed wait already passed)
+            if tables is None or find(tables, entity, self.table_schema) is not None:
+                self.delete_state(entity, REBUILT)
+                return
+            if utc_now() >= deadline:
+                msg = (
+                    f"Fabric has not listed the table {self.drop_timeout_seconds:g}s after a "
+                    "full drop published its new initial load, and incremental files may only "
+                    "follow once it does; nothing of this run was written, and the next run "
+                    "loads it again. Check the mirrored database in Fabric (is replication "
+                    "running?), or raise `drop_timeout_seconds`"
+                )
+                raise TransientStoreError(msg, entity=entity)
+            time.sleep(POLL_SECONDS)
+
     def _copy_in(self, manifest: Manifest) -> None:
         area, state = self.area(), self.state()
         self.ensure_metadata(manifest.entity)
+        if manifest.extra.get("drop_watch"):
+            # the monitor saw the table go: incremental files wait until it sees it come back
+            mark = {"run_id": manifest.run_id, "at": utc_now().isoformat()}
+            self.put_state(manifest.entity, REBUILT, json.dumps(mark).encode())
         staged = manifest.extra["staged"]
         present = self.numbers(manifest.entity)
         top = present[-1] if present else 0

@@ -344,6 +344,8 @@ class OpenMirroringStore(TableRestart, BlobStoreBase):
     def before_publish(self, manifest: Manifest) -> None:
         if manifest.mode == "append":
             self.ensure_metadata(manifest.entity)
+            if self.unpublished(manifest):
+                self.await_rebuilt(manifest.entity)
 
     def publish_file(self, manifest: Manifest, name: str) -> None:
         area = self.area()
