@@ -293,6 +293,12 @@ class StoreBlock(Block, ABC):
         it reports nothing on it). Only Stores whose `verdict_seconds` is above 0 have one."""
         return None
 
+    def repair(self, entity: str, name: str | None = None, wait_seconds: float = 0.0) -> str | None:
+        """Send again, under its own name, a published file the destination rejected (the
+        one named, else the one it names); a line saying what was done. None: this Store
+        publishes no files a service can reject."""
+        return None
+
     def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
         """Why this Store cannot delete rows by these key columns (None: it can, through
         `EntityWriter.delete`, or `soft_delete` when `soft`); the spec check shows it to

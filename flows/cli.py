@@ -201,11 +201,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if any(t.saved_blocks for t in targets):
         _api()
     from flows.spec import load_any
-    from flows.status import destination_status
+    from flows.status import destination_status, repair_tables
 
+    if args.file and not args.repair:
+        msg = "`--file` says which file `--repair` sends again: add --repair"
+        raise ConfigError(msg)
     passed = True
     for target in targets:
-        text, ok = destination_status(load_any(target.spec), target.entities)
+        if args.repair:
+            text, ok = repair_tables(load_any(target.spec), target.entities, args.file)
+        else:
+            text, ok = destination_status(load_any(target.spec), target.entities)
         passed = passed and ok
         print(f"{target.label}:\n{text}" if len(targets) > 1 else text)
     return 0 if passed else 1
@@ -362,6 +368,14 @@ def parser() -> argparse.ArgumentParser:
         "processed. Exit 1 if Fabric reports a table failed.",
     )
     _selection(status)
+    status.add_argument(
+        "--repair",
+        action="store_true",
+        help="send the file Fabric rejected again under its own name, for each failed table",
+    )
+    status.add_argument(
+        "--file", metavar="NAME", help="with --repair: the rejected file (name or number)"
+    )
     status.set_defaults(func=cmd_status)
 
     upkeep = sub.add_parser(

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from blocks.stores._blob import BlobArea
+from blocks.stores._om_contract import partner_events_findings, table_findings
 from flows.example import ensure_example_data
 from tests.azurite import Azurite
 from tests.test_cli import assert_matches_sqlite, source_table
@@ -107,4 +109,8 @@ def test_example_spec_moves_the_shop_exactly(
             # replaced customers/products (dropped, renumbered from 1): one file everywhere
             names = [b.name[len(folder) :] for b in c.list_blobs(name_starts_with=folder)]
             assert sorted(names) == ["00000000000000000001.parquet", "_metadata.json"]
+            # and the folder keeps the landing-zone contract file by file
+            landing = BlobArea(c, "Shop.MountedRelationalDatabase/Files/LandingZone")
+            assert table_findings(landing, f"shop.schema/{table}") == []
+            assert partner_events_findings(landing) == []
         assert_same(got, source_table(db, table), table)

@@ -18,6 +18,7 @@ from azure.core.exceptions import AzureError
 
 from blocks.base import WriteMode
 from blocks.stores._blob import block_ids, store_error
+from blocks.stores._om_contract import MARKER
 from blocks.stores._schema import SMALL, appendable
 from blocks.stores.blob_parquet import BlobFiles, StagedBlobWriter
 from blocks.stores.protocol import Staged
@@ -27,7 +28,6 @@ from hygge_core.manifest import run_file_name
 if TYPE_CHECKING:
     from blocks.stores.open_mirroring import OpenMirroringStore
 
-MARKER = "__rowMarker__"
 INSERT, DELETE, UPSERT = 0, 2, 4
 
 
@@ -115,7 +115,8 @@ class MirroringWriter(StagedBlobWriter):
     def close_files(self) -> Staged:
         names = self.staged_files()
         blocks = {k.rsplit("/", 1)[1]: n for k, n in self.files.blocks.items()}
-        extra: dict[str, Any] = {"blocks": blocks}
+        # rows per file, in file order: a repair checks a file is the batch that was sent
+        extra: dict[str, Any] = {"blocks": blocks, "file_rows": list(self.files.rows.values())}
         if self.mode == "replace":
             # the staged copy becomes a set of ordinary blobs outside the landing zone
             for key in self.files.keys:

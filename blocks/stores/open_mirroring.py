@@ -46,6 +46,7 @@ from blocks.stores._blob import (
     store_error,
 )
 from blocks.stores._om_monitor import MONITOR, TableStatus, find, parse_tables
+from blocks.stores._om_repair import FileRepair
 from blocks.stores._om_restart import TableRestart
 from blocks.stores._om_writer import MirroringWriter
 from blocks.stores.blob_parquet import (
@@ -59,7 +60,7 @@ from hygge_core.manifest import Manifest
 _NUMBERED = re.compile(r"^(\d{20})\.parquet$")
 
 
-class OpenMirroringStore(TableRestart, BlobStoreBase):
+class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
     """Writes entities into a Fabric mirrored database's landing zone (Open Mirroring).
 
     Example:
