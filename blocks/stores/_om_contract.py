@@ -58,21 +58,35 @@ def table_findings(landing: BlobArea, folder: str) -> list[Finding]:
     meta = _json(landing, landing.key(folder, "_metadata.json"))
     out = _metadata_findings(meta)
     keys = list(meta.get("keyColumns") or []) if isinstance(meta, dict) else []
-    names = sorted(landing.names(folder))
-    numbered = [n for n in names if NUMBERED.match(n)]
-    out += [
-        Finding(n, "is neither _metadata.json nor a 20-digit numbered .parquet file")
-        for n in names
-        if n != "_metadata.json" and n not in numbered and "/" not in n
-    ]
-    numbers = [int(n[:20]) for n in numbered]
-    out += [
-        Finding(f"{b:020d}.parquet", f"follows {a:020d}.parquet: a missing number blocks the rest")
-        for a, b in itertools.pairwise(numbers)
-        if b != a + 1
-    ]
+    strategy = meta.get("fileDetectionStrategy") if isinstance(meta, dict) else None
+    prefix = len(landing.key(folder)) + 1
+    blobs = [(b.name[prefix:], b.last_modified) for b in landing.blobs(folder)]
+    blobs = [(n, t) for n, t in blobs if "/" not in n and n != "_metadata.json"]
+    if strategy == "LastUpdateTimeFileDetection":
+        # any unique name; Fabric applies them in LastModified order (whole seconds)
+        ordered = sorted((t, n) for n, t in blobs if n.endswith(".parquet"))
+        numbered = [n for _, n in ordered]
+        out += [Finding(n, "is not a .parquet file") for n, _ in blobs if n not in numbered]
+        out += [
+            Finding(b, f"has the same LastModified second as {a}: their order is undefined")
+            for (ta, a), (tb, b) in itertools.pairwise(ordered)
+            if ta == tb
+        ]
+    else:
+        numbered = sorted(n for n, _ in blobs if NUMBERED.match(n))
+        out += [
+            Finding(n, "is neither _metadata.json nor a 20-digit numbered .parquet file")
+            for n, _ in blobs
+            if n not in numbered
+        ]
+        numbers = [int(n[:20]) for n in numbered]
+        out += [
+            Finding(f"{b:020d}.parquet", f"follows {a:020d}.parquet: a gap blocks the rest")
+            for a, b in itertools.pairwise(numbers)
+            if b != a + 1
+        ]
     earlier: pa.Schema | None = None
-    for name in numbered:
+    for name in numbered:  # in Fabric's order
         problems, schema = file_problems(landing, landing.key(folder, name), keys, earlier)
         out += [Finding(name, p) for p in problems]
         earlier = schema or earlier

@@ -26,7 +26,6 @@ from azure.core.exceptions import AzureError
 from blocks.base import utc_now
 from blocks.stores._om_contract import (
     MARKER,
-    NUMBERED,
     schema_problems,
     table_findings,
 )
@@ -56,16 +55,22 @@ class FileRepair(_Base):
 
         def table_folder(self, entity: str) -> str: ...
         def monitor(self) -> list[TableStatus] | None: ...
-        def numbers(self, entity: str) -> list[int]: ...
+
+        file_detection: str
+
+        def data_files(self, entity: str) -> list[str]: ...
+        def data_key(self, entity: str, name: str) -> str: ...
 
     def rejected_file(self, entity: str) -> str:
         """The file Fabric's error names, else the first file the contract check flags."""
         status = find(self.monitor() or [], entity, self.table_schema)
-        named = _NAMED.search(status.error_message or "") if status else None
+        files = self.data_files(entity)
+        said = status.error_message or "" if status else ""
+        named = [n for n in files if n in said] or _NAMED.findall(said)
         if named:
-            return named.group(0)
+            return named[0]
         for finding in table_findings(self.area(), self.table_folder(entity)):
-            if NUMBERED.match(finding.file):
+            if finding.file in files:
                 return finding.file
         said = f"Fabric reports {status.describe()!r}" if status else "Fabric's monitor is silent"
         msg = (
@@ -78,8 +83,8 @@ class FileRepair(_Base):
         """Upload a published file's batch again under its own name; one line says what."""
         with self.exclusive(f"hygge status --repair {entity}", wait_seconds):
             name = name or self.rejected_file(entity)
-            if not NUMBERED.match(name):
-                name = f"{int(name):020d}.parquet" if name.isdigit() else name
+            if name.isdigit() and self.file_detection == "sequential":
+                name = f"{int(name):020d}.parquet"
             manifest = self._published_by(entity, name)
             area = self.area()
             key = area.key(self.table_folder(entity), name)
@@ -146,10 +151,10 @@ class FileRepair(_Base):
 
     def _schema_before(self, entity: str, name: str) -> pa.Schema | None:
         """The schema of the nearest readable file before this one: the table's contract."""
-        area, folder = self.area(), self.table_folder(entity)
-        for n in reversed([n for n in self.numbers(entity) if n < int(name[:20])]):
+        files = self.data_files(entity)
+        for n in reversed(files[: files.index(name)] if name in files else []):
             with contextlib.suppress(AzureError, pa.ArrowException, OSError):
-                return footer_schema(area, area.key(folder, f"{n:020d}.parquet"))
+                return footer_schema(self.area(), self.data_key(entity, n))
         return None
 
 

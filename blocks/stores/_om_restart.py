@@ -12,12 +12,13 @@ Each step records itself in the run's manifest first, so a kill anywhere resumes
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
 from typing import TYPE_CHECKING
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceExistsError
 
 from blocks.base import utc_now
 from blocks.stores._blob import store_error, with_retries
@@ -54,8 +55,10 @@ class TableRestart(_Base):
         def state(self) -> BlobArea: ...
         def table_folder(self, entity: str) -> str: ...
         def monitor(self) -> list[TableStatus] | None: ...
-        def numbers(self, entity: str) -> list[int]: ...
-        def file_key(self, entity: str, number: int) -> str: ...
+        def file_name(self, run_id: str, index: int, first: int) -> str: ...
+        def data_key(self, entity: str, name: str) -> str: ...
+        def sent(self, manifest: Manifest) -> set[str]: ...
+        def record_sent(self, manifest: Manifest, name: str) -> None: ...
         def ensure_metadata(self, entity: str) -> None: ...
         def put_state(self, entity: str, name: str, data: bytes) -> None: ...
         def get_state(self, entity: str, name: str) -> bytes | None: ...
@@ -183,26 +186,33 @@ class TableRestart(_Base):
             mark = {"run_id": manifest.run_id, "at": utc_now().isoformat()}
             self.put_state(manifest.entity, REBUILT, json.dumps(mark).encode())
         staged = manifest.extra["staged"]
-        present = self.numbers(manifest.entity)
-        top = present[-1] if present else 0
-        first = self.starting_sequence
-        for i, key in enumerate(staged):
-            if first + i <= top:
-                continue  # copied before an interruption (and maybe consumed since)
+        # the rebuilt table's names, known before the first copy: what was sent is then known
+        # after any interruption (and files copied may have been consumed since)
+        names = [
+            self.file_name(manifest.run_id, i, self.starting_sequence) for i in range(len(staged))
+        ]
+        if manifest.files != names:
+            manifest.files = names
+            self.save_manifest(manifest)
+        sent = self.sent(manifest)
+        for i, (key, name) in enumerate(zip(staged, names, strict=True)):
+            if name in sent:
+                continue
             if i:
                 faults.point("publish.between_files")
-            target = area.container.get_blob_client(self.file_key(manifest.entity, first + i))
+            target = area.container.get_blob_client(self.data_key(manifest.entity, name))
             source = state.container.get_blob_client(key).download_blob(
                 max_concurrency=self.upload_parallelism
             )
             # upload_blob stages blocks and commits them at the end: the file appears whole
-            target.upload_blob(
-                source.chunks(),
-                length=source.size,
-                overwrite=False,
-                max_concurrency=self.upload_parallelism,
-            )
-        manifest.files = [f"{first + i:020d}.parquet" for i in range(len(staged))]
+            with contextlib.suppress(ResourceExistsError):  # copied just before a kill
+                target.upload_blob(
+                    source.chunks(),
+                    length=source.size,
+                    overwrite=False,
+                    max_concurrency=self.upload_parallelism,
+                )
+            self.record_sent(manifest, name)
         self.mark_published(manifest)
 
 

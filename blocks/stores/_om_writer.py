@@ -57,10 +57,8 @@ class MirroringWriter(StagedBlobWriter):
         )
         if mode == "append":
             # continue after the highest number present (the service keeps the last it read)
-            numbers = store.numbers(entity)
-            self.first = numbers[-1] + 1 if numbers else store.starting_sequence
-            folder = store.table_folder(entity)
-            name_of = lambda i: self.area.key(folder, f"{self.first + i:020d}.parquet")  # noqa: E731
+            self.first = store.first_number(entity)
+            name_of = lambda i: store.data_key(entity, store.file_name(run_id, i, self.first))  # noqa: E731
             self.files = BlobFiles(store, self.area, run_id, name_of, entity)
         else:
             self.first = 1

@@ -10,6 +10,8 @@ Data files carry 20-digit, continuous, increasing numbers (the service remembers
 it processed and keeps that file, so the next number follows the highest one present), and
 `__rowMarker__` as the last column: 0 insert, 2 delete, 4 upsert. A file picked up before its
 upload finished breaks ingestion, so every file is published by committing staged blocks.
+With `file_detection: last_update_time` (LastUpdateTimeFileDetection) the names are unique
+instead, and LastModified orders them (`_om_files`).
 
 hygge's own records (manifests, journal, the lease lock and full_drop staging) live outside
 the landing zone, under `state_path`, where the service never looks.
@@ -27,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Literal
@@ -45,22 +46,19 @@ from blocks.stores._blob import (
     lease_lock,
     store_error,
 )
+from blocks.stores._om_files import STRATEGY, Detection, LandingFiles
 from blocks.stores._om_monitor import MONITOR, TableStatus, find, parse_tables
 from blocks.stores._om_repair import FileRepair
 from blocks.stores._om_restart import TableRestart
 from blocks.stores._om_writer import MirroringWriter
 from blocks.stores.blob_parquet import (
     BlobStoreBase,
-    _iter_blob,
-    footer_schema,
 )
 from hygge_core.errors import ConfigError, StoreError
 from hygge_core.manifest import Manifest
 
-_NUMBERED = re.compile(r"^(\d{20})\.parquet$")
 
-
-class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
+class OpenMirroringStore(FileRepair, TableRestart, LandingFiles, BlobStoreBase):
     """Writes entities into a Fabric mirrored database's landing zone (Open Mirroring).
 
     Example:
@@ -114,6 +112,12 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
         description="The number of the first file hygge writes into a table folder that holds "
         "none (a table another tool fed up to N-1); later files continue after the highest "
         "number present.",
+    )
+    file_detection: Detection = Field(
+        default="sequential",
+        description="How Fabric finds the table's files: `sequential` (20-digit numbers, "
+        "SequentialFileName) or `last_update_time` (unique names in LastModified order, "
+        "LastUpdateTimeFileDetection) where other producers write to the same landing zone.",
     )
     upsert_default_row_marker: bool = Field(
         default=False, description="Write isUpsertDefaultRowMarker into _metadata.json."
@@ -185,9 +189,9 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
     def has_data(self, entity: str) -> bool:
         try:
             names = self.area().names(self.table_folder(entity))
+            return "_metadata.json" in names or bool(self.data_files(entity))
         except AzureError as exc:
             raise store_error(exc, "cannot list the landing zone", entity=entity) from exc
-        return "_metadata.json" in names or any(_NUMBERED.match(n) for n in names)
 
     # -- Fabric's verdict ---------------------------------------------------------------------
 
@@ -213,17 +217,12 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
 
     # -- the landing zone's rules ------------------------------------------------------------
 
-    def numbers(self, entity: str) -> list[int]:
-        names = self.area().names(self.table_folder(entity))
-        return sorted(int(m.group(1)) for n in names if (m := _NUMBERED.match(n)))
-
-    def file_key(self, entity: str, number: int) -> str:
-        return self.area().key(self.table_folder(entity), f"{number:020d}.parquet")
-
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"keyColumns": list(self.key_columns or [])}
         if self.upsert_default_row_marker:
             meta["isUpsertDefaultRowMarker"] = True
+        if self.file_detection != "sequential":
+            meta["fileDetectionStrategy"] = STRATEGY[self.file_detection]
         return meta
 
     def merges_by(self, keys: list[str]) -> bool:
@@ -263,6 +262,14 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
                 "existing table: restore `key_columns`, or run --full-drop to recreate the table"
             )
             raise StoreError(msg, entity=entity)
+        strategy = (current or {}).get("fileDetectionStrategy", STRATEGY["sequential"])
+        if current is not None and strategy != STRATEGY[self.file_detection]:
+            msg = (
+                f"the landing zone's table is read with {strategy}, but the spec says "
+                f"`file_detection: {self.file_detection}`; a table keeps how Fabric finds its "
+                "files: restore `file_detection`, or run --full-drop to recreate the table"
+            )
+            raise StoreError(msg, entity=entity)
 
     def ensure_metadata(self, entity: str) -> None:
         area = self.area()
@@ -279,11 +286,6 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
         body = {"partnerName": self.partner_name, "sourceInfo": info}
         with contextlib.suppress(ResourceExistsError):
             area.put(area.key("_partnerEvents.json"), json.dumps(body).encode(), overwrite=False)
-
-    def table_schema_now(self, entity: str) -> pa.Schema | None:
-        """The schema of the newest data file in the landing zone, if any remains."""
-        numbers = self.numbers(entity)
-        return footer_schema(self.area(), self.file_key(entity, numbers[-1])) if numbers else None
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -318,29 +320,24 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
     def delete_manifest(self, entity: str, run_id: str) -> None:
         self.state().delete(self.manifest_key(entity, run_id))
 
-    def _top(self, entity: str) -> int:
-        present = self.numbers(entity)
-        return present[-1] if present else 0
-
     def staged_complete(self, manifest: Manifest) -> bool:
         if manifest.mode == "replace":
             return False  # nothing was dropped yet: the old table stands; forget the staged copy
         area = self.area()
-        folder = self.table_folder(manifest.entity)
-        top = self._top(manifest.entity)
+        sent = self.sent(manifest)  # committed (and possibly consumed by Fabric since)
         for name in manifest.files:
-            if _number(name) <= top:
-                continue  # committed (and possibly consumed by Fabric since)
+            if name in sent:
+                continue
             wanted = set(block_ids(manifest.run_id, name, manifest.extra["blocks"][name]))
-            if not wanted <= area.staged_ids(area.key(folder, name)):
+            if not wanted <= area.staged_ids(self.data_key(manifest.entity, name)):
                 return False
         return True
 
     def unpublished(self, manifest: Manifest) -> list[str]:
-        """A file that is there, or numbered below one that is there, was committed before
-        (Fabric may since have consumed and removed it): it is never written again."""
-        top = self._top(manifest.entity)
-        return [n for n in manifest.files if _number(n) > top]
+        """A file that was committed (Fabric may since have consumed and removed it) is never
+        written again."""
+        sent = self.sent(manifest)
+        return [n for n in manifest.files if n not in sent]
 
     def before_publish(self, manifest: Manifest) -> None:
         if manifest.mode == "append":
@@ -349,9 +346,9 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
                 self.await_rebuilt(manifest.entity)
 
     def publish_file(self, manifest: Manifest, name: str) -> None:
-        area = self.area()
-        key = area.key(self.table_folder(manifest.entity), name)
-        area.commit(key, block_ids(manifest.run_id, name, manifest.extra["blocks"][name]))
+        blocks = block_ids(manifest.run_id, name, manifest.extra["blocks"][name])
+        self.area().commit(self.data_key(manifest.entity, name), blocks)
+        self.record_sent(manifest, name)
 
     def replace_table(self, manifest: Manifest) -> bool:
         self.drop_table(manifest)
@@ -377,8 +374,7 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
 
     def abort_prepared(self, manifest: Manifest) -> None:
         try:
-            present = self.numbers(manifest.entity) if manifest.mode == "append" else []
-            if not present or present[-1] < _number(manifest.files[0]):
+            if manifest.mode != "append" or not self.sent(manifest):
                 self.roll_back(manifest)  # nothing of it is visible: undo, retry cleanly
                 return
         except AzureError:
@@ -404,12 +400,6 @@ class OpenMirroringStore(FileRepair, TableRestart, BlobStoreBase):
         )
         raise StoreError(msg, entity=entity)
 
-    def landing_files(self, entity: str) -> Iterator[pa.RecordBatch]:
-        """Every data file still in the table folder, in file order (for checks and tests)."""
-        area = self.area()
-        for n in self.numbers(entity):
-            yield from _iter_blob(area, self.file_key(entity, n))
-
 
 def _instant(text: str | None) -> dt.datetime | None:
     if not text:
@@ -419,8 +409,3 @@ def _instant(text: str | None) -> dt.datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def _number(name: str) -> int:
-    m = _NUMBERED.match(name)
-    return int(m.group(1)) if m else 0
