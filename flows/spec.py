@@ -141,6 +141,17 @@ class EntitySpec(BaseModel):
         description="`deletes: detect` deletes at the destination the rows deleted at the "
         "source, found by comparing key sets; needs the watermark's `keys`.",
     )
+    changes: Literal["change_tracking"] | None = Field(
+        default=None,
+        description="`change_tracking`: read SQL Server's Change Tracking (a `table` with "
+        "`keys`): the whole table first, then the rows inserted, updated and deleted since the "
+        "version the last run reached.",
+    )
+    keys: list[str] | None = Field(
+        default=None,
+        description="With `changes:`, the table's primary key columns: changed rows are "
+        "upserted and deleted rows deleted by them.",
+    )
     allow_empty: bool = Field(
         default=False,
         description="Let a replace (first load, --full-drop, an entity without a watermark) "
@@ -184,10 +195,56 @@ class EntitySpec(BaseModel):
             raise ValueError(msg)
         return self
 
+    @model_validator(mode="after")
+    def _change_tracking(self) -> EntitySpec:
+        if self.changes is None:
+            if self.keys:
+                msg = (
+                    "`keys` names the primary key for `changes: change_tracking`; the keys of "
+                    "a watermark go under `watermark.keys`"
+                )
+                raise ValueError(msg)
+            return self
+        problem = change_tracking_problem(self)
+        if problem:
+            msg = f"`changes: change_tracking` {problem}"
+            raise ValueError(msg)
+        return self
+
     @property
     def overrides(self) -> dict[str, Any]:
         """Fields meant for the Home or Store (everything not an entity field)."""
         return dict(self.model_extra or {})
+
+
+def change_tracking_problem(entity: EntitySpec) -> str | None:
+    """What makes no sense in a change-tracking entity, or None."""
+    if not entity.keys:
+        return (
+            "needs `keys`, the table's primary key columns: changes are upserted and deleted "
+            "by them"
+        )
+    if not entity.table:
+        return "reads CHANGETABLE of a `table`: give `table`, not a `query` or `path`"
+    if entity.watermark is not None:
+        return (
+            "moves by the table's change-tracking version: remove `watermark` (a watermark "
+            "column sees no deletes, and the two would disagree on what was read)"
+        )
+    if entity.deletes is not None:
+        return "delivers deletes itself (its `D` rows): remove `deletes`"
+    if entity.incremental is not None:
+        return "reads a table: remove `incremental: files`"
+    if entity.where:
+        return (
+            "reads every change of the table: remove `where` (a row updated out of it would "
+            "stay at the destination)"
+        )
+    if entity.columns is not None and (
+        missing := [k for k in entity.keys if k not in entity.columns]
+    ):
+        return f"needs the `keys` among `columns`: add {', '.join(missing)}"
+    return None
 
 
 class TaskRunnerSpec(BaseModel):
