@@ -28,9 +28,10 @@ from blocks.base import CHANGE_OPERATION, ReadRequest
 from blocks.homes import _mssql_ct, _odbc
 from blocks.homes._mssql_ct import TrackingSql, TrackingState, decide
 from blocks.homes._sql import POSTGRES
-from blocks.homes.mssql import Column, MssqlHome, tsql_column
+from blocks.homes.mssql import MssqlHome, tsql_column
 from blocks.stores.parquet_current import current_view
 from flows.spec import parse_spec
+from hygge_core import faults
 from hygge_core.errors import ConfigError, TransientHomeError
 from hygge_tasks.changes import split_changes, stored_version
 from tests.conftest import ledger_of, run_flow
@@ -46,15 +47,6 @@ DESCRIBED = [
     tsql_column("Amount €", "decimal(12,2)", 12, 2),
     tsql_column("at", "datetimeoffset(7)", 34, 7),
 ]
-
-
-class DescribedCtHome(MssqlHome):
-    """MssqlHome with SQL Server's column description given, not asked for (no server)."""
-
-    _block_type_slug = "test-described-ct-home"
-
-    def columns(self, opts: Any, base: str, request: ReadRequest) -> list[Column]:
-        return DESCRIBED
 
 
 class FakeReader:
@@ -92,8 +84,10 @@ class FakeServer:
 def tracked(monkeypatch: pytest.MonkeyPatch, server: FakeServer, last: int | None) -> Any:
     monkeypatch.setattr(_odbc, "fetch", server.fetch)
     monkeypatch.setattr(_odbc, "next_result", server.next_result)
+    # SQL Server's column description, given rather than asked for
+    monkeypatch.setattr(MssqlHome, "columns", lambda *_: DESCRIBED)
     login = SqlServerCredentials(username="hygge_reader", password="secret")
-    home = DescribedCtHome(host="127.0.0.1", database="shop", credentials=login, driver="FreeTDS")
+    home = MssqlHome(host="127.0.0.1", database="shop", credentials=login, driver="FreeTDS")
     request = ReadRequest(entity="e", table="sales.orders")
     return home.read_changes(request, ["id"], last)
 
@@ -401,6 +395,32 @@ def as_rows(frame: pl.DataFrame) -> list[tuple[Any, ...]]:
     return sorted((i, n, str(a)) for i, n, a in frame.select("id", "name", "amount").rows())
 
 
+def ct_spec(
+    pg: PgServer, schema: str, lake: Path, store_type: str, name: str, monkeypatch: Any
+) -> dict[str, Any]:
+    """A spec moving `<schema>.orders` by its emulated change tracking, small batches."""
+    monkeypatch.setitem(blocks.HOMES, "pg-ct", PgCtHome)
+    monkeypatch.setattr(PgCtHome, "tracking", PgTracking(schema))
+    return {
+        "name": name,
+        "home": {**pg_odbc_home(pg), "type": "pg-ct"},
+        "store": {"type": store_type, "path": str(lake)},
+        "retries": 0,
+        "defaults": {"batch_size": 3},
+        "entities": [
+            {"name": "orders", "table": f"{schema}.orders", "changes": "change_tracking"}
+            | {"keys": ["id"]}
+        ],
+    }
+
+
+def held(lake: Path, store_type: str) -> list[tuple[Any, ...]]:
+    """What the destination holds now: the Delta table, or the Parquet Store's current view."""
+    if store_type == "delta":
+        return as_rows(pl.read_delta(str(lake / "orders")))
+    return as_rows(current_view(lake / "orders", ["id"]).collect())
+
+
 @pytest.mark.parametrize("store_type", ["parquet", "delta"])
 def test_change_tracking_keeps_the_destination_equal_to_the_source(
     pg: PgServer,
@@ -413,26 +433,12 @@ def test_change_tracking_keeps_the_destination_equal_to_the_source(
     """Emulated: SQL Server's CHANGETABLE and version functions (`PgTracking`, PostgreSQL
     has neither); real: the MSSQL Home's ODBC read path (psqlODBC, the statement batch with
     two result sets), the conversion into upserts and deletes, the Stores, the ledger."""
-    monkeypatch.setitem(blocks.HOMES, "pg-ct", PgCtHome)
-    monkeypatch.setattr(PgCtHome, "tracking", PgTracking(pg_schema))
     src = Source(pg, pg_schema)
     lake = tmp_path / "lake"
-    spec = {
-        "name": spec_name,
-        "home": {**pg_odbc_home(pg), "type": "pg-ct"},
-        "store": {"type": store_type, "path": str(lake)},
-        "retries": 0,
-        "defaults": {"batch_size": 3},
-        "entities": [
-            {"name": "orders", "table": f"{pg_schema}.orders", "changes": "change_tracking"}
-            | {"keys": ["id"]}
-        ],
-    }
+    spec = ct_spec(pg, pg_schema, lake, store_type, spec_name, monkeypatch)
 
     def destination() -> list[tuple[Any, ...]]:
-        if store_type == "delta":
-            return as_rows(pl.read_delta(str(lake / "orders")))
-        return as_rows(current_view(lake / "orders", ["id"]).collect())
+        return held(lake, store_type)
 
     def run(context: str) -> dict[str, Any]:
         state = run_flow(spec)
@@ -479,24 +485,51 @@ def test_a_table_without_change_tracking_fails_naming_the_tsql(
 ) -> None:
     """Emulated: a table whose CHANGE_TRACKING_MIN_VALID_VERSION is NULL (`PgTracking`);
     real: the probe through the ODBC read path, and the flow's failure."""
-    monkeypatch.setitem(blocks.HOMES, "pg-ct", PgCtHome)
-    monkeypatch.setattr(PgCtHome, "tracking", PgTracking(pg_schema))
     src = Source(pg, pg_schema)
     src.insert([1])
     pg.execute(f'UPDATE "{pg_schema}".ct_state SET min_valid_version = NULL')
-    spec = {
-        "name": spec_name,
-        "home": {**pg_odbc_home(pg), "type": "pg-ct"},
-        "store": {"type": "parquet", "path": str(tmp_path / "lake")},
-        "retries": 0,
-        "entities": [
-            {"name": "orders", "table": f"{pg_schema}.orders", "changes": "change_tracking"}
-            | {"keys": ["id"]}
-        ],
-    }
+    spec = ct_spec(pg, pg_schema, tmp_path / "lake", "parquet", spec_name, monkeypatch)
     state = run_flow(spec)
     assert state.is_failed()
     with pytest.raises(Exception, match="ENABLE CHANGE_TRACKING") as caught:
         state.result()
     assert "SET ALLOW_SNAPSHOT_ISOLATION ON" in str(caught.value)
     assert "orders" not in ledger_of(spec)
+
+
+@pytest.mark.parametrize("point", ["move.after_read", "flow.before_ledger"])
+def test_a_failed_run_moves_the_version_exactly_once(
+    pg: PgServer,
+    pg_schema: str,
+    tmp_path: Path,
+    spec_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    point: str,
+) -> None:
+    """Emulated: CHANGETABLE (`PgTracking`). The run fails at a fault point (raised, not
+    SIGKILL: the emulating Home is a test class a CLI subprocess cannot load): before
+    publishing, the rerun reads the same changes again; after publishing and before the
+    ledger, recovery commits the version from the manifest and the rerun reads on from it.
+    Either way the destination equals the source and the ledger holds the current version."""
+    src = Source(pg, pg_schema)
+    lake = tmp_path / "lake"
+    spec = ct_spec(pg, pg_schema, lake, "delta", spec_name, monkeypatch)
+    src.insert(list(range(1, 7)))
+    assert run_flow(spec).is_completed()
+    first = ledger_of(spec)["orders"]["changes"]["version"]
+    src.update([1, 2], "changed")
+    src.delete([3])
+    monkeypatch.setenv("HYGGE_FAULT", f"{point}:raise")
+    assert run_flow(spec).is_failed()
+    assert ledger_of(spec)["orders"]["changes"]["version"] == first  # not moved
+    published = held(lake, "delta") == src.rows()
+    assert published == (point == "flow.before_ledger")
+    monkeypatch.delenv("HYGGE_FAULT")
+    faults.reset()
+    src.insert([7])
+    assert run_flow(spec).is_completed()
+    assert held(lake, "delta") == src.rows()
+    assert ledger_of(spec)["orders"]["changes"] == {
+        "kind": "change_tracking",
+        "version": src.version(),
+    }
