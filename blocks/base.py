@@ -280,6 +280,9 @@ class StoreBlock(Block, ABC):
     #: whether an incremental run may add columns to the published table as it writes (Delta's
     #: schema merge); otherwise schema drift's `evolve` rewrites the table once (carry-over)
     evolves_in_place: ClassVar[bool] = False
+    #: whether the Store keeps a log of loads (every loaded version of a row, deletes as
+    #: tombstones; its current state is read by key), not the source's current state
+    keeps_log: ClassVar[bool] = False
 
     @abstractmethod
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> EntityWriter:

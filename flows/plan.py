@@ -229,8 +229,16 @@ def change_tracking_store(entity: EntitySpec, home: HomeBlock, store: StoreBlock
         raise ConfigError(msg, entity=entity.name)
     store = store.for_entity(keys, [])
     refusal = store.deletes_refusal(keys)
+    if refusal is None and not (store.keeps_log or store.merges_by(keys)):
+        refusal = (
+            f"the {store.spec_type} Store does not upsert by the `keys` {keys} (for Open "
+            "Mirroring set `key_columns` to them and keep `row_marker: upsert`)"
+        )
     if refusal:
-        msg = f"`changes: {entity.changes}` deletes the rows deleted at the source: {refusal}"
+        msg = (
+            f"`changes: {entity.changes}` upserts changed rows and deletes deleted ones by "
+            f"`keys`: {refusal}"
+        )
         raise ConfigError(msg, entity=entity.name)
     return store
 

@@ -533,3 +533,62 @@ def test_a_failed_run_moves_the_version_exactly_once(
         "kind": "change_tracking",
         "version": src.version(),
     }
+
+
+def replay(container: Any, folder: str) -> list[tuple[Any, ...]]:
+    """The mirrored table after Fabric applies the landing zone's files in number order (a
+    reference applier): 0 inserts, 1 updates, 4 upserts, 2 deletes by key."""
+    from tests.test_open_mirroring import data_files, read
+
+    table: dict[int, tuple[Any, ...]] = {}
+    for name in data_files(container, folder):
+        for row in read(container, folder, name).to_pylist():
+            if row.get("__rowMarker__", 0) == 2:
+                table.pop(row["id"], None)
+            else:
+                table[row["id"]] = (row["id"], row["name"], str(row["amount"]))
+    return sorted(table.values())
+
+
+def test_open_mirroring_gets_the_changes_as_markers(
+    pg: PgServer,
+    pg_schema: str,
+    azurite: Any,
+    tmp_path: Path,
+    spec_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Emulated: CHANGETABLE (`PgTracking`) and Fabric, by replaying the landing zone's files
+    in order; real: the ODBC read path, the Open Mirroring Store on Azurite. `I`/`U` rows go
+    as the Store's upserts (4), `D` rows as deletes (2), keys only."""
+    from tests.test_open_mirroring import ITEM, data_files, read
+
+    src = Source(pg, pg_schema)
+    spec = ct_spec(pg, pg_schema, tmp_path, "parquet", spec_name, monkeypatch)
+    ws = azurite.new_container()
+    spec["store"] = {
+        "type": "open_mirroring",
+        "workspace": ws,
+        "item": ITEM,
+        "credentials": {"connection_string": azurite.connection_string},
+        "drop_wait_seconds": 1,
+    }
+    spec["entities"][0]["key_columns"] = ["id"]
+    c = azurite.container(ws)
+    src.insert(list(range(1, 6)))
+    assert run_flow(spec).is_completed()
+    assert replay(c, "orders") == src.rows()
+    src.update([1], "changed")
+    src.insert([6])
+    src.delete([2, 3])
+    assert run_flow(spec).is_completed()
+    assert replay(c, "orders") == src.rows()
+    names = data_files(c, "orders")
+    markers = [set(read(c, "orders", n)["__rowMarker__"].to_pylist()) for n in names[1:]]
+    assert {4} in markers and {2} in markers
+
+    spec["entities"][0]["key_columns"] = ["name"]
+    state = run_flow(spec)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"does not upsert by the `keys` \['id'\]"):
+        state.result()
