@@ -13,6 +13,7 @@ No SQL Server can run on these machines (see `tests/test_mssql_home.py`). So:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -592,3 +593,22 @@ def test_open_mirroring_gets_the_changes_as_markers(
     assert state.is_failed()
     with pytest.raises(Exception, match=r"does not upsert by the `keys` \['id'\]"):
         state.result()
+
+
+@pytest.mark.parametrize("reader", ["arrow-odbc", "pyodbc"])
+def test_both_readers_step_through_a_batch_of_result_sets(pg: PgServer, reader: str) -> None:
+    """The snapshot read's two result sets (version, then rows), through arrow-odbc and
+    through pyodbc (the token-login reader, `PyodbcBatches`), on PostgreSQL via psqlODBC."""
+    fields = {k: v for k, v in pg_odbc_home(pg).items() if k != "type"}
+    opts = PgOdbcHome.model_validate(fields).fetch_options()
+    if reader == "pyodbc":
+        opts = dataclasses.replace(opts, attrs_before=dict)
+    sql = "SELECT CAST(? AS bigint) AS v; SELECT g AS id, 'r' || g AS name"
+    sql += " FROM generate_series(1, 5) g"
+    got = _odbc.fetch(opts, sql, ["41"], 2)
+    assert pa.Table.from_batches(list(got), schema=got.schema).to_pylist() == [{"v": 41}]
+    assert _odbc.next_result(got, opts, 2)
+    rows = pa.Table.from_batches(list(got), schema=got.schema)
+    assert rows.column("id").to_pylist() == [1, 2, 3, 4, 5]
+    assert rows.column("name").to_pylist()[-1] == "r5"
+    assert not _odbc.next_result(got, opts, 2)
