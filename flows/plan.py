@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from blocks import HomeBlock, StoreBlock, WatermarkLedger
 from blocks.base import ReadRequest, WriteMode
+from flows import change_tracking
 from flows.keys import block_problems
 from flows.spec import EntitySpec, FlowSpec, RunType, setting_problem
 from hygge_core.errors import ConfigError
@@ -196,7 +197,7 @@ def entity_blocks(
         raise ConfigError(msg, entity=entity.name)
     assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
     if entity.changes:
-        e_store = change_tracking_store(entity, e_home, e_store)
+        e_store = change_tracking.store_for(entity, e_home, e_store)
     if entity.watermark is not None:
         # a Store that merges by key takes the watermark's keys and columns (Delta)
         e_store = e_store.for_entity(list(entity.watermark.keys), entity.watermark.columns)
@@ -216,31 +217,6 @@ def entity_blocks(
                 msg = f"`deletes: {entity.deletes.mode}`: {refusal}"
                 raise ConfigError(msg, entity=entity.name)
     return e_home, e_store
-
-
-def change_tracking_store(entity: EntitySpec, home: HomeBlock, store: StoreBlock) -> StoreBlock:
-    """The Store for a change-tracking entity, which must upsert and delete by its keys."""
-    keys = list(entity.keys or [])
-    if not home.reads_changes:
-        msg = (
-            f"`changes: {entity.changes}` reads SQL Server's Change Tracking; the "
-            f"{home.spec_type} Home has none (use `type: mssql`, or a `watermark`)"
-        )
-        raise ConfigError(msg, entity=entity.name)
-    store = store.for_entity(keys, [])
-    refusal = store.deletes_refusal(keys)
-    if refusal is None and not (store.keeps_log or store.merges_by(keys)):
-        refusal = (
-            f"the {store.spec_type} Store does not upsert by the `keys` {keys} (for Open "
-            "Mirroring set `key_columns` to them and keep `row_marker: upsert`)"
-        )
-    if refusal:
-        msg = (
-            f"`changes: {entity.changes}` upserts changed rows and deletes deleted ones by "
-            f"`keys`: {refusal}"
-        )
-        raise ConfigError(msg, entity=entity.name)
-    return store
 
 
 def read_request(entity: EntitySpec) -> ReadRequest:

@@ -19,6 +19,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blocks import HOMES, STORES
+from flows import change_tracking
 from flows.keys import block_problems, model_at, unknown_key, valid_keys
 from hygge_core.errors import ConfigError
 from hygge_tasks.deletes import DeletesSpec
@@ -205,7 +206,7 @@ class EntitySpec(BaseModel):
                 )
                 raise ValueError(msg)
             return self
-        problem = change_tracking_problem(self)
+        problem = change_tracking.problem(self)
         if problem:
             msg = f"`changes: change_tracking` {problem}"
             raise ValueError(msg)
@@ -215,36 +216,6 @@ class EntitySpec(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """Fields meant for the Home or Store (everything not an entity field)."""
         return dict(self.model_extra or {})
-
-
-def change_tracking_problem(entity: EntitySpec) -> str | None:
-    """What makes no sense in a change-tracking entity, or None."""
-    if not entity.keys:
-        return (
-            "needs `keys`, the table's primary key columns: changes are upserted and deleted "
-            "by them"
-        )
-    if not entity.table:
-        return "reads CHANGETABLE of a `table`: give `table`, not a `query` or `path`"
-    if entity.watermark is not None:
-        return (
-            "moves by the table's change-tracking version: remove `watermark` (a watermark "
-            "column sees no deletes, and the two would disagree on what was read)"
-        )
-    if entity.deletes is not None:
-        return "delivers deletes itself (its `D` rows): remove `deletes`"
-    if entity.incremental is not None:
-        return "reads a table: remove `incremental: files`"
-    if entity.where:
-        return (
-            "reads every change of the table: remove `where` (a row updated out of it would "
-            "stay at the destination)"
-        )
-    if entity.columns is not None and (
-        missing := [k for k in entity.keys if k not in entity.columns]
-    ):
-        return f"needs the `keys` among `columns`: add {', '.join(missing)}"
-    return None
 
 
 class TaskRunnerSpec(BaseModel):

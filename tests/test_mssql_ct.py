@@ -245,7 +245,12 @@ def test_changes_split_into_upserts_and_keys_to_delete() -> None:
 def entity_spec(**entity: Any) -> dict[str, Any]:
     return {
         "name": "ct",
-        "home": {"type": "mssql", "host": "h", "database": "d", "credentials": {"username": "u"}},
+        "home": {
+            "type": "mssql",
+            "host": "h",
+            "database": "d",
+            "credentials": {"username": "u", "password": "p"},
+        },
         "store": {"type": "parquet", "path": "lake"},
         "entities": [{"name": "orders", "table": "dbo.orders", **entity}],
     }
@@ -612,3 +617,40 @@ def test_both_readers_step_through_a_batch_of_result_sets(pg: PgServer, reader: 
     assert rows.column("id").to_pylist() == [1, 2, 3, 4, 5]
     assert rows.column("name").to_pylist()[-1] == "r5"
     assert not _odbc.next_result(got, opts, 2)
+
+
+def test_planning_reads_the_whole_table_until_a_version_is_committed(tmp_path: Path) -> None:
+    """The plan side of the state machine, from real ledger entries (no server needed)."""
+    from blocks import ParquetStore
+    from flows.plan import EntityBlocks, plan_entity
+    from hygge_core.ledger_entry import LedgerEntry
+
+    spec = parse_spec(entity_spec(changes="change_tracking", keys=["id"]))
+    login = SqlServerCredentials(username="u", password="p")
+    home = MssqlHome(host="h", database="d", credentials=login)
+    store = ParquetStore(path=str(tmp_path / "lake"))
+    e = EntityBlocks(spec.entities[0], home, store)
+
+    def plan(entry: LedgerEntry | None, run_type: Any = "incremental") -> tuple[str, Any]:
+        p = plan_entity(e, entry, run_type, "ledger")
+        assert p.changes == "change_tracking" and p.watermark_keys == ["id"]
+        return p.mode, p.previous_version
+
+    assert plan(None) == ("replace", None)
+    entry = LedgerEntry(changes={"kind": "change_tracking", "version": 12})
+    assert LedgerEntry.from_json(entry.to_json()) == entry  # the version survives the manifest
+    assert plan(entry) == ("replace", None)  # nothing published yet: reload
+    (tmp_path / "lake" / "orders").mkdir(parents=True)
+    (tmp_path / "lake" / "orders" / "part-x-00000.parquet").write_bytes(b"")
+    assert plan(entry) == ("append", 12)
+    assert plan(entry, "full_drop") == ("replace", None)
+
+
+def test_only_the_sql_server_home_reads_change_tracking(tmp_path: Path) -> None:
+    from blocks import ParquetStore, SqliteHome
+    from flows.change_tracking import store_for
+
+    entity = parse_spec(entity_spec(changes="change_tracking", keys=["id"])).entities[0]
+    store = ParquetStore(path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"the sqlite Home has none \(use `type: mssql`"):
+        store_for(entity, SqliteHome(path=str(tmp_path / "x.db")), store)
