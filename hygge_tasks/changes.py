@@ -98,7 +98,7 @@ class ChangeFeed:
     def note(self, rows: int) -> str:
         """What the run read, for its log, summary and journal."""
         if self.read.full:
-            return f"{self.read.reason} ({rows:,} rows, version {self.read.version})"
+            return f"{self.read.reason} ({rows:,} rows) at version {self.read.version}"
         return (
             f"{self.read.reason}: {rows:,} upserted, {self.deleted:,} deleted, now at version "
             f"{self.read.version}"

@@ -143,7 +143,7 @@ def decide(
         )
         raise ConfigError(msg, entity=entity)
     if last is None:
-        return f"change tracking: first load, the whole table at version {state.current}"
+        return "change tracking: first load, the whole table"
     if state.min_valid > last:
         return (
             f"change tracking: the stored version {last} is older than the table's minimum "
@@ -189,14 +189,14 @@ def read_changes(
         what = reason
     out = ChangeRead(full=reason is not None, reason=what, batches=iter(()))
     text = sql.snapshot([*prelude, sql.state(table), data])
-    out.batches = _snapshot_read(home, request, text, binder, read_cols, out, last)
+    out.batches = _snapshot_read(home, request, (table, text), binder, read_cols, out, last)
     return out
 
 
 def _snapshot_read(
     home: MssqlHome,
     request: ReadRequest,
-    text: str,
+    statement: tuple[str, str],
     binder: Binder,
     columns: list[Column],
     out: ChangeRead,
@@ -204,11 +204,14 @@ def _snapshot_read(
 ) -> Iterator[pa.RecordBatch]:
     from blocks.homes.mssql import fetch_types
 
+    table, text = statement
     opts = home.fetch_options()
     with connection_slots(home.identity(), 1, home.max_connections):
         reader = home._guard(request, lambda: _odbc.fetch(opts, text, binder.values, 1))
         state = TrackingState.of(home._guard(request, lambda: _table(reader).to_pylist()))
-        if not out.full and (state.min_valid is None or last is None or state.min_valid > last):
+        # the snapshot's own state: tracking switched off since the probe fails here too
+        again = decide(state, None if out.full else last, table, home.database, request.entity)
+        if not out.full and again is not None:
             msg = (
                 f"change tracking cleaned up the changes since version {last} during the read "
                 f"(the minimum valid version is now {state.min_valid}); the retry reloads in full"

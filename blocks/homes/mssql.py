@@ -11,6 +11,8 @@ server-side conversions for types ODBC cannot carry exactly:
 - `time(n)` -> nanoseconds since midnight (`DATEDIFF_BIG`), yielded as Arrow time64;
 - `uniqueidentifier` -> lowercase text (as PostgreSQL's uuid); `xml`, `sql_variant`,
   `hierarchyid`, spatial types -> text.
+
+Change Tracking reads (`changes: change_tracking`, `read_changes`) are `_mssql_ct`'s.
 """
 
 from __future__ import annotations
