@@ -20,7 +20,7 @@ from prefect.blocks.core import Block
 from prefect.types.names import MAX_ASSET_KEY_LENGTH, RESTRICTED_ASSET_CHARACTERS
 from pydantic import ConfigDict, Field, HttpUrl
 
-from hygge_core.errors import StoreError
+from hygge_core.errors import ConfigError, StoreError
 from hygge_core.manifest import Manifest
 
 WriteMode = Literal["append", "replace"]
@@ -103,6 +103,26 @@ class SourceFile:
         return cls(str(os.path.abspath(path)), st.st_size, st.st_mtime_ns)
 
 
+#: the column a change read (`HomeBlock.read_changes`) names each row's operation in:
+#: `I` insert, `U` update (both the row's current values), `D` delete (the keys only)
+CHANGE_OPERATION = "__hygge_change_op"
+
+
+@dataclass
+class ChangeRead:
+    """A read of a source's own change tracking: every row, or the changes since a version.
+
+    `batches` carry `CHANGE_OPERATION` first when `full` is False. `version` is the source's
+    version the read saw, set once the first batch is out (it is read in the same snapshot).
+    """
+
+    full: bool
+    #: why the read is full or what it reads, for the run's log and journal
+    reason: str
+    batches: Iterator[pa.RecordBatch]
+    version: int | None = None
+
+
 #: a validation error never echoes what it was given: that may hold a password or a DSN
 HIDE_INPUT = ConfigDict(hide_input_in_errors=True)
 
@@ -170,6 +190,17 @@ class HomeBlock(Block, ABC):
         read: a zero-row query, or the files' listing and schemas. Raises the `HomeError` a
         read would raise, naming the cause and the fix.
         """
+
+    def read_changes(
+        self, request: ReadRequest, keys: list[str], version: int | None
+    ) -> ChangeRead:
+        """The table's rows (`version` None, or too old), or its changes since `version`
+        (`changes: change_tracking`). Only Homes whose `reads_changes` is True have one."""
+        msg = f"the {self.spec_type} Home has no change tracking to read"
+        raise ConfigError(msg, entity=request.entity)
+
+    #: whether `read_changes` reads the source's change tracking (`changes:`)
+    reads_changes: ClassVar[bool] = False
 
     def estimate_rows(self, request: ReadRequest) -> int | None:
         """A cheap row count for progress reporting, or None when it would cost a scan."""
@@ -249,6 +280,9 @@ class StoreBlock(Block, ABC):
     #: whether an incremental run may add columns to the published table as it writes (Delta's
     #: schema merge); otherwise schema drift's `evolve` rewrites the table once (carry-over)
     evolves_in_place: ClassVar[bool] = False
+    #: whether the Store keeps a log of loads (every loaded version of a row, deletes as
+    #: tombstones; its current state is read by key), not the source's current state
+    keeps_log: ClassVar[bool] = False
 
     @abstractmethod
     def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> EntityWriter:

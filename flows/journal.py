@@ -55,6 +55,8 @@ SCHEMA = pa.schema(
         ("deleted", pa.int64()),
         # the destination service's verdict on the table after the run (Fabric's monitor)
         ("destination_verdict", pa.string()),
+        # what the Home reported about the read (a change-tracking reload and why)
+        ("note", pa.string()),
     ]
 )
 
@@ -85,6 +87,7 @@ class JournalRecord:
     rows_published: int | None = None
     deleted: int = 0
     destination_verdict: str | None = None
+    note: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -148,6 +151,7 @@ class Journal:
             rows_read=result.rows_read,
             rows_published=result.rows_published,
             deleted=result.deleted,
+            note=result.home_note,
         )
         self.add(store, record)
 
@@ -266,6 +270,6 @@ def render_history(
 
 
 def _note(row: dict[str, Any]) -> str:
-    text = row["error"] or row["schema_change"] or ""
+    text = row["error"] or row["schema_change"] or row.get("note") or ""
     text = " ".join(text.split())
     return text if len(text) <= 100 else text[:97] + "..."

@@ -22,10 +22,12 @@ from pydantic import ValidationError
 
 from blocks import HomeBlock, StoreBlock, WatermarkLedger
 from blocks.base import ReadRequest, WriteMode
+from flows import change_tracking
 from flows.keys import block_problems
 from flows.spec import EntitySpec, FlowSpec, RunType, setting_problem
 from hygge_core.errors import ConfigError
 from hygge_core.ledger_entry import LedgerEntry
+from hygge_tasks.changes import stored_version
 from hygge_tasks.entity import EntityPlan
 
 
@@ -194,6 +196,8 @@ def entity_blocks(
         )
         raise ConfigError(msg, entity=entity.name)
     assert isinstance(e_home, HomeBlock) and isinstance(e_store, StoreBlock)
+    if entity.changes:
+        e_store = change_tracking.store_for(entity, e_home, e_store)
     if entity.watermark is not None:
         # a Store that merges by key takes the watermark's keys and columns (Delta)
         e_store = e_store.for_entity(list(entity.watermark.keys), entity.watermark.columns)
@@ -246,6 +250,7 @@ def plan_entity(
         reason: str,
         previous: dict[str, Any] | None = None,
         files: dict[str, Any] | None = None,
+        version: int | None = None,
     ) -> EntityPlan:
         return EntityPlan(
             new_files=entity.incremental == "files",
@@ -257,7 +262,7 @@ def plan_entity(
             mode=mode,
             watermark_column=wm.label if wm else None,
             watermark_columns=wm.columns if wm else [],
-            watermark_keys=list(wm.keys) if wm else [],
+            watermark_keys=list(wm.keys) if wm else list(entity.keys or []),
             watermark_nulls=wm.nulls if wm else "fail",
             watermark_lag=wm.lag if wm else None,
             allow_empty=entity.allow_empty,
@@ -273,11 +278,20 @@ def plan_entity(
             # a rebuilt table takes the source's schema as it is now
             schema_reset=run_type == "full_drop" or not has_data(),
             identity=mine,
+            changes=entity.changes,
+            previous_version=version,
         )
 
     if run_type == "full_drop":
         return plan("replace", "full_drop: replace the table")  # the entry starts over
     _check_entry(e, entry, ledger_name, mine)
+    if entity.changes:
+        version = stored_version(entry.changes)
+        if version is None:
+            return plan("replace", "first load: no change-tracking version yet")
+        if not has_data():
+            return plan("replace", "destination is empty: reloading the table")
+        return plan("append", f"change tracking: changes since version {version}", version=version)
     if wm is None and entity.incremental == "files":
         if entry.files is None:
             return plan("replace", "first load: no file loaded yet")

@@ -19,6 +19,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blocks import HOMES, STORES
+from flows import change_tracking
 from flows.keys import block_problems, model_at, unknown_key, valid_keys
 from hygge_core.errors import ConfigError
 from hygge_tasks.deletes import DeletesSpec
@@ -141,6 +142,17 @@ class EntitySpec(BaseModel):
         description="`deletes: detect` deletes at the destination the rows deleted at the "
         "source, found by comparing key sets; needs the watermark's `keys`.",
     )
+    changes: Literal["change_tracking"] | None = Field(
+        default=None,
+        description="`change_tracking`: read SQL Server's Change Tracking (a `table` with "
+        "`keys`): the whole table first, then the rows inserted, updated and deleted since the "
+        "version the last run reached.",
+    )
+    keys: list[str] | None = Field(
+        default=None,
+        description="With `changes:`, the table's primary key columns: changed rows are "
+        "upserted and deleted rows deleted by them.",
+    )
     allow_empty: bool = Field(
         default=False,
         description="Let a replace (first load, --full-drop, an entity without a watermark) "
@@ -181,6 +193,22 @@ class EntitySpec(BaseModel):
                 "`deletes` compares the source's keys with the destination's: give the "
                 "watermark `keys` that identify a row"
             )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _change_tracking(self) -> EntitySpec:
+        if self.changes is None:
+            if self.keys:
+                msg = (
+                    "`keys` names the primary key for `changes: change_tracking`; the keys of "
+                    "a watermark go under `watermark.keys`"
+                )
+                raise ValueError(msg)
+            return self
+        problem = change_tracking.problem(self)
+        if problem:
+            msg = f"`changes: change_tracking` {problem}"
             raise ValueError(msg)
         return self
 

@@ -9,8 +9,9 @@ saved by any earlier hygge reads as it always did:
   kind, value and boundary keys. It is opaque here, so the watermark's format can grow without
   this file knowing; only its `column` and `value` are read for reports.
 - `schema` (`hygge_tasks.drift.remember`), `identity` (`flows.plan.identity`), `keyset` and
-  `deleted` (`deletes: detect`) and `files` (`incremental: files`) came later: an entry
-  written before them has none of them, and reads with `None`.
+  `deleted` (`deletes: detect`), `files` (`incremental: files`) and `changes` (`changes:
+  change_tracking`) came later: an entry written before them has none of them, and reads
+  with `None`.
 - keys this version does not know are kept as read (`extra`) and written back unchanged.
 """
 
@@ -33,6 +34,7 @@ _OPTIONAL = (
     "keyset",
     "deleted",
     "files",
+    "changes",
 )
 
 
@@ -62,6 +64,9 @@ class LedgerEntry:
     #: the files loaded so far (`incremental: files`): inline, or a reference to the Store's
     #: state (`hygge_tasks.new_files`)
     files: dict[str, Any] | None = None
+    #: the source's change-tracking version the data reached (`changes: change_tracking`):
+    #: `{"kind": "change_tracking", "version": <int>}` (`hygge_tasks.changes`)
+    changes: dict[str, Any] | None = None
     #: keys written by another version of hygge, kept as they were
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,7 +100,7 @@ class LedgerEntry:
                 "run the entity once with --full-drop to start its entry over"
             )
             raise LedgerError(msg, entity=entity)
-        for key in ("watermark", "schema", "identity", "keyset", "files"):
+        for key in ("watermark", "schema", "identity", "keyset", "files", "changes"):
             value = data.get(key)
             if value is not None and not isinstance(value, Mapping):
                 msg = (
@@ -115,6 +120,7 @@ class LedgerEntry:
             keyset=_dict(data.get("keyset")),
             deleted=data.get("deleted"),
             files=_dict(data.get("files")),
+            changes=_dict(data.get("changes")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 

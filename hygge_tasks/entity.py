@@ -60,6 +60,11 @@ class EntityPlan:
     changed_files: str = "fail"
     #: the ledger's record of the files loaded so far
     previous_files: dict[str, Any] | None = None
+    #: `change_tracking`: read the source's changes (`hygge_tasks.changes`); the keys are
+    #: `watermark_keys`
+    changes: str | None = None
+    #: the change-tracking version the last committed run reached
+    previous_version: int | None = None
 
 
 @dataclass

@@ -33,6 +33,7 @@ from hygge_core.arrow_types import unview
 from hygge_core.errors import HomeError, StoreError, is_transient
 from hygge_core.ledger_entry import LedgerEntry
 from hygge_tasks.boundary_spill import restore, spill
+from hygge_tasks.changes import ChangeFeed
 from hygge_tasks.deletes import DeleteDetector, Reconciled
 from hygge_tasks.drift import SchemaGuard, carry_over
 from hygge_tasks.entity import EntityPlan, EntityResult
@@ -117,6 +118,7 @@ def _move(
         else None
     )
     reconciled: Reconciled | None = None
+    feed: ChangeFeed | None = None
     writer: EntityWriter | None = None
     mode: WriteMode = plan.mode
     carry = computes = False
@@ -136,14 +138,17 @@ def _move(
                 else:
                     writer.abort()  # the Store re-encodes: the rows are read below
                     writer = None
-        for batch in _noted(home.read(request), notes) if not copied else ():
+        if plan.changes:
+            feed = ChangeFeed(plan, home)
+        source = feed.batches() if feed else _noted(home.read(request), notes)
+        for batch in source if not copied else ():
             stop.check(plan.name)  # a signal: the writer's abort below removes the staging
             if writer is None:
                 # drift is decided on the source's schema, before anything is written; an
                 # append whose table must change schema rewrites the table instead
                 guard.check(batch.schema)
                 carry = guard.rewrite and plan.mode == "append" and not store.evolves_in_place
-                mode = "replace" if carry else plan.mode
+                mode = "replace" if carry or (feed and feed.mode == "replace") else plan.mode
                 writer = store.open_writer(plan.name, run_id, mode)
                 # pyarrow's compute kernels take no views; a plain load passes them through
                 computes = boundary is not None or polisher is not None or carry
@@ -166,24 +171,29 @@ def _move(
             progress.update(rows)
         if writer is None:
             writer = store.open_writer(plan.name, run_id, mode)
+        if feed is not None:
+            feed.flush(writer, _key_names(plan, polisher))  # deletes after the rows
         faults.point("move.after_read")
-        note = notes[0] if notes else None
+        note = feed.note(rows) if feed else notes[0] if notes else None
         if note:
-            logger.info("%s: %s", plan.name, note)
+            # a change-tracking reload the plan did not expect is worth a warning
+            loud = feed is not None and feed.read.full and plan.mode == "append"
+            (logger.warning if loud else logger.info)("%s: %s", plan.name, note)
         if boundary is not None and boundary.null_rows:
             _null_policy(plan, boundary.null_rows, logger)
         watermark = boundary.result() if boundary is not None else None
         if previous is not None and reread is not previous:
             watermark = not_behind(watermark, previous)
         if detector is not None:
-            names = polisher.names_of(plan.watermark_keys) if polisher else plan.watermark_keys
+            names = _key_names(plan, polisher)
             reconciled = detector.reconcile(
                 home, plan.request, store, writer, plan.mode, mode, names
             )
             if reconciled.note:
                 logger.warning("%s: %s", plan.name, reconciled.note)
-        deleted = reconciled.deleted if reconciled else 0
-        if plan.mode == "append" and rows == 0 and deleted == 0:
+        deleted = reconciled.deleted if reconciled else feed.deleted if feed else 0
+        reloads = feed is not None and feed.read.full  # a full read publishes, rows or not
+        if plan.mode == "append" and not reloads and rows == 0 and deleted == 0:
             writer.abort()
             return _nothing_new(
                 plan,
@@ -207,8 +217,9 @@ def _move(
             schema=guard.remembered,
             identity=plan.identity,
             keyset=reconciled.keyset if reconciled else None,
-            deleted=deleted if reconciled else None,
+            deleted=deleted if reconciled or feed else None,
             files=to_ledger(store, plan.name, run_id, selection.loaded) if selection else None,
+            changes=feed.ledger() if feed else None,
         )
         stop.check(plan.name)  # an interrupted run publishes nothing more
         # the manifest keeps the entry as JSON until the flow commits it
@@ -268,7 +279,12 @@ def _copy_sources(
 ) -> list[CopySource] | None:
     """The source files a Store may take as they are: nothing would change their rows (no
     polish, watermark, key tracking, column or filter; `reencode` not `always`)."""
-    if plan.reencode == "always" or plan.polish is not None or plan.watermark_column:
+    if (
+        plan.reencode == "always"
+        or plan.polish is not None
+        or plan.watermark_column
+        or plan.changes
+    ):
         return None
     if detects_deletes:
         return None
@@ -351,6 +367,11 @@ def _protected(plan: EntityPlan) -> dict[str, str]:
         if column:
             out[column] = "watermark column"
     return out
+
+
+def _key_names(plan: EntityPlan, polisher: Polisher | None) -> list[str]:
+    """The entity's keys as the Store's table names them (after polishing's renames)."""
+    return polisher.names_of(plan.watermark_keys) if polisher else plan.watermark_keys
 
 
 def _with_since(request: ReadRequest, since: Since) -> ReadRequest:

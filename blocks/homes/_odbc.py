@@ -240,6 +240,28 @@ def fetch(
     )
 
 
+def next_result(
+    reader: Any,
+    options: FetchOptions,
+    batch_size: int,
+    fetch_types: Callable[[pa.Schema], pa.Schema] | None = None,
+) -> bool:
+    """Move a `fetch` reader whose result set is read to the batch's next one (False: none).
+
+    Raises arrow_odbc.Error or pyodbc.Error, as `fetch` does.
+    """
+    if isinstance(reader, PyodbcBatches):
+        return reader.more_results(fetch_types)
+    return bool(
+        reader.more_results(
+            batch_size=batch_size,
+            max_text_size=options.max_text_size,
+            max_binary_size=options.max_binary_size,
+            map_schema=fetch_types or float64_floats,
+        )
+    )
+
+
 def float64_floats(schema: pa.Schema) -> pa.Schema:
     """Fetch every float column as float64 (psqlODBC's `float8` otherwise arrives as float32)."""
     return pa.schema(
@@ -275,6 +297,8 @@ class PyodbcBatches:
     def __init__(self, connection: Any, cursor: Any, schema: pa.Schema, batch_size: int) -> None:
         self._connection = connection
         self._cursor = cursor
+        #: the current result set is read and the cursor stands on the next one
+        self._pending = False
         self.schema = schema
         self._batch_size = batch_size
 
@@ -304,9 +328,7 @@ class PyodbcBatches:
             connection.add_output_converter(SQL_SS_TIMESTAMPOFFSET, datetimeoffset_value)
             cursor = connection.cursor()
             cursor.execute(sql, *params)
-            inferred = pa.schema(
-                pa.field(d[0], described_type(d[1], d[4], d[5])) for d in cursor.description
-            )
+            inferred = described_schema(cursor)
         except BaseException:
             connection.close()
             raise
@@ -316,7 +338,7 @@ class PyodbcBatches:
         return self
 
     def __next__(self) -> pa.RecordBatch:
-        if self._cursor is None:
+        if self._cursor is None or self._pending:
             raise StopIteration
         try:
             rows = self._cursor.fetchmany(self._batch_size)
@@ -324,7 +346,10 @@ class PyodbcBatches:
             self.close()
             raise
         if not rows:
-            self.close()
+            # a batch of statements may hold another result set (`next_result`)
+            self._pending = bool(self._cursor.nextset())
+            if not self._pending:
+                self.close()
             raise StopIteration
         # one C-level pass per column (itemgetter), no Python code per row
         arrays = [
@@ -332,6 +357,14 @@ class PyodbcBatches:
             for i, f in enumerate(self.schema)
         ]
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def more_results(self, fetch_types: Callable[[pa.Schema], pa.Schema] | None) -> bool:
+        """Move to the next result set of the statement batch (the current one is read)."""
+        if not self._pending or self._cursor is None:
+            return False
+        self.schema = (fetch_types or float64_floats)(described_schema(self._cursor))
+        self._pending = False
+        return True
 
     def close(self) -> None:
         if self._connection is not None:
@@ -361,6 +394,11 @@ def datetimeoffset_value(raw: bytes | None) -> dt.datetime | None:
     zone = dt.timezone(dt.timedelta(hours=tz_h, minutes=tz_m))
     local = dt.datetime(year, month, day, hour, minute, second, ns // 1000, tzinfo=zone)
     return local.astimezone(dt.UTC)
+
+
+def described_schema(cursor: Any) -> pa.Schema:
+    """The Arrow schema of a pyodbc cursor's current result set."""
+    return pa.schema(pa.field(d[0], described_type(d[1], d[4], d[5])) for d in cursor.description)
 
 
 def described_type(py_type: type, precision: int | None, scale: int | None) -> pa.DataType:

@@ -11,6 +11,8 @@ server-side conversions for types ODBC cannot carry exactly:
 - `time(n)` -> nanoseconds since midnight (`DATEDIFF_BIG`), yielded as Arrow time64;
 - `uniqueidentifier` -> lowercase text (as PostgreSQL's uuid); `xml`, `sql_variant`,
   `hierarchyid`, spatial types -> text.
+
+Change Tracking reads (`changes: change_tracking`, `read_changes`) are `_mssql_ct`'s.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest
+from blocks.base import ChangeRead, HomeBlock, ReadRequest
 from blocks.credentials import SqlServerCredentials
-from blocks.homes import _odbc, _sql
+from blocks.homes import _mssql_ct, _odbc, _sql
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import TSQL, Binder, Dialect, qmark
@@ -124,6 +126,9 @@ class MssqlHome(HomeBlock):
     spec_type = "mssql"
     location_fields = ("host", "port", "database")
     dialect: ClassVar[Dialect] = TSQL
+    reads_changes: ClassVar[bool] = True
+    #: the statements of a Change Tracking read (`changes: change_tracking`)
+    tracking: ClassVar[_mssql_ct.TrackingSql] = _mssql_ct.TSQL_TRACKING
 
     host: str = Field(
         description="Server host name or address (e.g. `myserver.database.windows.net`)."
@@ -184,6 +189,11 @@ class MssqlHome(HomeBlock):
                 return
             streams = [partial(self._stream, opts, request, sql, b, c) for sql, b, c in plan]
             yield from merge_streams(streams, queue_size=2 * len(streams))
+
+    def read_changes(
+        self, request: ReadRequest, keys: list[str], version: int | None
+    ) -> ChangeRead:
+        return _mssql_ct.read_changes(self, request, keys, version)
 
     def check(self, request: ReadRequest) -> None:
         _sql.check_read(self, request)
@@ -301,14 +311,16 @@ class MssqlHome(HomeBlock):
         binder: Binder,
         columns: list[Column],
     ) -> Iterator[pa.RecordBatch]:
-        def fetch_types(inferred: pa.Schema) -> pa.Schema:
-            return pa.schema(
-                pa.field(f.name, c.fetch or f.type) for f, c in zip(inferred, columns, strict=True)
-            )
-
+        types = fetch_types(columns)
         reader = self._guard(
-            request, lambda: _odbc.fetch(opts, sql, binder.values, request.batch_size, fetch_types)
+            request, lambda: _odbc.fetch(opts, sql, binder.values, request.batch_size, types)
         )
+        yield from self.batches(request, reader, columns)
+
+    def batches(
+        self, request: ReadRequest, reader: Any, columns: list[Column]
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of a `fetch` reader's current result set, as `columns` say they read."""
         target = pa.schema(
             pa.field(c.name, c.arrow or t)
             for c, t in zip(columns, reader.schema.types, strict=True)
@@ -339,6 +351,17 @@ class MssqlHome(HomeBlock):
             raise _odbc.to_home_error(exc, request.entity, where, secrets, limits) from scrubbed(
                 exc, secrets
             )  # the driver may echo the connection string
+
+
+def fetch_types(columns: list[Column]) -> Any:
+    """What arrow-odbc is asked for, per column (`Column.fetch`, else what it infers)."""
+
+    def types(inferred: pa.Schema) -> pa.Schema:
+        return pa.schema(
+            pa.field(f.name, c.fetch or f.type) for f, c in zip(inferred, columns, strict=True)
+        )
+
+    return types
 
 
 def _freetds_encrypt(encrypt: str) -> str:

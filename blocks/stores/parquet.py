@@ -84,6 +84,7 @@ class ParquetStore(PublishingStore):
     _block_type_slug = "parquet-store"
     _description = "A local directory of Parquet tables as a hygge Store."
     spec_type = "parquet"
+    keeps_log: ClassVar[bool] = True
 
     path: str = Field(description="Directory that holds one folder per entity.")
     compression: str = Field(
