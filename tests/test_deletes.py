@@ -418,6 +418,40 @@ def test_soft_deletes_keep_the_row_with_when_it_went(tmp_path: Path, spec_name: 
     assert sorted(hard["id"].to_list()) == [i for i, _ in src.rows()]
 
 
+def test_delta_soft_deletes_keep_the_row_in_the_runs_merge(tmp_path: Path, spec_name: str) -> None:
+    src = Source(tmp_path, spec_name)
+    src.spec["entities"][0]["deletes"] = {"mode": "soft"}
+    src.insert(range(1, 21))
+    assert run_flow(src.spec).is_completed()
+    src.update([5], "updated")
+    src.delete([3, 4])
+    before = dt.datetime.now(dt.UTC)
+    assert run_flow(src.spec).is_completed()
+
+    def table() -> pl.DataFrame:
+        return pl.read_delta(str(src.lake / "items")).sort("id")
+
+    got = table()
+    assert got.height == 20  # soft: every row stays
+    gone = got.filter(pl.col("_deleted_at").is_not_null())
+    assert gone["id"].to_list() == [3, 4]
+    assert all(t >= before - dt.timedelta(seconds=5) for t in gone["_deleted_at"])
+    assert got["_deleted_at"].dtype == pl.Datetime("us", "UTC")
+    assert got.filter(pl.col("id") == 5)["label"].to_list() == ["updated"]
+    history = DeltaTable(str(src.lake / "items")).history()
+    assert [h["operation"] for h in history] == ["MERGE", "CREATE TABLE"]  # one commit
+    # a soft-deleted key that comes back is current again, its mark cleared; the other keeps
+    # the time it went
+    marked = gone.filter(pl.col("id") == 4)["_deleted_at"].to_list()
+    src.insert([3])
+    assert run_flow(src.spec).is_completed()
+    got = table()
+    assert got.filter(pl.col("_deleted_at").is_not_null())["id"].to_list() == [4]
+    assert got.filter(pl.col("id") == 4)["_deleted_at"].to_list() == marked
+    live = got.filter(pl.col("_deleted_at").is_null())
+    assert sorted(live["id"].to_list()) == [i for i, _ in src.rows()]
+
+
 def test_soft_deletes_are_refused_where_a_row_cannot_stay(tmp_path: Path, spec_name: str) -> None:
     src = Source(
         tmp_path,

@@ -97,6 +97,7 @@ def write_run(
     name: str,
     description: str,
     deletes: Sequence[Path] = (),
+    soft: str | None = None,
     local: bool = True,
 ) -> dict[str, Any]:
     """Apply one run to the table in one commit; the commit's metrics (a merge's).
@@ -104,9 +105,10 @@ def write_run(
     `files` are the run's data files: for an `in_place` run they lie in the table's folder
     (under names no commit has used), otherwise anywhere. `deletes` (a merge's only) are
     Parquet files of the key columns whose rows the same commit deletes; a key both changed
-    and deleted in the run is deleted. `local`: the table is on local disk, where the run's
-    files can be moved into its folder; a remote table is written from the files (`files`
-    then lie in the local spool).
+    and deleted in the run is deleted. With `soft` (the soft-delete column, which `deletes`
+    then carry beside the keys) the rows stay, that column set to when they went. `local`:
+    the table is on local disk, where the run's files can be moved into its folder; a remote
+    table is written from the files (`files` then lie in the local spool).
     """
     if deletes and kind != "merge":
         msg = f"deletes by key need a merge (keys), not a Delta {kind}"
@@ -120,14 +122,21 @@ def write_run(
             changes = pa.schema(table_schema).empty_table()  # type: ignore[arg-type]
         else:
             return {}  # nothing to delete from, nothing to write
-        gone = delete_keys(deletes, keys, changes.schema)
+        gone = delete_keys(deletes, keys, changes.schema, soft)
         if exists:
             table = DeltaTable(uri, storage_options=options)
             return merge_run(
-                table, changes, gone, keys, add_columns=add_columns, props=props, writer=writer
+                table,
+                changes,
+                gone,
+                keys,
+                add_columns=add_columns,
+                props=props,
+                writer=writer,
+                soft=soft,
             )
         # a table's first rows: the de-duplicated batch, less its deletes, as the new table
-        data: Any = surviving(changes, gone, keys)
+        data: Any = surviving(changes, gone, keys, soft)
     elif (
         local
         and files

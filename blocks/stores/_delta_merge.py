@@ -45,13 +45,18 @@ def latest_per_key(files: Sequence[Path], keys: list[str], order: list[str]) -> 
     return table.cast(schema)
 
 
-def delete_keys(files: Sequence[Path], keys: list[str], schema: pa.Schema) -> pa.Table:
-    """The distinct keys of the run's delete files, in the types of the changed rows."""
-    types = pa.schema([schema.field(k) for k in keys])
+def delete_keys(
+    files: Sequence[Path], keys: list[str], schema: pa.Schema, soft: str | None = None
+) -> pa.Table:
+    """The distinct keys of the run's delete files, in the types of the changed rows; with
+    `soft`, each with the time the source lost it (the soft-delete column)."""
+    names = [*keys, soft] if soft else keys
+    types = pa.schema([schema.field(k) for k in names])
     if not files:
         return types.empty_table()
-    frame = pl.scan_parquet([str(f) for f in files]).select(keys).unique().collect()
-    return frame.to_arrow().select(keys).cast(types)
+    lf = pl.scan_parquet([str(f) for f in files]).select(names)
+    frame = lf.unique(subset=keys, keep="last", maintain_order=True).collect()
+    return frame.to_arrow().select(names).cast(types)
 
 
 def merge_source(changes: pa.Table, deletes: pa.Table, keys: list[str]) -> pa.Table:
@@ -59,18 +64,26 @@ def merge_source(changes: pa.Table, deletes: pa.Table, keys: list[str]) -> pa.Ta
     upserts = _without(changes, deletes, keys)
     upserts = upserts.append_column(_FLAG, pa.repeat(False, upserts.num_rows))
     columns = {
-        f.name: deletes.column(f.name) if f.name in keys else pa.nulls(deletes.num_rows, f.type)
+        f.name: deletes.column(f.name)
+        if f.name in deletes.column_names
+        else pa.nulls(deletes.num_rows, f.type)
         for f in changes.schema
     }
     flagged = pa.table({**columns, _FLAG: pa.repeat(True, deletes.num_rows)})
     return pa.concat_tables([upserts, flagged.cast(upserts.schema)])
 
 
-def surviving(changes: pa.Table, deletes: pa.Table, keys: list[str]) -> pa.Table:
-    """The changes whose keys are not deleted: a new table's first rows."""
+def surviving(
+    changes: pa.Table, deletes: pa.Table, keys: list[str], soft: str | None = None
+) -> pa.Table:
+    """A new table's first rows: the changes whose keys are not deleted, or with `soft` every
+    change, those whose keys were deleted marked with when."""
     if not deletes.num_rows:
         return changes
-    return _without(changes, deletes, keys)
+    if soft is None:
+        return _without(changes, deletes, keys)
+    marked = pl.DataFrame(changes).drop(soft).join(pl.DataFrame(deletes), on=keys, how="left")
+    return marked.to_arrow().select(changes.column_names).cast(changes.schema)
 
 
 def _without(changes: pa.Table, deletes: pa.Table, keys: list[str]) -> pa.Table:
@@ -146,8 +159,10 @@ def merge_run(
     add_columns: bool,
     props: CommitProperties,
     writer: WriterProperties,
+    soft: str | None = None,
 ) -> dict[str, Any]:
-    """Upsert `changes` and delete `deletes` by `keys`, in one commit; the merge's metrics."""
+    """Upsert `changes` and delete `deletes` by `keys`, in one commit; the merge's metrics.
+    With `soft`, a deleted key's row stays, with that column set to when it went."""
     # without deletes, the plain upsert: no flag column at all
     source = merge_source(changes, deletes, keys) if deletes.num_rows else changes
     files = pa.table(table.get_add_actions(flatten=True))
@@ -162,11 +177,14 @@ def merge_run(
     )
     if deletes.num_rows:
         flag, hidden = f"s.{_FLAG}", [_FLAG]
-        merger = (
-            merger.when_matched_delete(predicate=flag)
-            .when_matched_update_all(predicate=f"NOT {flag}", except_cols=hidden)
-            .when_not_matched_insert_all(predicate=f"NOT {flag}", except_cols=hidden)
-        )
+        if soft:
+            when = {_quoted(soft): f"s.{_quoted(soft)}"}
+            merger = merger.when_matched_update(updates=when, predicate=flag)
+        else:
+            merger = merger.when_matched_delete(predicate=flag)
+        merger = merger.when_matched_update_all(
+            predicate=f"NOT {flag}", except_cols=hidden
+        ).when_not_matched_insert_all(predicate=f"NOT {flag}", except_cols=hidden)
     else:
         merger = merger.when_matched_update_all().when_not_matched_insert_all()
     metrics: dict[str, Any] = merger.execute()

@@ -46,6 +46,8 @@ class DeltaWriter(ParquetWriter):
         #: the key columns of rows the run deletes, staged beside its rows (one file)
         self._deletes: ArrowFile | None = None
         self.delete_files: list[str] = []
+        #: the soft-delete column, when this run's deletes keep their rows
+        self.soft: str | None = None
 
     def delete(self, keys: pa.RecordBatch) -> None:
         """Stage deleted keys; the run's merge deletes them in its one commit."""
@@ -63,6 +65,12 @@ class DeltaWriter(ParquetWriter):
             self._deletes.write(keys)
         except OSError as exc:
             raise os_error(exc, self.entity, self.staged) from exc
+
+    def soft_delete(self, keys: pa.RecordBatch, column: str) -> None:
+        """Stage soft deletes (the keys and when): the run's merge sets `column` on their rows
+        and keeps them."""
+        self.soft = column
+        self.delete(keys)
 
     def copy_file(self, source: CopySource) -> bool:
         return False  # a Delta table takes its own types (`_delta_types`): rows are read
@@ -110,6 +118,7 @@ class DeltaWriter(ParquetWriter):
                 n: (self.staged / n).stat().st_size for n in [*staged.files, *self.delete_files]
             },
             "deletes": list(self.delete_files),
+            "soft": self.soft,
         }
         return staged
 

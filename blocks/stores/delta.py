@@ -187,8 +187,6 @@ class DeltaStore(DeltaArea, ParquetStore):
         return bool(keys) and (self.merge_keys or keys) == keys
 
     def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
-        if soft:
-            return "a Delta table does not take soft deletes yet: use `deletes: detect`"
         if self.merges_by(keys):
             return None  # the run's merge deletes them in its one commit
         return (
@@ -394,6 +392,7 @@ class DeltaStore(DeltaArea, ParquetStore):
             extra["delta"],
             files,
             deletes=self.staged_paths(manifest, manifest.extra.get("deletes", [])),
+            soft=extra.get("soft"),
             local=local,
             add_columns=bool(extra.get("add_columns")),
             keys=list(extra.get("keys") or []),
