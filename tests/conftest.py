@@ -4,7 +4,8 @@ Every test lands in one tier, a marker (README.md, under "Run the tests"):
 
 - `fast`: no Prefect server, no services, no processes. The engine and the blocks, called
   directly on real SQLite, CSV and Parquet files. Warnings are errors here.
-- `integration`: real services (PostgreSQL, MariaDB, Azurite), the Prefect server, flow runs, `python -m`.
+- `integration`: real services (PostgreSQL, MariaDB, Azurite), the Prefect server, flow runs,
+  `python -m`.
 - `kill`: runs killed with SIGKILL or broken by fault points, and the stress runs.
 
 The tier is derived, so a new test needs no marker: `kill` for the modules in `KILL_MODULES`

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.pg_server import free_port
+from tests.pg_server import free_port, scratch, serve
 
 USER = "hygge"
 PASSWORD = "s3cret-maria-PW"  # a test-only secret; tests assert it never leaks into messages
@@ -39,6 +38,15 @@ def _binary(name: str) -> str:
         )
         raise RuntimeError(msg)
     return found
+
+
+def _run(what: str, cmd: list[str], stdin: str | None = None, timeout: float = 60) -> None:
+    done = subprocess.run(
+        cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        msg = f"{what} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+        raise RuntimeError(msg)
 
 
 @dataclass
@@ -64,7 +72,8 @@ class MariaServer:
     def start(self) -> MariaServer:
         data = self.root / "data"
         as_root = ["--user=root"] if os.geteuid() == 0 else []
-        init = subprocess.run(
+        _run(
+            "mariadb-install-db",
             [
                 _binary("mariadb-install-db"),
                 "--no-defaults",
@@ -74,14 +83,8 @@ class MariaServer:
                 "--skip-name-resolve",
                 *as_root,
             ],
-            capture_output=True,
-            text=True,
             timeout=120,
-            check=False,
         )
-        if init.returncode != 0:
-            msg = f"mariadb-install-db failed ({init.returncode}): {init.stderr[-2000:]}"
-            raise RuntimeError(msg)
         self.port = free_port()
         log = self.root / "log"
         self._proc = subprocess.Popen(
@@ -136,17 +139,11 @@ class MariaServer:
 
     def root_sql(self, *statements: str) -> None:
         """Run statements as root over the socket (the `mariadb` client; set-up only)."""
-        done = subprocess.run(
+        _run(
+            "the mariadb client",
             [_binary("mariadb"), "--no-defaults", f"--socket={self.socket}", "-uroot"],
-            input=";\n".join(statements) + ";\n",
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+            stdin=";\n".join(statements) + ";\n",
         )
-        if done.returncode != 0:
-            msg = f"mariadb client failed: {done.stderr.strip()}"
-            raise RuntimeError(msg)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -200,22 +197,13 @@ def start_server() -> MariaServer:
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaServer]:
     """One MariaDB server for the session; a failure to start fails the tests using it."""
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(start_server)
 
 
 @pytest.fixture
 def maria_db(mariadb: MariaServer) -> Iterator[str]:
     """A fresh database per test (dropped afterwards), so tests never see each other's tables."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    mariadb.execute(f"CREATE DATABASE `{name}`")
-    try:
-        yield name
-    finally:
-        mariadb.execute(f"DROP DATABASE `{name}`")
+    yield from scratch(mariadb.execute, "CREATE DATABASE `{name}`", "DROP DATABASE `{name}`")
 
 
 def maria_home(server: MariaServer, database: str | None = None, **extra: Any) -> dict[str, Any]:

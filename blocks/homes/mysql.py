@@ -29,7 +29,7 @@ from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest
 from blocks.credentials import MysqlCredentials
-from blocks.homes import _guarded, _mysql_types, _partitions, _sql
+from blocks.homes import _guarded, _mysql_types, _partitions, _sql, _sql_fields
 from blocks.homes._guarded import Column
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
@@ -81,25 +81,11 @@ class MysqlHome(HomeBlock):
         description="The default database (a `table` may name another: `shop.orders`).",
     )
     credentials: MysqlCredentials = Field(description="Who connects: a credentials block.")
-    connect_timeout: int = Field(default=15, ge=1, description="Seconds to wait for a connection.")
-    query_timeout: int = Field(
-        default=0, ge=0, description="Seconds a read may run before it is cancelled (0: none)."
-    )
-    max_connections: int = Field(
-        default=4,
-        ge=1,
-        description="How many connections the entities of one flow may hold to this Home at once.",
-    )
-    partition_column: str | None = Field(
-        default=None,
-        description="An integer, date or datetime column to split one read into ranges. Each "
-        "range has its own connection and MySQL shares no snapshot between connections: pick "
-        "a column whose values never change (an auto-increment key, a creation date), or a "
-        "row moved between ranges during the read may be read twice or missed.",
-    )
-    partitions: int = Field(
-        default=1, ge=1, le=64, description="How many ranges to read in parallel (1: no split)."
-    )
+    connect_timeout: int = _sql_fields.connect_timeout()
+    query_timeout: int = _sql_fields.query_timeout()
+    max_connections: int = _sql_fields.max_connections()
+    partition_column: str | None = _sql_fields.partition_column("MySQL", "an auto-increment key")
+    partitions: int = _sql_fields.partitions()
 
     # --- public interface -------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from blocks.base import HomeBlock, ReadRequest
 from blocks.credentials import PostgresCredentials
-from blocks.homes import _guarded, _partitions, _sql
+from blocks.homes import _guarded, _partitions, _sql, _sql_fields
 from blocks.homes._guarded import Column
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
@@ -96,22 +96,14 @@ class PostgresHome(HomeBlock):
     port: int | None = Field(default=None, description="Server port (PostgreSQL's default 5432).")
     database: str | None = Field(default=None, description="Database name.")
     credentials: PostgresCredentials = Field(description="Who connects: a credentials block.")
-    connect_timeout: int = Field(default=15, ge=1, description="Seconds to wait for a connection.")
-    query_timeout: int = Field(
-        default=0, ge=0, description="Seconds a read may run before it is cancelled (0: none)."
-    )
-    max_connections: int = Field(
-        default=4,
-        ge=1,
-        description="How many connections the entities of one flow may hold to this Home at once.",
-    )
+    connect_timeout: int = _sql_fields.connect_timeout()
+    query_timeout: int = _sql_fields.query_timeout()
+    max_connections: int = _sql_fields.max_connections()
     partition_column: str | None = Field(
         default=None,
         description="An integer, date or timestamp column to split one read into ranges.",
     )
-    partitions: int = Field(
-        default=1, ge=1, le=64, description="How many ranges to read in parallel (1: no split)."
-    )
+    partitions: int = _sql_fields.partitions()
 
     @model_validator(mode="after")
     def _where_to(self) -> PostgresHome:
