@@ -27,6 +27,9 @@ class Column:
     #: column and checked per batch), and what the user can do about such a value
     guard: str | None = None
     refusal: str = ""
+    #: False: the guard is not read beside the column, because the driver itself fails on
+    #: such a value (connectorx on a zero date); the Home then asks which column it was
+    read_guard: bool = True
 
 
 def unique_names(names: list[str], entity: str) -> None:
@@ -41,7 +44,7 @@ def select_list(dialect: Dialect, columns: list[Column]) -> list[str]:
     """Each column's expression, then one boolean per guarded column (see `Column.guard`)."""
     guards = [
         f"({c.guard}) AS {dialect.quote(f'hygge guard {i}')}"
-        for i, c in enumerate(c for c in columns if c.guard)
+        for i, c in enumerate(_read_guards(columns))
     ]
     return [c.expr for c in columns] + guards
 
@@ -53,21 +56,28 @@ def refuse_guarded(
 
     `as_text` is the database's cast to its own text, with `{q}` for the quoted column.
     """
-    guarded = [c for c in columns if c.guard]
-    for i, c in enumerate(guarded):
+    for i, c in enumerate(_read_guards(columns)):
         flags = batch.column(len(columns) + i)
         if not pa.types.is_boolean(flags.type):  # MySQL's booleans are integers
             flags = flags.cast(pa.bool_())
-        if not pc.any(flags).as_py():
-            continue
-        quoted = dialect.quote(c.name)
-        cast = as_text.format(q=quoted)
-        msg = (
-            f"column {c.name!r} holds {c.refusal}: it cannot be read exactly as {c.arrow}. "
-            f"Read it as {dialect.name}'s text with a `query` (`SELECT ..., {cast} "
-            f"AS {quoted} ...`), or leave those rows out with `where`"
-        )
-        raise HomeError(msg, entity=entity)
+        if pc.any(flags).as_py():
+            raise refusal(c, entity, dialect, as_text)
+
+
+def refusal(column: Column, entity: str, dialect: Dialect, as_text: str) -> HomeError:
+    """The error for a value of `column` its Arrow type cannot hold: the column, the choice."""
+    quoted = dialect.quote(column.name)
+    cast = as_text.format(q=quoted)
+    msg = (
+        f"column {column.name!r} holds {column.refusal}: it cannot be read exactly as "
+        f"{column.arrow}. Read it as {dialect.name}'s text with a `query` (`SELECT ..., {cast} "
+        f"AS {quoted} ...`), or leave those rows out with `where`"
+    )
+    return HomeError(msg, entity=entity)
+
+
+def _read_guards(columns: list[Column]) -> list[Column]:
+    return [c for c in columns if c.guard and c.read_guard]
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema, entity: str) -> pa.RecordBatch:

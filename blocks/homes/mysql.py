@@ -206,8 +206,33 @@ class MysqlHome(HomeBlock):
             # (`pyo3_runtime.PanicException`, a BaseException) for a value it cannot decode
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                 raise
+            if "couldn't convert the value" in str(exc).lower():
+                raise self._refusal(request, session, columns) from self._cause(exc)
             code, text = _cx_failure(exc)
             raise self._error(code, text, request) from self._cause(exc)
+
+    def _refusal(
+        self, request: ReadRequest, session: list[str], columns: list[Column]
+    ) -> HomeError:
+        """The error naming the column whose value connectorx could not decode."""
+        conn = self._connect(request)
+        try:
+            cur = conn.cursor()
+            for sql in session:
+                cur.execute(sql)
+            for c in columns:
+                if c.guard is None or c.read_guard:
+                    continue
+                probe = _sql.final_select(MYSQL, request, ["1"], [f"({c.guard})"])
+                cur.execute(probe + " LIMIT 1")
+                if cur.fetchone():
+                    return _guarded.refusal(c, request.entity, MYSQL, _mysql_types.AS_TEXT)
+        except _pymysql_error() as exc:
+            return self._error(_pymysql_code(exc), str(exc.args[-1]), request)
+        finally:
+            conn.close()
+        msg = f"MySQL at {self._where()}: connectorx could not decode a value of the result"
+        return HomeError(msg, entity=request.entity)
 
     def _session(self, conn: Any) -> list[str]:
         """What every session of a read runs first: UTC, and the server's statement timeout."""
