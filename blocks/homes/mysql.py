@@ -1,11 +1,14 @@
 """MysqlHome: tables or queries from MySQL or MariaDB, read Arrow-natively with connectorx.
 
 Why connectorx, measured on this kind of machine (MariaDB 10.11, 1M rows x 11 columns, one
-process each, 2 shared cores): connectorx's Arrow stream reads ~1.0-1.2M rows/s in batches
+process each, 2 shared cores): connectorx's Arrow stream reads ~0.5-1.2M rows/s in batches
 of bounded size; PyMySQL with Arrow arrays built per batch reads ~47k rows/s (25x slower);
 there is no ADBC driver for MySQL on PyPI. connectorx is not exact unaided (DECIMAL rounded
 to 10 fraction digits, panics on zero dates and long TIMEs): `_mysql_types` selects each
-column so that what connectorx decodes is exact, and the Home casts it back. Connecting and
+column so that what connectorx decodes is exact, and the Home casts it back (figures in
+bench/RESULTS.md). One limit: connectorx keeps the GIL while it fetches a batch, so the other
+threads of the process (other entities, the Store's encoder) wait meanwhile, and partitions
+add connections more than speed. Connecting and
 describing go through PyMySQL first: its errors are immediate and plain (connectorx's pool
 retries a refused login for 30 s), and the server's result metadata (length, decimals,
 unsigned, character set) says exactly what each column is.
