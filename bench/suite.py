@@ -37,7 +37,7 @@ from bench.data import write_sources  # noqa: E402
 from bench.workloads import MARK  # noqa: E402
 
 DLT_PYTHON = ROOT / "bench" / ".venv-dlt" / "bin" / "python"
-GROUPS = ["parquet", "parquet_parts", "csv", "sqlite", "postgres", "many"]
+GROUPS = ["parquet", "parquet_parts", "csv", "sqlite", "postgres", "mysql", "many"]
 
 #: what each workload is, for the table
 LABELS = {
@@ -62,6 +62,8 @@ LABELS = {
     "postgres.adbc_polars": "ADBC read + polars sink_parquet",
     "postgres.connectorx": "connectorx read + polars write_parquet",
     "postgres.dlt": "dlt: sql_table(backend=connectorx)",
+    "mysql.hygge": "MysqlHome -> ParquetStore",
+    "mysql.connectorx_stream": "connectorx arrow_stream + pyarrow ParquetWriter",
     "many.hygge": "SQLite tables -> ParquetStore, one flow run",
 }
 for _group, _reader in {
@@ -70,10 +72,11 @@ for _group, _reader in {
     "csv": "polars scan_csv",
     "sqlite": "ADBC",
     "postgres": "ADBC",
+    "mysql": "connectorx arrow_stream",
 }.items():
     LABELS[f"{_group}.read_only"] = f"read only ({_reader}), nothing written"
 #: raw-library baselines the engine targets (>= 0.9x the fastest of them) and dlt's multiple
-RAW = {"polars_sink", "pyarrow", "adbc_pyarrow", "adbc_polars", "connectorx"}
+RAW = {"polars_sink", "pyarrow", "adbc_pyarrow", "adbc_polars", "connectorx", "connectorx_stream"}
 DLT_TARGET = {"parquet": 3.0, "parquet_parts": 3.0, "csv": 3.0, "sqlite": 2.0, "postgres": 2.0}
 RAW_TARGET = 0.9
 ENGINE = {"parquet": ["polars_sink"], "csv": ["polars_sink"]}  # what the 0.9x target names
@@ -256,6 +259,49 @@ def start_postgres(parquet: Path) -> Any:
     return server
 
 
+def start_mariadb(parquet: Path, work: Path) -> Any:
+    """A throwaway MariaDB (tests/mariadb_server.py) holding the bench table as `orders`."""
+    import polars as pl
+
+    from tests.mariadb_server import start_server
+
+    server = start_server()
+    ddl = (
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id INT NOT NULL, quantity INT NOT "
+        "NULL, unit_price DOUBLE NOT NULL, amount DECIMAL(12,2) NOT NULL, status VARCHAR(16) NOT "
+        "NULL, comment VARCHAR(64) NOT NULL, created_at DATETIME(6) NOT NULL, order_date DATE "
+        "NOT NULL, is_paid BOOL NOT NULL, discount DOUBLE)"
+    )
+    tsv = work / f"orders-{parquet.parent.name}.tsv"
+    try:
+        if not tsv.exists():
+            # LOAD DATA's defaults: tab-separated, `\N` for NULL
+            frame = pl.read_parquet(parquet).with_columns(pl.col("is_paid").cast(pl.Int8))
+            frame.write_csv(
+                tsv,
+                separator="\t",
+                include_header=False,
+                null_value="\\N",
+                datetime_format="%Y-%m-%d %H:%M:%S%.6f",
+                quote_style="never",
+            )
+        server.execute(ddl, f"LOAD DATA INFILE '{tsv}' INTO TABLE orders", "ANALYZE TABLE orders")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def maria_args(server: Any) -> dict[str, Any]:
+    return {
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "password": server.password,
+        "database": server.database,
+    }
+
+
 def prefect_database() -> tuple[Any, str]:
     """A throwaway PostgreSQL with an empty `prefect` database, and its asyncpg URL."""
     import adbc_driver_postgresql.dbapi as pg
@@ -349,6 +395,8 @@ def plan(groups: list[str], sizes: list[int], with_dlt: bool) -> list[tuple[str,
         if "postgres" in groups and size == smallest:
             names = ["hygge", "adbc_pyarrow", "adbc_polars", *cx, *peers, *floor]
             out.append(("postgres", size, names))
+        if "mysql" in groups and size == smallest:
+            out.append(("mysql", size, ["hygge", "connectorx_stream", *floor]))
     return out
 
 
@@ -396,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "RUNTIME__DLTHUB_TELEMETRY": "false",
     }
     print(machine_line(sizes, args.repeat))
-    server = pg = prefect_pg = None
+    server = pg = prefect_pg = maria = None
     results: list[Result] = []
     many: dict[str, Any] | None = None
     try:
@@ -420,11 +468,16 @@ def main(argv: list[str] | None = None) -> int:
                 "csv": {"src": str(src["csv"])},
                 "sqlite": {"src": str(src["sqlite"])},
                 "postgres": {},
+                "mysql": {},
             }[group]
             if group == "postgres":
                 if pg is None:
                     pg = start_postgres(src["parquet"])
                 wargs = {"dsn": pg.uri}
+            if group == "mysql":
+                if maria is None:
+                    maria = start_mariadb(src["parquet"], work)
+                wargs = {"mysql": maria_args(maria)}
             for name in names:
                 res = run_workload(group, size, f"{group}.{name}", wargs, args.repeat, env)
                 results.append(res)
@@ -438,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pg is not None:
             pg.stop()
+        if maria is not None:
+            maria.stop()
         if server is not None:
             server.stop()
         if prefect_pg is not None:

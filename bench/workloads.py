@@ -85,6 +85,16 @@ def run(name: str, args: dict[str, Any]) -> dict[str, Any]:
         if group == "postgres":
             home = {"type": "postgres", "credentials": {"dsn": _pg_dsn(args)}}
             return _hygge(home, [{"name": "orders", "table": "orders"}], str(out))
+        if group == "mysql":
+            m = args["mysql"]
+            home = {
+                "type": "mysql",
+                "host": m["host"],
+                "port": m["port"],
+                "database": m["database"],
+                "credentials": {"username": m["user"], "password": m["password"]},
+            }
+            return _hygge(home, [{"name": "orders", "table": "orders"}], str(out))
         if group == "many":
             tables = [{"name": t, "table": t} for t in args["tables"]]
             return _hygge({"type": "sqlite", "path": src}, tables, str(out))
@@ -113,6 +123,15 @@ def run(name: str, args: dict[str, Any]) -> dict[str, Any]:
             pl.scan_arrow_c_stream(stream).sink_parquet(target, compression="zstd")
         cur.close()
         conn.close()
+    elif kind == "connectorx_stream":
+        # the MySQL Home's driver, raw: its own types (DECIMAL as decimal128(38, 10)), streamed
+        reader = _cx_reader(args)
+        with pq.ParquetWriter(target, reader.schema, compression="zstd") as w:
+            for batch in reader:
+                w.write_batch(batch)
+    elif kind == "read_only" and group == "mysql":
+        rows = sum(batch.num_rows for batch in _cx_reader(args))
+        return {"rows": rows, "seconds": time.perf_counter() - start}
     elif kind == "read_only":
         # the source read in full by the fastest streaming reader, nothing written: no tool
         # that reads this source can move it faster
@@ -152,6 +171,14 @@ def _adbc_reader(group: str, src: str, args: dict[str, Any]) -> Any:
         cur = conn.cursor()
     cur.execute("SELECT * FROM orders")
     return conn, cur, cur.fetch_record_batch()  # the reader needs its cursor open
+
+
+def _cx_reader(args: dict[str, Any]) -> Any:
+    import connectorx as cx
+
+    m = args["mysql"]
+    url = f"mysql://{m['user']}:{m['password']}@{m['host']}:{m['port']}/{m['database']}"
+    return cx.read_sql(url, "SELECT * FROM orders", return_type="arrow_stream", batch_size=BATCH)
 
 
 def _plain_schema(schema: Any) -> Any:

@@ -15,8 +15,16 @@ from prefect.blocks.core import Block
 
 from blocks import stores
 from blocks.base import HomeBlock, StoreBlock
-from blocks.credentials import PostgresCredentials, SqlServerCredentials
-from blocks.homes import CsvHome, JsonHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome
+from blocks.credentials import MysqlCredentials, PostgresCredentials, SqlServerCredentials
+from blocks.homes import (
+    CsvHome,
+    JsonHome,
+    MssqlHome,
+    MysqlHome,
+    ParquetHome,
+    PostgresHome,
+    SqliteHome,
+)
 from blocks.ledger import WatermarkLedger
 from blocks.stores import ParquetStore
 
@@ -30,6 +38,8 @@ __all__ = [
     "HomeBlock",
     "JsonHome",
     "MssqlHome",
+    "MysqlCredentials",
+    "MysqlHome",
     "OneLakeStore",
     "OpenMirroringStore",
     "ParquetHome",
@@ -88,7 +98,7 @@ class BlockKinds(MutableMapping[str, type[B]]):
 
 
 HOMES: BlockKinds[HomeBlock] = BlockKinds(
-    [CsvHome, JsonHome, MssqlHome, ParquetHome, PostgresHome, SqliteHome], {}
+    [CsvHome, JsonHome, MssqlHome, MysqlHome, ParquetHome, PostgresHome, SqliteHome], {}
 )
 STORES: BlockKinds[StoreBlock] = BlockKinds(
     [ParquetStore],

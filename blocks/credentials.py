@@ -1,4 +1,4 @@
-"""Credentials blocks for the SQL Homes: who connects, with which secret.
+"""Credentials blocks for the SQL Homes (PostgreSQL, MySQL, SQL Server): who connects, how.
 
 A Home references a saved credentials block, so rotating a password means editing one block.
 Secrets are `SecretStr` (shown as `********` in the UI and CLI); `.get_secret_value()` is only
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import struct
 import urllib.parse
+from functools import partial
 from typing import Any, Literal
 
 from prefect.blocks.abstract import CredentialsBlock
@@ -178,6 +179,58 @@ def _extend_dsn(dsn: str, extra: dict[str, str]) -> str:
     present = {m.group(1).lower() for m in _KV_KEY.finditer(dsn)}
     added = [f"{k}={libpq_value(v)}" for k, v in extra.items() if k.lower() not in present]
     return " ".join([dsn, *added])
+
+
+class MysqlCredentials(CredentialsBlock):
+    """A MySQL or MariaDB login: user name and password.
+
+    Example:
+        ```python
+        from blocks import MysqlCredentials
+        credentials = MysqlCredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    model_config = HIDE_INPUT
+
+    _block_type_name = "MySQL Credentials"
+    _block_type_slug = "hygge-mysql-credentials"
+    _logo_url = LOGO
+    _documentation_url = "https://mariadb.com/kb/en/create-user/"  # type: ignore[assignment]
+    _description = "A MySQL or MariaDB user and password for hygge's MySQL Home."
+
+    username: str = Field(description="The user to log in as.")
+    password: SecretStr | None = Field(
+        default=None, description="The user's password (none for a user without one)."
+    )
+
+    def url(self, host: str, port: int, database: str | None) -> str:
+        """connectorx's `mysql://` URL (it holds the secret: never log it)."""
+        quote = partial(urllib.parse.quote, safe="")
+        secret = f":{quote(self.password.get_secret_value())}" if self.password else ""
+        return f"mysql://{quote(self.username)}{secret}@{host}:{port}/{quote(database or '')}"
+
+    def secrets(self) -> list[str]:
+        """The password as given and as it stands in a URL, to scrub from any message."""
+        if self.password is None or not self.password.get_secret_value():
+            return []
+        raw = self.password.get_secret_value()
+        return list(dict.fromkeys([raw, urllib.parse.quote(raw, safe="")]))
+
+    def get_client(self, host: str, port: int, database: str | None, **connect_args: Any) -> Any:
+        """A pymysql connection (autocommit, utf8mb4)."""
+        import pymysql
+
+        return pymysql.connect(
+            host=host,
+            port=port,
+            user=self.username,
+            password=self.password.get_secret_value() if self.password else "",
+            database=database,
+            autocommit=True,
+            charset="utf8mb4",
+            **connect_args,
+        )
 
 
 SqlServerAuth = Literal[

@@ -4,7 +4,8 @@ Every test lands in one tier, a marker (README.md, under "Run the tests"):
 
 - `fast`: no Prefect server, no services, no processes. The engine and the blocks, called
   directly on real SQLite, CSV and Parquet files. Warnings are errors here.
-- `integration`: real services (PostgreSQL, Azurite), the Prefect server, flow runs, `python -m`.
+- `integration`: real services (PostgreSQL, MariaDB, Azurite), the Prefect server, flow runs,
+  `python -m`.
 - `kill`: runs killed with SIGKILL or broken by fault points, and the stress runs.
 
 The tier is derived, so a new test needs no marker: `kill` for the modules in `KILL_MODULES`
@@ -37,11 +38,14 @@ from prefect.testing.utilities import prefect_test_harness
 
 from hygge_core import faults
 from tests.azurite import azurite, azurite_delta  # noqa: F401  (fixtures)
+from tests.mariadb_server import maria_db, mariadb  # noqa: F401  (fixtures)
 from tests.pg_server import pg, pg_schema  # noqa: F401  (fixtures)
 
 TIERS = ("fast", "integration", "kill")
 #: fixtures that start a service (or stand on one): a test using any of them is never `fast`
-SERVICE_FIXTURES = frozenset({"prefect_server", "pg", "pg_schema", "azurite", "azurite_delta"})
+SERVICE_FIXTURES = frozenset(
+    {"prefect_server", "pg", "pg_schema", "azurite", "azurite_delta", "mariadb", "maria_db"}
+)
 #: modules whose every test kills or breaks runs
 KILL_MODULES = frozenset({"test_crash_recovery", "test_fault_injection"})
 #: names in a test's code that mean a flow run, the Prefect API, a process or a service

@@ -15,15 +15,16 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 BIN = Path(os.environ.get("HYGGE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
+S = TypeVar("S")
 PASSWORD = "s3cret-pg-PW"  # a test-only secret; tests assert it never leaks into messages
 
 
@@ -153,6 +154,25 @@ def _check(result: subprocess.CompletedProcess[str], what: str, log: Path | None
     raise RuntimeError(msg)
 
 
+def serve(start: Callable[[], S]) -> Iterator[S]:
+    """A fixture's body: the server `start` returns, stopped when the fixture ends."""
+    server = start()
+    try:
+        yield server
+    finally:
+        server.stop()  # type: ignore[attr-defined]
+
+
+def scratch(execute: Callable[[str], None], create: str, drop: str) -> Iterator[str]:
+    """A fixture's body: a fresh schema or database `{name}`, dropped when the fixture ends."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    execute(create.format(name=name))
+    try:
+        yield name
+    finally:
+        execute(drop.format(name=name))
+
+
 def start_server() -> PgServer:
     root = Path(tempfile.mkdtemp(prefix="hygge-pg-"))
     # the postgres OS user must reach the folder; mkdtemp makes it 0700
@@ -168,22 +188,13 @@ def start_server() -> PgServer:
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
     """One PostgreSQL server for the session; a failure to start fails the tests using it."""
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(start_server)
 
 
 @pytest.fixture
 def pg_schema(pg: PgServer) -> Iterator[str]:
     """A fresh schema per test (dropped afterwards), so tests never see each other's tables."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    pg.execute(f'CREATE SCHEMA "{name}"')
-    try:
-        yield name
-    finally:
-        pg.execute(f'DROP SCHEMA "{name}" CASCADE')
+    yield from scratch(pg.execute, 'CREATE SCHEMA "{name}"', 'DROP SCHEMA "{name}" CASCADE')
 
 
 def pg_home(server: PgServer, **extra: Any) -> dict[str, Any]:

@@ -6,21 +6,20 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import blocks
 from blocks import PostgresCredentials, PostgresHome
 from blocks.base import ReadRequest, Since
 from hygge_core.errors import ConfigError, HomeError, TransientHomeError, is_transient
 from hygge_core.timestamps import NanoTimestamp
 from tests.conftest import ledger_of, run_flow
+from tests.login_helpers import refused_login
 from tests.pg_server import PgServer, free_port, pg_home
 
 UTC = dt.UTC
@@ -291,44 +290,20 @@ def test_incremental_runs_load_each_row_once_for_every_watermark_kind(
     }
 
 
-class CountingPostgresHome(PostgresHome):
-    """The real PostgresHome, counting how many times a read starts (attempts)."""
-
-    _block_type_slug = "test-counting-postgres-home"
-    spec_type = "counting-postgres"
-    reads: ClassVar[int] = 0
-
-    def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
-        CountingPostgresHome.reads += 1
-        yield from super().read(request)
-
-
 def test_wrong_password_fails_clearly_once_and_never_shows_it(
     pg: PgServer, tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(blocks.HOMES, "counting-postgres", CountingPostgresHome)
-    CountingPostgresHome.reads = 0
     wrong = "n0t-the-Pa55word'\\"
-    home_spec = pg_home(pg, type="counting-postgres")
+    home_spec = pg_home(pg)
     home_spec["credentials"] = {"username": pg.user, "password": wrong}
-    spec = {
-        "name": spec_name,
-        "home": home_spec,
-        "store": {"type": "parquet", "path": str(tmp_path / "lake")},
-        "retries": 3,
-        "retry_delay_seconds": 0,
-        "entities": [{"name": "orders", "table": "public.orders"}],
-    }
-    state = run_flow(spec)
-    assert state.is_failed()
-    with pytest.raises(Exception, match=r"1 of 1 entities failed: orders") as info:
-        state.result()
-    text = str(info.value) + str(info.value.summary)
+    text, reads = refused_login(
+        home_spec, PostgresHome, "public.orders", tmp_path / "lake", spec_name, monkeypatch
+    )
     assert "refused the login" in text
     assert "password authentication failed" in text
     assert "credentials block" in text
     assert wrong not in text and pg.password not in text
-    assert CountingPostgresHome.reads == 1  # not transient: never retried
+    assert reads == 1  # not transient: never retried
 
 
 def test_errors_name_the_entity_cause_and_fix(pg: PgServer, pg_schema: str) -> None:

@@ -529,19 +529,20 @@ def test_spec_no_close_key_lists_the_valid_ones(tmp_path: Path) -> None:
     [
         pytest.param(
             "{type: excel, path: x}",
-            "field home.type: unknown type 'excel' (choose one of: csv, json, mssql, parquet, "
-            "postgres, sqlite)",
+            "field home.type: unknown type 'excel' (choose one of: csv, json, mssql, mysql, "
+            "parquet, postgres, sqlite)",
             id="unknown",
         ),
         pytest.param(
             "{type: sqlit, path: x}",
             "field home.type: unknown type 'sqlit', did you mean 'sqlite'? (choose one of: csv, "
-            "json, mssql, parquet, postgres, sqlite)",
+            "json, mssql, mysql, parquet, postgres, sqlite)",
             id="close",
         ),
         pytest.param(
             "{path: x}",
-            "field home: no `type:`; give one of: csv, json, mssql, parquet, postgres, sqlite",
+            "field home: no `type:`; give one of: csv, json, mssql, mysql, parquet, postgres, "
+            "sqlite",
             id="missing",
         ),
     ],

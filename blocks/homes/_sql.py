@@ -3,13 +3,15 @@
 One place builds the statements so that quoting and the incremental predicate cannot drift
 between Homes. Values never enter SQL text: each Home supplies a `Binder` that turns a value
 into a bound placeholder expression (`?` for ODBC and SQLite; a session setting for the
-PostgreSQL COPY path, see `blocks.homes.postgres`).
+PostgreSQL COPY path, see `blocks.homes.postgres`), or, where the driver binds nothing
+(connectorx, MySQL), into a hex literal that no value can break out of (`blocks.homes.mysql`).
 
 The watermark predicate is `(column >= bound OR column IS NULL)`: a superset of what the engine
 admits (`hygge_tasks.watermark` applies the exact, boundary-aware filter and counts the NULLs).
 A superset is only guaranteed when the database orders values the way Arrow does, so text is
 compared under a binary collation (`COLLATE "C"` / `Latin1_General_100_BIN2`): a linguistic
-collation may sort `b` before `B` and silently drop rows the engine would keep.
+collation may sort `b` before `B` and silently drop rows the engine would keep. MySQL's `_bin`
+collations pad with spaces (`'a\t' < 'a'`), so MySQL compares the UTF-8 bytes themselves.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Dialect:
     close_quote: str
     #: the most parts a table name may have (`schema.table` = 2)
     max_parts: int
+    #: how text is compared in code-point order: a `COLLATE` suffix, or a template with `{col}`
     binary_collation: str
     #: the SQL type a bound value is cast to, per watermark kind (empty: bound values are
     #: compared as given, e.g. SQLite's text timestamps)
@@ -66,6 +69,12 @@ class Dialect:
             )
             raise ConfigError(msg)
         return ".".join(self.quote(p) for p in parts)
+
+    def binary_text(self, col: str) -> str:
+        """`col` as text that compares byte by byte (code point order, as Arrow compares)."""
+        if "{col}" in self.binary_collation:
+            return self.binary_collation.format(col=col)
+        return f"{col} {self.binary_collation}"
 
     def probe(self, select_sql: str) -> str:
         """A statement with the same columns as `select_sql` that returns no rows."""
@@ -119,6 +128,23 @@ TSQL = Dialect(
         "decimal": "decimal({p}, {s})",
         "float": "float",
         "text": "nvarchar(max)",
+    },
+)
+MYSQL = Dialect(
+    name="MySQL",
+    open_quote="`",
+    close_quote="`",
+    max_parts=2,  # database.table
+    # `utf8mb4_bin` pads with spaces; the bytes of the UTF-8 text compare in code point order
+    binary_collation="CAST(CONVERT({col} USING utf8mb4) AS BINARY)",
+    cast_types={
+        "timestamp": "DATETIME(6)",
+        "timestamptz": "DATETIME(6)",  # the session's time zone is UTC
+        "date": "DATE",
+        "int": "SIGNED",
+        "decimal": "DECIMAL({p}, {s})",
+        "float": "DOUBLE",
+        "text": "BINARY",
     },
 )
 
@@ -176,24 +202,31 @@ class Binder:
 
     `to_param` turns a watermark value into what the driver binds: ISO text by default (every
     ODBC and PostgreSQL bound is cast back in SQL); SQLite binds native values instead.
+    `render`, for a driver without bind parameters, turns the bound value into SQL text
+    itself: a literal no value can break out of (`blocks.homes.mysql`), in place of a mark.
     """
 
     def __init__(
-        self, placeholder: Callable[[int], str], to_param: Callable[[Any], Any] | None = None
+        self,
+        placeholder: Callable[[int], str],
+        to_param: Callable[[Any], Any] | None = None,
+        render: Callable[[Any], str] | None = None,
     ) -> None:
         self.values: list[Any] = []
         self._placeholder = placeholder
         self._to_param = to_param or param_text
+        self._render = render
 
     def copy(self) -> Binder:
         """A binder holding the same values, whose binds leave this one's alone (a range each)."""
-        new = Binder(self._placeholder, self._to_param)
+        new = Binder(self._placeholder, self._to_param, self._render)
         new.values = list(self.values)
         return new
 
     def bind(self, value: Any, sql_type: str | None) -> str:
-        self.values.append(self._to_param(value))
-        mark = self._placeholder(len(self.values))
+        param = self._to_param(value)
+        self.values.append(param)
+        mark = self._render(param) if self._render else self._placeholder(len(self.values))
         return f"CAST({mark} AS {sql_type})" if sql_type else mark
 
 
@@ -297,7 +330,7 @@ def since_predicate(
 ) -> str:
     """`(column >= bound OR column IS NULL)`, the bound cast to the column's kind."""
     col = since_expr(dialect, since)
-    lhs = f"{col} {dialect.binary_collation}" if kind == "text" else col
+    lhs = dialect.binary_text(col) if kind == "text" else col
     bound = binder.bind(since.value, dialect.cast_type(kind, arrow_type))
     return f"({lhs} >= {bound} OR {col} IS NULL)"
 

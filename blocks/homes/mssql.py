@@ -28,7 +28,7 @@ from pydantic import Field
 
 from blocks.base import ChangeRead, HomeBlock, ReadRequest
 from blocks.credentials import SqlServerCredentials
-from blocks.homes import _mssql_ct, _odbc, _sql
+from blocks.homes import _mssql_ct, _odbc, _sql, _sql_fields
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import TSQL, Binder, Dialect, qmark
@@ -147,14 +147,8 @@ class MssqlHome(HomeBlock):
         default=False, description="Accept a server certificate no authority vouches for."
     )
     connect_timeout: int = Field(default=15, ge=1, description="Seconds to wait for a login.")
-    query_timeout: int = Field(
-        default=0, ge=0, description="Seconds a read may run before it is cancelled (0: none)."
-    )
-    max_connections: int = Field(
-        default=4,
-        ge=1,
-        description="How many connections the entities of one flow may hold to this Home at once.",
-    )
+    query_timeout: int = _sql_fields.query_timeout()
+    max_connections: int = _sql_fields.max_connections()
     max_text_size: int = Field(
         default=16_384,
         ge=1,
@@ -165,16 +159,8 @@ class MssqlHome(HomeBlock):
         ge=1,
         description="Buffer bytes per unbounded binary value; a longer value fails the read.",
     )
-    partition_column: str | None = Field(
-        default=None,
-        description="An integer, date or datetime column to split one read into ranges. Each "
-        "range has its own connection and SQL Server shares no snapshot between connections: "
-        "pick a column whose values never change (an identity key, a creation date), or a row "
-        "moved between ranges during the read may be read twice or missed.",
-    )
-    partitions: int = Field(
-        default=1, ge=1, le=64, description="How many ranges to read in parallel (1: no split)."
-    )
+    partition_column: str | None = _sql_fields.partition_column("SQL Server", "an identity key")
+    partitions: int = _sql_fields.partitions()
 
     # --- public interface -------------------------------------------------------------
 

@@ -15,22 +15,21 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from blocks.base import HomeBlock, ReadRequest
 from blocks.credentials import PostgresCredentials
-from blocks.homes import _sql
+from blocks.homes import _guarded, _partitions, _sql, _sql_fields
+from blocks.homes._guarded import Column
 from blocks.homes._limits import connection_slots
 from blocks.homes._parallel import merge_streams
 from blocks.homes._sql import POSTGRES, Binder
 from hygge_core import faults
-from hygge_core.errors import ConfigError, HomeError, TransientHomeError, scrub, scrubbed
+from hygge_core.errors import HomeError, TransientHomeError, scrub, scrubbed
 
 # SQLSTATEs worth a retry: connection exceptions (class 08), admin/crash shutdown, cannot
 # connect now, too many connections, serialization failure and deadlock
@@ -50,17 +49,8 @@ _TRANSIENT_TEXT = (
 _AUTH_TEXT = ("password authentication failed", "no pg_hba.conf entry", "authentication failed")
 
 
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    expr: str  # how the final SELECT names it (with a cast to text where needed)
-    arrow: pa.DataType  # the type the Home yields
-    #: a boolean SQL expression, true for a value Arrow cannot hold exactly (read beside the
-    #: column and checked per batch), and what the user can do about such a value
-    guard: str | None = None
-    refusal: str = ""
-
-
+#: how a user reads a column as PostgreSQL's own text (`{q}`: the quoted column)
+_AS_TEXT = "CAST({q} AS text)"
 # the latest instant a microsecond Arrow timestamp holds (PostgreSQL's goes to 294276 AD)
 _MAX_TIMESTAMP = "294247-01-10 04:00:54.775807"
 # array elements ADBC decodes to their plain Arrow twin; other element types read as text
@@ -106,22 +96,14 @@ class PostgresHome(HomeBlock):
     port: int | None = Field(default=None, description="Server port (PostgreSQL's default 5432).")
     database: str | None = Field(default=None, description="Database name.")
     credentials: PostgresCredentials = Field(description="Who connects: a credentials block.")
-    connect_timeout: int = Field(default=15, ge=1, description="Seconds to wait for a connection.")
-    query_timeout: int = Field(
-        default=0, ge=0, description="Seconds a read may run before it is cancelled (0: none)."
-    )
-    max_connections: int = Field(
-        default=4,
-        ge=1,
-        description="How many connections the entities of one flow may hold to this Home at once.",
-    )
+    connect_timeout: int = _sql_fields.connect_timeout()
+    query_timeout: int = _sql_fields.query_timeout()
+    max_connections: int = _sql_fields.max_connections()
     partition_column: str | None = Field(
         default=None,
         description="An integer, date or timestamp column to split one read into ranges.",
     )
-    partitions: int = Field(
-        default=1, ge=1, le=64, description="How many ranges to read in parallel (1: no split)."
-    )
+    partitions: int = _sql_fields.partitions()
 
     @model_validator(mode="after")
     def _where_to(self) -> PostgresHome:
@@ -208,13 +190,13 @@ class PostgresHome(HomeBlock):
 
     def _plan(
         self, conn: Any, request: ReadRequest, base: str, granted: int
-    ) -> list[tuple[str, Binder, list[_Column]]]:
+    ) -> list[tuple[str, Binder, list[Column]]]:
         """The statement(s) to run, each with its bound values and the columns it yields."""
         try:
             cur = conn.cursor()
             columns = self._columns(cur, base, request)
             types = {c.name: c.arrow for c in columns}
-            select_list = _select_list(columns)
+            select_list = _guarded.select_list(POSTGRES, columns)
             binder = _guc_binder()
             predicates = []
             if request.since is not None:
@@ -234,43 +216,26 @@ class PostgresHome(HomeBlock):
         self,
         cur: Any,
         request: ReadRequest,
-        columns: list[_Column],
+        columns: list[Column],
         predicates: list[str],
         binder: Binder,
         n: int,
-    ) -> list[tuple[str, Binder, list[_Column]]]:
+    ) -> list[tuple[str, Binder, list[Column]]]:
         col = self.partition_column or ""
         arrow = {c.name: c.arrow for c in columns}.get(col)
-        kind = _sql.watermark_kind(arrow) if arrow is not None else None
-        if kind not in ("int", "date", "timestamp", "timestamptz"):
-            msg = (
-                f"partition_column {col!r} must be an integer, date or timestamp column the "
-                f"source returns (it reads as {arrow})"
-            )
-            raise ConfigError(msg, entity=request.entity)
-        assert arrow is not None and kind is not None
-        q = POSTGRES.quote(col)
-        bounds_sql = _sql.final_select(POSTGRES, request, [f"MIN({q})", f"MAX({q})"], predicates)
+        _partitions.partition_kind(col, arrow, request.entity)
+        assert arrow is not None
         _set_params(cur, binder)
-        cur.execute(bounds_sql)
+        cur.execute(_partitions.bounds_select(POSTGRES, request, col, predicates))
         low, high = cur.fetchone()
-        points = _sql.split_points(low, high, n)
-        select_list = _select_list(columns)
-        if not points:
-            return [
-                (_sql.final_select(POSTGRES, request, select_list, predicates), binder, columns)
-            ]
-        out = []
-        ranges = _sql.range_predicates(
-            POSTGRES, col, points, POSTGRES.cast_type(kind, arrow), binder.copy
+        select_list = _guarded.select_list(POSTGRES, columns)
+        plan = _partitions.partition_selects(
+            POSTGRES, request, select_list, predicates, binder, col, arrow, low, high, n
         )
-        for pred, part_binder in ranges:
-            sql = _sql.final_select(POSTGRES, request, select_list, [*predicates, pred])
-            out.append((sql, part_binder, columns))
-        return out
+        return [(sql, part, columns) for sql, part in plan]
 
     def _stream_own(
-        self, conn: Any, request: ReadRequest, sql: str, binder: Binder, columns: list[_Column]
+        self, conn: Any, request: ReadRequest, sql: str, binder: Binder, columns: list[Column]
     ) -> Iterator[pa.RecordBatch]:
         try:
             yield from self._stream(conn, request, sql, binder, columns)
@@ -300,7 +265,7 @@ class PostgresHome(HomeBlock):
             raise self._error(exc, request) from self._cause(exc)
 
     def _stream(
-        self, conn: Any, request: ReadRequest, sql: str, binder: Binder, columns: list[_Column]
+        self, conn: Any, request: ReadRequest, sql: str, binder: Binder, columns: list[Column]
     ) -> Iterator[pa.RecordBatch]:
         schema = pa.schema([pa.field(c.name, c.arrow) for c in columns])
         try:
@@ -311,7 +276,9 @@ class PostgresHome(HomeBlock):
             reader = cur.fetch_record_batch()
             sent = False
             for raw in reader:
-                batch = _conform(raw, schema, columns, request.entity)
+                batch = _guarded.guarded_batch(
+                    raw, schema, columns, request.entity, POSTGRES, _AS_TEXT
+                )
                 for offset in range(0, batch.num_rows, request.batch_size):
                     sent = True
                     yield batch.slice(offset, request.batch_size)
@@ -320,15 +287,10 @@ class PostgresHome(HomeBlock):
         except _adbc_error() as exc:
             raise self._error(exc, request) from self._cause(exc)
 
-    def _columns(self, cur: Any, base: str, request: ReadRequest) -> list[_Column]:
+    def _columns(self, cur: Any, base: str, request: ReadRequest) -> list[Column]:
         """The source's columns, how to select each, and the Arrow type each becomes."""
         schema: pa.Schema = cur.adbc_execute_schema(base)
-        names = schema.names
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            names_ = ", ".join(map(repr, dupes))
-            msg = f"the source returns column(s) {names_} more than once; alias them"
-            raise ConfigError(msg, entity=request.entity)
+        _guarded.unique_names(schema.names, request.entity)
         money_scale = _money_scale(cur) if any(_pg_type(f) == "money" for f in schema) else 0
         return [_column(f, money_scale) for f in schema]
 
@@ -451,23 +413,23 @@ def _money_scale(cur: Any) -> int:
     return int(cur.fetchone()[0])
 
 
-def _column(f: pa.Field, money_scale: int) -> _Column:
+def _column(f: pa.Field, money_scale: int) -> Column:
     meta = f.metadata or {}
     pg_type = _pg_type(f)
     quoted = POSTGRES.quote(f.name)
-    as_text = _Column(f.name, f"CAST({quoted} AS text) AS {quoted}", pa.string())
+    as_text = Column(f.name, f"CAST({quoted} AS text) AS {quoted}", pa.string())
     if pg_type == "numeric":
         return _numeric(f.name, quoted, int(meta.get(b"POSTGRESQL:typmod", b"-1")))
     if pg_type == "money":
         # ADBC hands over the raw int64 of minor units; the server's lc_monetary says how
         # many of them make one unit, and `money::numeric` applies it exactly
-        return _Column(
+        return Column(
             f.name, f"CAST({quoted} AS numeric) AS {quoted}", pa.decimal128(19, money_scale)
         )
     if pg_type == "oid":  # unsigned 32 bits, which ADBC reads as int32 (4294967295 -> -1)
-        return _Column(f.name, f"CAST({quoted} AS bigint) AS {quoted}", pa.int64())
+        return Column(f.name, f"CAST({quoted} AS bigint) AS {quoted}", pa.int64())
     if pg_type == "_oid":
-        return _Column(f.name, f"CAST({quoted} AS bigint[]) AS {quoted}", pa.list_(pa.int64()))
+        return Column(f.name, f"CAST({quoted} AS bigint[]) AS {quoted}", pa.list_(pa.int64()))
     if pg_type in ("regproc", "int2vector", "char", "_regproc", "_int2vector", "_char"):
         # an oid as int32, a 0-based array flattened, the empty "char" as a NUL byte
         return as_text
@@ -479,23 +441,23 @@ def _column(f: pa.Field, money_scale: int) -> _Column:
         # text is exact and readable
         return as_text
     if pa.types.is_null(typ):
-        return _Column(f.name, quoted, pa.string())
+        return Column(f.name, quoted, pa.string())
     if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
         guard, refusal = f"NOT isfinite({quoted})", "±infinity"
         if pg_type.startswith("timestamp"):
             guard += f" OR {quoted} > CAST('{_MAX_TIMESTAMP}' AS {pg_type})"
             refusal += " or an instant past what Arrow holds (294247 AD)"
-        return _Column(f.name, quoted, typ, guard=guard, refusal=refusal)
+        return Column(f.name, quoted, typ, guard=guard, refusal=refusal)
     if pa.types.is_time(typ):
-        return _Column(
+        return Column(
             f.name, quoted, typ, guard=f"{quoted} = '24:00:00'", refusal="the time 24:00:00"
         )
-    return _Column(f.name, quoted, typ)
+    return Column(f.name, quoted, typ)
 
 
-def _numeric(name: str, quoted: str, typmod: int) -> _Column:
+def _numeric(name: str, quoted: str, typmod: int) -> Column:
     """`numeric(p,s)` as the narrowest exact decimal; unconstrained or too wide as its text."""
-    as_text = _Column(name, f"CAST({quoted} AS text) AS {quoted}", pa.string())
+    as_text = Column(name, f"CAST({quoted} AS text) AS {quoted}", pa.string())
     if typmod < 4:  # unconstrained numeric: any scale, so exact only as text (NaN spelt 'NaN')
         return as_text
     precision = ((typmod - 4) >> 16) & 0xFFFF
@@ -509,10 +471,10 @@ def _numeric(name: str, quoted: str, typmod: int) -> _Column:
     if precision > 76:
         return as_text
     decimal = pa.decimal128 if precision <= 38 else pa.decimal256
-    return _Column(name, quoted, decimal(precision, scale))
+    return Column(name, quoted, decimal(precision, scale))
 
 
-def _array(name: str, quoted: str, pg_type: str, typ: pa.DataType, as_text: _Column) -> _Column:
+def _array(name: str, quoted: str, pg_type: str, typ: pa.DataType, as_text: Column) -> Column:
     """A one-dimensional array as an Arrow list; other element types as PostgreSQL's text.
 
     ADBC flattens `{{1,2},{3,4}}` to `[1,2,3,4]` and drops a lower bound other than 1, and a
@@ -533,52 +495,4 @@ def _array(name: str, quoted: str, pg_type: str, typ: pa.DataType, as_text: _Col
         if pa.types.is_timestamp(element):
             guard += f" OR CAST('{_MAX_TIMESTAMP}' AS {elem_type}) < ANY({quoted})"
             what += " or an instant past what Arrow holds (294247 AD)"
-    return _Column(name, quoted, typ, guard=guard, refusal=what)
-
-
-def _select_list(columns: list[_Column]) -> list[str]:
-    """Each column's expression, then one boolean per guarded column (see `_Column.guard`)."""
-    guards = [
-        f"({c.guard}) AS {POSTGRES.quote(f'hygge guard {i}')}"
-        for i, c in enumerate(c for c in columns if c.guard)
-    ]
-    return [c.expr for c in columns] + guards
-
-
-def _refuse_guarded(batch: pa.RecordBatch, columns: list[_Column], entity: str) -> None:
-    """Fail the read on a value Arrow cannot hold exactly, before anything is written."""
-    guarded = [c for c in columns if c.guard]
-    for i, c in enumerate(guarded):
-        flags = batch.column(len(columns) + i)
-        if not pc.any(flags).as_py():
-            continue
-        quoted = POSTGRES.quote(c.name)
-        msg = (
-            f"column {c.name!r} holds {c.refusal}: it cannot be read exactly as {c.arrow}. "
-            f"Read it as PostgreSQL's text with a `query` (`SELECT ..., CAST({quoted} AS text) "
-            f"AS {quoted} ...`), or leave those rows out with `where`"
-        )
-        raise HomeError(msg, entity=entity)
-
-
-def _conform(
-    batch: pa.RecordBatch, schema: pa.Schema, columns: list[_Column], entity: str
-) -> pa.RecordBatch:
-    """Cast a driver batch to the Home's schema (numeric text to decimals, drop metadata)."""
-    _refuse_guarded(batch, columns, entity)
-    cols = []
-    for i, f in enumerate(schema):
-        col = batch.column(i)
-        if isinstance(col.type, pa.BaseExtensionType):
-            col = col.storage  # type: ignore[attr-defined]
-        if col.type != f.type:
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                msg = (
-                    f"column {f.name!r} holds a value that is not {f.type} (e.g. NaN or "
-                    f"Infinity in a numeric): {exc}; select it as text or filter those rows"
-                )
-                raise HomeError(msg, entity=entity) from exc
-        cols.append(col)
-    return pa.RecordBatch.from_arrays(cols, schema=schema)
+    return Column(name, quoted, typ, guard=guard, refusal=what)
