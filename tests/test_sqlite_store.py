@@ -33,7 +33,9 @@ SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.string()), ("wm", pa.int64(
 
 
 def batch(rows: list[tuple[int, str, int]], schema: pa.Schema = SCHEMA) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([dict(zip(schema.names, r)) for r in rows], schema=schema)
+    return pa.RecordBatch.from_pylist(
+        [dict(zip(schema.names, r, strict=True)) for r in rows], schema=schema
+    )
 
 
 def load(store: SqliteStore, run_id: str, mode: str, *batches: pa.RecordBatch) -> Any:
@@ -210,7 +212,7 @@ class TestSqliteStore:
         folder = tmp_path / "mart.sqlite"
         folder.mkdir()  # `path` names a folder: SQLite cannot open it as a database
         store = SqliteStore(path=str(folder))
-        with pytest.raises(StoreError, match="cannot be written.*write access") as caught:
+        with pytest.raises(StoreError, match=r"cannot be written.*write access") as caught:
             store.check()
         assert str(folder) in str(caught.value)
         with pytest.raises(StoreError, match="cannot be written"):
@@ -229,7 +231,7 @@ class TestSqliteStore:
         load(plain, "r1", "replace", batch([(1, "a", 1)]))
         load(plain, "r2", "append", batch([(1, "a", 1)]))
         keyed = plain.for_entity(["id"], ["wm"])
-        with pytest.raises(StoreError, match="more than one row for some key.*--full-drop"):
+        with pytest.raises(StoreError, match=r"more than one row for some key.*--full-drop"):
             load(keyed, "r3", "append", batch([(2, "b", 2)]))
 
 
@@ -327,7 +329,9 @@ class Source:
     def assert_exact(self, context: str) -> None:
         want = read_back(self.db, "items").sort_by("id")
         got = read_back(self.mart, "items").sort_by("id")
-        assert got.num_rows == want.num_rows, f"{context}: {got.num_rows} rows, want {want.num_rows}"
+        assert got.num_rows == want.num_rows, (
+            f"{context}: {got.num_rows} rows, want {want.num_rows}"
+        )
         assert got.equals(want), context
         ledger = ledger_of(self.spec)["items"]["watermark"]
         want_ts = max(want.column("ts").to_pylist())

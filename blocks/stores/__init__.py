@@ -1,8 +1,8 @@
 """One Store per module; each stages and publishes to one kind of destination.
 
 The Azure Stores import prefect-azure and the Azure SDK, about a second on every command, and
-the Delta Store imports deltalake (the SQLite Store ADBC), so they are imported on first use (`blocks.stores.AdlsStore`),
-not with the package.
+the Delta Store imports deltalake, so they are imported on first use (`blocks.stores.AdlsStore`),
+not with the package (as is the SQLite Store, which imports ADBC).
 """
 
 from __future__ import annotations

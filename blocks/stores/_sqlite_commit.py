@@ -155,8 +155,9 @@ def _ingest(cur: dbapi.Cursor, table: str, path: Path, temporary: bool = False) 
         reader = pa.ipc.open_file(source)
         batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         stream = pa.RecordBatchReader.from_batches(reader.schema, batches)
-        mode = "create" if temporary else "append"
-        cur.adbc_ingest(table, stream, mode=mode, temporary=temporary)
+        cur.adbc_ingest(
+            table, stream, mode="create" if temporary else "append", temporary=temporary
+        )
 
 
 def _staged(cur: dbapi.Cursor, path: Path) -> str:

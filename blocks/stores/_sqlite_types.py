@@ -86,9 +86,7 @@ def to_sqlite(batch: pa.RecordBatch, entity: str) -> pa.RecordBatch:
         if pa.types.is_dictionary(f.type):
             col = col.dictionary_decode()
         arrays.append(_bound(f.name, col, entity))
-    return pa.RecordBatch.from_arrays(
-        arrays, schema=pa.schema([pa.field(n, a.type) for n, a in zip(batch.schema.names, arrays)])
-    )
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 def _bound(name: str, col: pa.Array, entity: str) -> pa.Array:

@@ -112,7 +112,10 @@ class SqliteStore(ParquetStore):
         update = {k: list(v) for k, v in defaults.items() if getattr(self, k) is None and v}
         return self.model_copy(update=update) if update else self
 
-    def open_writer(self, entity: str, run_id: str, mode: WriteMode) -> SqliteWriter:
+    # the Store takes the Parquet Store's records (manifests, state, lock), not its writer
+    def open_writer(  # type: ignore[override]
+        self, entity: str, run_id: str, mode: WriteMode
+    ) -> SqliteWriter:
         return SqliteWriter(self, entity, run_id, mode)
 
     # -- the database -------------------------------------------------------------------------
