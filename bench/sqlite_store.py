@@ -8,7 +8,9 @@ same work, in the same run:
   a new SQLite database: `SqliteStore`'s writer and publish (types bound as SQLite holds them,
   staged as Arrow IPC, one transaction that creates the table, ingests the rows and records
   the run) against `adbc_ingest(mode="create")` of the same reader, whose only change to the
-  rows is the cast ADBC needs (decimal to text);
+  rows is the cast ADBC needs (decimal to text), and against the same with timestamps and
+  dates cast to text by Arrow first (`adbc_text`: faster than the driver's own formatting);
+  the target is met against the faster of the two;
 - **upsert**: 1% of the rows changed (60% updates, 40% new keys) upserted by `id` into the
   table as hygge wrote it (a unique index on `id`): the Store's merge run against a hand-written
   `adbc_ingest` into a temporary table and `INSERT ... ON CONFLICT (id) DO UPDATE`.
@@ -42,7 +44,8 @@ BATCH = 100_000
 GROUPS = ["full_drop", "upsert"]
 LABELS = {
     "full_drop.hygge": "SqliteStore writer, replace (one transaction)",
-    "full_drop.adbc": "adbc_ingest(mode='create')",
+    "full_drop.adbc": "adbc_ingest(mode='create'), decimals as text",
+    "full_drop.adbc_text": "the same, timestamps and dates as text too",
     "upsert.hygge": "SqliteStore writer, upsert by id (one transaction)",
     "upsert.adbc": "adbc_ingest to temp + INSERT ... ON CONFLICT",
 }
@@ -55,11 +58,17 @@ def _batches(src: str) -> Any:
     return pq.ParquetFile(src).iter_batches(batch_size=BATCH)
 
 
-def _adbc_ready(batch: Any) -> Any:
-    """The one cast a hand-written ADBC ingest needs: SQLite's driver binds no decimals."""
+def _adbc_ready(batch: Any, temporal: bool = False) -> Any:
+    """The one cast a hand-written ADBC ingest needs (SQLite's driver binds no decimals), and
+    with `temporal` timestamps and dates as Arrow's text too."""
     import pyarrow as pa
 
-    cols = [c.cast(pa.string()) if pa.types.is_decimal(c.type) else c for c in batch.columns]
+    def text(t: pa.DataType) -> bool:
+        return pa.types.is_decimal(t) or (
+            temporal and (pa.types.is_timestamp(t) or pa.types.is_date(t))
+        )
+
+    cols = [c.cast(pa.string()) if text(c.type) else c for c in batch.columns]
     return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
@@ -109,7 +118,12 @@ def child(name: str, args: dict[str, Any]) -> dict[str, Any]:
         conn.commit()
         cur.close()
         conn.close()
-    return {"rows": rows, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    import sqlite3
+
+    with sqlite3.connect(db) as con:  # after the clock: the rows really are in the table
+        held = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+    return {"rows": rows, "seconds": seconds, "table_rows": held}
 
 
 def build(work: Path, rows: int) -> dict[str, str]:
@@ -158,32 +172,43 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, Any]]] = {}
     for _ in range(a.repeat):
         for group in a.only.split(","):
-            for kind in ("hygge", "adbc"):  # alternating: both see the same machine
+            for kind in kinds(group):  # alternating: all see the same machine
                 name = f"{group}.{kind}"
                 with tempfile.TemporaryDirectory() as out:
                     args = json.dumps({**paths, "out": out})
                     cmd = [sys.executable, "-m", "bench.sqlite_store", "--child", name, args]
                     results.setdefault(name, []).append(measure(cmd, env))
     print(f"{rows:,} rows, median of {a.repeat}")
-    print(f"{'workload':<58} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak MB':>8} ratio")
+    print(
+        f"{'workload':<66} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak MB':>8} "
+        "speed / fastest hand-written"
+    )
     for group in a.only.split(","):
         median = {
             k: statistics.median(r["seconds"] for r in results[f"{group}.{k}"])
-            for k in ("hygge", "adbc")
+            for k in kinds(group)
         }
-        for kind in ("hygge", "adbc"):
+        best = min(v for k, v in median.items() if k != "hygge")
+        for kind in kinds(group):
             rs = results[f"{group}.{kind}"]
             secs, done = median[kind], rs[0]["rows"]
+            assert len({r["table_rows"] for r in rs}) == 1, f"{group}.{kind}: tables differ"
             peak = statistics.median(r["peak_mb"] for r in rs)
-            ratio = median["adbc"] / median["hygge"] if kind == "hygge" else 1.0
             print(
-                f"{name_label(group, kind):<58} {done:>10,} {secs:>8.2f} {done / secs:>10,.0f} "
-                f"{peak:>8.0f} {ratio:.2f}x"
+                f"{name_label(group, kind):<66} {done:>10,} {secs:>8.2f} {done / secs:>10,.0f} "
+                f"{peak:>8.0f} {best / secs:.2f}x"
             )
-        ratio = median["adbc"] / median["hygge"]
+        ratio = best / median["hygge"]
         verdict = "met" if ratio >= TARGET else "missed"
-        print(f"  target {group}: hygge >= {TARGET}x hand-written ADBC: {ratio:.2f}x, {verdict}")
+        print(
+            f"  target {group}: hygge >= {TARGET}x the fastest hand-written ADBC: "
+            f"{ratio:.2f}x, {verdict}"
+        )
     return 0
+
+
+def kinds(group: str) -> list[str]:
+    return ["hygge", "adbc", "adbc_text"] if group == "full_drop" else ["hygge", "adbc"]
 
 
 def name_label(group: str, kind: str) -> str:

@@ -446,3 +446,35 @@ def test_a_full_drop_killed_shows_the_old_table_until_the_rerun(
     assert read_back(src.mart, "items").num_rows == 400
     assert src.cli(prefect_server) == 0, src.output
     src.assert_exact(f"after a full drop killed at {point}")
+
+
+def test_the_sqlite_example_follows_a_day_of_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec_name: str
+) -> None:
+    from flows.example import REPO, ensure_example_data
+    from flows.example_changes import change_example
+    from flows.spec import expand_env
+
+    db = ensure_example_data(tmp_path / "data" / "shop.sqlite", orders=5_000)
+    monkeypatch.setenv("HYGGE_EXAMPLE_DIR", str(db.parent))
+    monkeypatch.setenv("HYGGE_SQLITE_MART", str(tmp_path / "mart.sqlite"))
+    spec = yaml.safe_load((REPO / "deployments" / "example_sqlite.yaml").read_text("utf-8"))
+    spec = expand_env({**spec, "name": spec_name})
+    mart = Path(spec["store"]["path"])
+    tables = [e["table"] for e in spec["entities"]]
+
+    def assert_current(context: str) -> None:
+        for table in tables:
+            want, got = read_back(db, table), read_back(mart, table)
+            keys = [(n, "ascending") for n in want.schema.names[:2]]
+            assert got.sort_by(keys).equals(want.sort_by(keys)), f"{context}: {table}"
+
+    assert run_flow(spec).is_completed()
+    assert_current("first run")
+    changes = change_example(db)
+    assert changes.deleted_orders > 0 and changes.updated_orders > 0
+    state = run_flow(spec)
+    assert state.is_completed()
+    assert_current("after a day of changes")
+    rows = {r["entity"]: r for r in state.result()}
+    assert f"{changes.deleted_orders:,} deleted" in rows["orders"]["detail"]
