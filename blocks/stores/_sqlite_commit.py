@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +89,20 @@ def run(cur: dbapi.Cursor, sql: str, params: list[Any] | None = None) -> list[tu
     return cur.fetchall()  # the driver steps the statement here: its errors arrive here too
 
 
+#: one lock per database file: this process's entities take turns at their commits (a long
+#: full drop would otherwise outlast another entity's busy timeout)
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(db: Path) -> threading.Lock:
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(str(db.resolve()), threading.Lock())
+
+
 @contextlib.contextmanager
 def transaction(db: Path) -> Iterator[dbapi.Cursor]:
-    with cursor(db) as cur:
+    with _writer_lock(db), cursor(db) as cur:
         run(cur, "BEGIN IMMEDIATE")  # the write lock first: no read-then-upgrade deadlock
         try:
             yield cur
