@@ -25,7 +25,9 @@ from blocks.stores import _sqlite_commit
 from hygge_core import faults
 from hygge_core.errors import StoreError, is_transient
 from tests.conftest import ledger_of, run_flow
-from tests.flow_helpers import run_cli
+from tests.test_delta_store import Source as ItemsSource
+from tests.test_delta_store import batch as timed_batch
+from tests.test_delta_store import die_at, load
 from tests.test_sqlite_types import MATRIX, make_matrix
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
@@ -36,15 +38,6 @@ def batch(rows: list[tuple[int, str, int]], schema: pa.Schema = SCHEMA) -> pa.Re
     return pa.RecordBatch.from_pylist(
         [dict(zip(schema.names, r, strict=True)) for r in rows], schema=schema
     )
-
-
-def load(store: SqliteStore, run_id: str, mode: str, *batches: pa.RecordBatch) -> Any:
-    writer = store.open_writer("t", run_id, mode)  # type: ignore[arg-type]
-    for b in batches:
-        writer.write(b)
-    manifest = writer.commit_files({"watermark": run_id}, sum(b.num_rows for b in batches))
-    store.mark_committed("t", run_id)
-    return manifest
 
 
 def rows(store: SqliteStore, table: str = "t") -> list[tuple[Any, ...]]:
@@ -235,31 +228,23 @@ class TestSqliteStore:
             load(keyed, "r3", "append", batch([(2, "b", 2)]))
 
 
-def die_at(store: SqliteStore, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run r2 (an update of 2, a new 3) dies at `point`: no `abort` runs, as after a kill."""
-    monkeypatch.setenv("HYGGE_FAULT", f"{point}:raise")
-    writer = store.open_writer("t", "r2", "append")
-    writer.write(batch([(2, "b-new", 2), (3, "c", 1)]))
-    with pytest.raises(faults.InjectedFault):
-        writer.commit_files({"watermark": "r2"}, 2)
-    monkeypatch.delenv("HYGGE_FAULT")
-
-
 class TestSqliteRecovery:
     """A process that died mid-publish (no `abort` ran), and the next run's recovery."""
 
     @pytest.mark.parametrize("point", ["publish.after_prepare", "publish.before_mark"])
     def test_a_run_that_died_is_applied_exactly_once(
-        self, keyed: SqliteStore, point: str, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, point: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        load(keyed, "r1", "replace", batch([(1, "a", 1), (2, "b", 1)]))
-        die_at(keyed, point, monkeypatch)
-        expected_now = 2 if point == "publish.after_prepare" else 3
-        assert len(rows(keyed)) == expected_now
+        keyed = SqliteStore(path=str(tmp_path / "mart.sqlite")).for_entity(["id"], ["ts"])
+        load(keyed, "r1", "replace", timed_batch([(1, "a", 0), (2, "b", 0)]))
+        die_at(keyed, point, monkeypatch)  # r2: an update of 2, a new 3
+        assert len(rows(keyed)) == (2 if point == "publish.after_prepare" else 3)
         pending = keyed.recover("t")
         assert [m.run_id for m in pending] == ["r2"]
         assert pending[0].ledger_entry == {"watermark": "r2"}
-        assert rows(keyed) == [(1, "a", 1), (2, "b-new", 2), (3, "c", 1)]
+        after = read_back(keyed.db, "t").to_pylist()
+        hours = [(r["id"], r["v"], (r["ts"] - T0) // dt.timedelta(hours=1)) for r in after]
+        assert hours == [(1, "a", 0), (2, "b-new", 2), (3, "c", 1)]
         assert keyed.recover("t")[0].run_id == "r2"  # again: nothing applied twice
         assert len(rows(keyed)) == 3
 
@@ -281,50 +266,19 @@ class TestSqliteRecovery:
 # -- whole runs from SQLite into SQLite ---------------------------------------------------------
 
 
-class Source:
-    """A SQLite `items` table whose rows are inserted, updated and deleted between runs."""
+class Source(ItemsSource):
+    """The Delta tests' `items` source, moved into a SQLite Store instead."""
 
     def __init__(self, tmp: Path, name: str) -> None:
-        self.db = tmp / "src.sqlite"
+        super().__init__(tmp, name)
         self.mart = tmp / "mart.sqlite"
+        self.spec["store"] = {"type": "sqlite", "path": str(self.mart)}
+
+    def execute(self, sql: str) -> None:
         con = sqlite3.connect(self.db)
-        con.execute(
-            "CREATE TABLE items (id INTEGER PRIMARY KEY, ts DATETIME, price DECIMAL(10,2), "
-            "label TEXT)"
-        )
+        con.execute(sql)
         con.commit()
         con.close()
-        self.clock = 0
-        self.spec: dict[str, Any] = {
-            "name": name,
-            "home": {"type": "sqlite", "path": str(self.db)},
-            "store": {"type": "sqlite", "path": str(self.mart)},
-            "retries": 0,
-            "defaults": {"batch_size": 250},
-            "entities": [
-                {"name": "items", "table": "items", "watermark": {"column": "ts", "keys": ["id"]}}
-            ],
-        }
-
-    def execute(self, sql: str, params: list[Any] | None = None) -> None:
-        con = sqlite3.connect(self.db)
-        con.executemany(sql, params or [()])
-        con.commit()
-        con.close()
-
-    def _ts(self) -> str:
-        self.clock += 1
-        return str(T0 + dt.timedelta(seconds=self.clock))
-
-    def insert(self, ids: range) -> None:
-        stamp = self._ts()
-        rows = [(i, stamp, f"{i}.25", f"item {i} ✓") for i in ids]
-        self.execute("INSERT INTO items VALUES (?,?,?,?)", rows)  # type: ignore[arg-type]
-
-    def update(self, ids: range, label: str) -> None:
-        stamp = self._ts()
-        rows = [(stamp, label, i) for i in ids]
-        self.execute("UPDATE items SET ts = ?, label = ? WHERE id = ?", rows)  # type: ignore[arg-type]
 
     def assert_exact(self, context: str) -> None:
         want = read_back(self.db, "items").sort_by("id")
@@ -338,13 +292,6 @@ class Source:
         assert ledger["value"].replace("T", " ") == str(want_ts), context
         staging = Path(f"{self.mart}-hygge") / "_staging"
         assert not staging.exists() or not any(staging.rglob("*.arrow")), f"{context}: staging"
-
-    def cli(self, api_url: str, fault: str | None = None) -> int:
-        spec = self.db.parent / "spec.yaml"
-        spec.write_text(yaml.safe_dump(self.spec), encoding="utf-8")
-        proc = run_cli(spec, api_url, fault)
-        self.output = proc.stdout + proc.stderr
-        return proc.returncode
 
 
 def test_flow_upserts_deletes_and_full_drops(tmp_path: Path, spec_name: str) -> None:

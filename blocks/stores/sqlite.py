@@ -32,6 +32,7 @@ from pydantic import Field
 from blocks.base import WriteMode, asset_uri
 from blocks.stores import _sqlite_commit as sql
 from blocks.stores._local_fs import fsync_file, make_dirs, os_error, remove_staging
+from blocks.stores._merge_fields import MERGE_KEYS, MERGE_ORDER, merges_by
 from blocks.stores._schema import conform
 from blocks.stores._sqlite_types import declared_columns, ident, to_sqlite
 from blocks.stores.parquet import ParquetStore
@@ -77,16 +78,8 @@ class SqliteStore(ParquetStore):
         description="Folder for the Store's manifests, staging and lock; empty for "
         "`<path>-hygge` beside the database.",
     )
-    merge_keys: list[str] | None = Field(
-        default=None,
-        description="Columns an incremental load upserts by; empty takes the entity's "
-        "watermark `keys` (no keys: incremental loads append).",
-    )
-    merge_order: list[str] | None = Field(
-        default=None,
-        description="Columns whose highest value (first non-NULL) wins when a run holds "
-        "several versions of a key; empty takes the entity's watermark column(s).",
-    )
+    merge_keys: list[str] | None = MERGE_KEYS
+    merge_order: list[str] | None = MERGE_ORDER
 
     @property
     def _root(self) -> Path:
@@ -97,7 +90,7 @@ class SqliteStore(ParquetStore):
         return Path(self.path)
 
     def merges_by(self, keys: list[str]) -> bool:
-        return bool(keys) and (self.merge_keys or keys) == keys
+        return merges_by(self.merge_keys, keys)
 
     def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
         if self.merges_by(keys):
