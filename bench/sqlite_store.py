@@ -2,7 +2,7 @@
 same work, in the same run:
 
     python -m bench.sqlite_store                       # 1M rows, median of 3, every workload
-    python -m bench.sqlite_store --rows 200k --repeat 1 --only full_drop
+    python -m bench.sqlite_store --rows 200k --repeat 1 --only full_drop --json out.json
 
 - **full_drop**: the bench table (`bench/data.py`, read with `ParquetFile.iter_batches`) into
   a new SQLite database: `SqliteStore`'s writer and publish (types bound as SQLite holds them,
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--only", default=",".join(GROUPS))
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "hygge-bench"))
+    p.add_argument("--json", help="also write every run's figures (by workload) to this file")
     p.add_argument("--child", nargs=2, metavar=("NAME", "ARGS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                     args = json.dumps({**paths, "out": out})
                     cmd = [sys.executable, "-m", "bench.sqlite_store", "--child", name, args]
                     results.setdefault(name, []).append(measure(cmd, env))
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(f"{rows:,} rows, median of {a.repeat}")
     print(
         f"{'workload':<66} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak MB':>8} "
