@@ -29,7 +29,7 @@ from blocks.ledger import WatermarkLedger
 from blocks.stores import ParquetStore
 
 if TYPE_CHECKING:
-    from blocks.stores import AdlsStore, DeltaStore, OneLakeStore, OpenMirroringStore
+    from blocks.stores import AdlsStore, DeltaStore, OneLakeStore, OpenMirroringStore, SqliteStore
 
 __all__ = [
     "AdlsStore",
@@ -48,6 +48,7 @@ __all__ = [
     "PostgresHome",
     "SqlServerCredentials",
     "SqliteHome",
+    "SqliteStore",
     "StoreBlock",
     "WatermarkLedger",
 ]
@@ -107,6 +108,7 @@ STORES: BlockKinds[StoreBlock] = BlockKinds(
         "delta": ("DeltaStore", "delta-store"),
         "onelake": ("OneLakeStore", "onelake-store"),
         "open_mirroring": ("OpenMirroringStore", "open-mirroring-store"),
+        "sqlite": ("SqliteStore", "sqlite-store"),
     },
 )
 

@@ -176,6 +176,8 @@ def arrow_type_for(declared: str) -> pa.DataType | None:
         return pa.bool_()
     if "INT" in d:
         return pa.int64()
+    if "TIME ZONE" in d or "TIMESTAMPTZ" in d:
+        return pa.timestamp("us", "UTC")  # the SQLite Store writes these with their offset
     if "DATETIME" in d or "TIMESTAMP" in d:
         return pa.timestamp("us")
     if "DATE" in d:

@@ -2,7 +2,7 @@
 
 The Azure Stores import prefect-azure and the Azure SDK, about a second on every command, and
 the Delta Store imports deltalake, so they are imported on first use (`blocks.stores.AdlsStore`),
-not with the package.
+not with the package (as is the SQLite Store, which imports ADBC).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from blocks.stores.delta import DeltaStore
     from blocks.stores.onelake import OneLakeStore
     from blocks.stores.open_mirroring import OpenMirroringStore
+    from blocks.stores.sqlite import SqliteStore
 
 #: class name -> module, for the Stores imported on first use
 LAZY = {
@@ -24,9 +25,17 @@ LAZY = {
     "DeltaStore": "blocks.stores.delta",
     "OneLakeStore": "blocks.stores.onelake",
     "OpenMirroringStore": "blocks.stores.open_mirroring",
+    "SqliteStore": "blocks.stores.sqlite",
 }
 
-__all__ = ["AdlsStore", "DeltaStore", "OneLakeStore", "OpenMirroringStore", "ParquetStore"]
+__all__ = [
+    "AdlsStore",
+    "DeltaStore",
+    "OneLakeStore",
+    "OpenMirroringStore",
+    "ParquetStore",
+    "SqliteStore",
+]
 
 
 def __getattr__(name: str) -> Any:

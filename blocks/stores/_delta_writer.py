@@ -22,7 +22,7 @@ from blocks.stores._local_fs import fsync_file, make_dirs, os_error
 from blocks.stores._parquet_files import ArrowFile
 from blocks.stores._schema import appendable, comparable
 from blocks.stores.parquet import ParquetWriter
-from blocks.stores.protocol import Staged
+from blocks.stores.protocol import Staged, StagedWriter
 from hygge_core.errors import StoreError, first_line
 
 if TYPE_CHECKING:
@@ -129,21 +129,8 @@ class DeltaWriter(ParquetWriter):
         super().abandon_files()
 
     def publish_error(self, exc: BaseException) -> StoreError:
-        error = self.store.backend_error(exc, "cannot publish to the Store", self.entity)
-        try:
-            manifest = self.store.load_manifest(self.entity, self.run_id)
-            done = manifest is not None and self.store.run_committed(manifest)
-        except self.store.backend_errors:
-            return error
-        if not done:
-            return error
-        # a retry would re-read the rows this commit holds and apply them again: the entity
-        # fails instead, and the next run's recovery records the commit
-        msg = (
-            f"the run's Delta commit is in the table, but recording it failed "
-            f"({first_line(exc)}); the next run records it and moves the watermark"
-        )
-        return StoreError(msg, entity=self.entity)
+        # the protocol's: a failure after the Delta commit is not retried
+        return StagedWriter.publish_error(self, exc)
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from blocks.stores._delta_area import DeltaArea
 from blocks.stores._delta_maintain import Upkeep, compact_after_run, maintain
 from blocks.stores._delta_writer import DeltaWriter
 from blocks.stores._local_fs import os_error
+from blocks.stores._merge_fields import MERGE_KEYS, MERGE_ORDER, merges_by
 from blocks.stores._schema import comparable
 from blocks.stores.adls import AdlsStore
 from blocks.stores.blob_parquet import BlobParquetStore
@@ -109,16 +110,8 @@ class DeltaStore(DeltaArea, ParquetStore):
         default=1_000_000,
         description="Start a new file after this many rows (merges rewrite whole files).",
     )
-    merge_keys: list[str] | None = Field(
-        default=None,
-        description="Columns an incremental load merges by; empty takes the entity's "
-        "watermark `keys` (no keys: incremental loads append).",
-    )
-    merge_order: list[str] | None = Field(
-        default=None,
-        description="Columns whose highest value (first non-NULL) wins when a run holds "
-        "several versions of a key; empty takes the entity's watermark column(s).",
-    )
+    merge_keys: list[str] | None = MERGE_KEYS
+    merge_order: list[str] | None = MERGE_ORDER
     delete_column: str | None = Field(
         default=None,
         description="A boolean source column: rows where it is true are deleted by key in the "
@@ -184,7 +177,7 @@ class DeltaStore(DeltaArea, ParquetStore):
         )
 
     def merges_by(self, keys: list[str]) -> bool:
-        return bool(keys) and (self.merge_keys or keys) == keys
+        return merges_by(self.merge_keys, keys)
 
     def deletes_refusal(self, keys: list[str], soft: bool = False) -> str | None:
         if self.merges_by(keys):

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 from blocks.base import EntityWriter, StoreBlock, WriteMode, utc_now
 from hygge_core import faults
-from hygge_core.errors import StoreError
+from hygge_core.errors import StoreError, first_line
 from hygge_core.manifest import Manifest
 
 #: committed manifests kept per entity (older ones are deleted by recovery)
@@ -142,6 +142,11 @@ class PublishingStore(StoreBlock):
             return False
         dest.write_bytes(data)
         return True
+
+    def run_committed(self, manifest: Manifest) -> bool:
+        """Whether the Store's log holds this run's commit (`transactional` Stores)."""
+        msg = f"{type(self).__name__} keeps no log of commits"
+        raise NotImplementedError(msg)
 
     def commit_run(self, manifest: Manifest) -> None:
         """Make a whole run visible in one commit of the Store's log (`transactional` Stores)."""
@@ -271,7 +276,23 @@ class StagedWriter(EntityWriter):
         """Delete what this attempt staged (before prepare; default: it expires by itself)."""
 
     def publish_error(self, exc: BaseException) -> StoreError:
-        return self.store.backend_error(exc, "cannot publish to the Store", self.entity)
+        error = self.store.backend_error(exc, "cannot publish to the Store", self.entity)
+        if not self.store.transactional:
+            return error
+        try:
+            manifest = self.store.load_manifest(self.entity, self.run_id)
+            done = manifest is not None and self.store.run_committed(manifest)
+        except self.store.backend_errors:
+            return error
+        if not done:
+            return error
+        # a retry would re-read the rows this commit holds and apply them again: the entity
+        # fails instead, and the next run's recovery records the commit
+        msg = (
+            f"the run's {self.store.spec_type} commit is in the table, but recording it failed "
+            f"({first_line(exc)}); the next run records it and moves the watermark"
+        )
+        return StoreError(msg, entity=self.entity)
 
     def commit_files(self, ledger_entry: dict[str, Any] | None, rows: int) -> Manifest:
         try:
