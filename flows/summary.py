@@ -28,11 +28,14 @@ class SummaryRow:
     fabric: str = ""
     #: the run published something (its verdict must be newer than the run)
     changed: bool = False
+    #: the detail says more than the files written: the terminal prints it under the table
+    noteworthy: bool = False
 
     @classmethod
     def ok(cls, result: EntityResult) -> SummaryRow:
         wm = result.watermark or {}
-        detail = "no new rows" if not result.changed else f"{len(result.files)} file(s)"
+        plain = "no new rows" if not result.changed else f"{len(result.files)} file(s)"
+        detail = plain
         if result.null_watermark_rows:
             detail += f"; {result.null_watermark_rows} NULL-watermark rows skipped"
         if result.changed and result.rows == 0 and not result.deleted:
@@ -57,6 +60,7 @@ class SummaryRow:
             ran_on=result.ran_on,
             mb_per_second=round(result.bytes / result.seconds / 1e6, 2) if result.seconds else 0.0,
             changed=result.changed,
+            noteworthy=detail != plain,
         )
 
     @classmethod
@@ -101,7 +105,7 @@ def render(rows: list[SummaryRow]) -> str:
     notes = [
         f"  {r.entity}: {r.detail}"
         for r in rows
-        if r.status != "ok" or any(w in r.detail for w in ("NULL", "empty", "schema", "skipped"))
+        if r.status != "ok" or r.noteworthy
     ]
     if notes:
         out += ["", *notes]
