@@ -102,11 +102,7 @@ def render(rows: list[SummaryRow]) -> str:
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
-    notes = [
-        f"  {r.entity}: {r.detail}"
-        for r in rows
-        if r.status != "ok" or r.noteworthy
-    ]
+    notes = [f"  {r.entity}: {r.detail}" for r in rows if r.status != "ok" or r.noteworthy]
     if notes:
         out += ["", *notes]
     return "\n".join(out)

@@ -88,8 +88,9 @@ def _apply(
         row.status = "FAILED"
         row.detail = (
             f"Fabric did not replicate the table: {row.fabric}. The files reached the landing "
-            "zone and the watermark moved with them; fix the cause Fabric names, then rebuild "
-            "the table with --full-drop"
+            "zone and the watermark moved with them; fix the cause Fabric names, then `hygge "
+            "status --repair` sends the rejected file again under its own name (or --full-drop "
+            "rebuilds the table)"
         )
         logger.error("%s: %s", row.entity, row.detail)
     elif verdict is not None and verdict.state in ("warning", "stopped"):

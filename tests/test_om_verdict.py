@@ -102,6 +102,7 @@ def test_a_table_fabric_failed_fails_the_entity(mirrored: tuple[Any, dict[str, A
     assert row["fabric"] == "Error: SchemaMismatch column x (0 rows processed)"
     assert "Fabric did not replicate the table" in row["detail"]
     assert "the watermark moved with them" in row["detail"]
+    assert "`hygge status --repair` sends the rejected file again" in row["detail"]
     # the data reached the landing zone: the watermark reflects what was published
     assert ledger_of(spec)["events"]["watermark"] is not None
     assert data_files(c, "events") == ["00000000000000000001.parquet"]
@@ -117,6 +118,23 @@ def test_warnings_are_reported_not_failed(mirrored: tuple[Any, dict[str, Any]]) 
         summary_row(state, "events")["fabric"]
         == "RunningWithWarning: error slow (300 rows processed)"
     )
+
+
+def test_a_stopped_mirrored_database_is_reported_for_its_tables(
+    mirrored: tuple[Any, dict[str, Any]],
+) -> None:
+    """Fabric's `replicator.json`: a stopped replicator processes no table, so its tables are
+    reported as stopped (not as processing for `verify_seconds`)."""
+    c, spec = mirrored
+    write_monitor(c, entry("Running", 300))
+    body = {"status": "Stopped", "errorCode": "CapacityPaused", "errorMessage": "paused"}
+    c.upload_blob(f"{ITEM}/Files/Monitoring/replicator.json", json.dumps(body).encode())
+    started = time.monotonic()
+    state = run_flow(spec)
+    assert state.is_completed(), state.message
+    assert time.monotonic() - started < 20  # settled at once: nothing to wait for
+    row = summary_row(state, "events")
+    assert row["fabric"] == "mirrored database Stopped: CapacityPaused paused"
 
 
 def test_no_monitor_means_unknown_and_no_wait(mirrored: tuple[Any, dict[str, Any]]) -> None:

@@ -109,6 +109,29 @@ def parse_tables(raw: bytes | None) -> list[TableStatus] | None:
     return out
 
 
+def parse_replicator(raw: bytes | None) -> TableStatus | None:
+    """The mirrored database's own status (`replicator.json`); None when absent or unreadable.
+    Read as leniently as the tables: a status (`status` or `state`), an error code and message,
+    at the top or under `replicator`."""
+    try:
+        doc = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("replicator"), dict):
+        doc = doc["replicator"]
+    status = _text(_first(doc, "status", "state", "replicatorStatus"))
+    if status is None:
+        return None
+    return TableStatus(
+        table="(mirrored database)",
+        schema=None,
+        status=status,
+        error_code=_text(_first(doc, "errorCode", "error_code")),
+        error_message=_text(_first(doc, "errorMessage", "error_message")),
+        updated_at=_text(_first(doc, "lastUpdateTime", "lastUpdated")),
+    )
+
+
 def find(tables: list[TableStatus], table: str, schema: str | None) -> TableStatus | None:
     """The entry of one landing-zone table (names compare as Fabric does: case-insensitive)."""
     for status in tables:

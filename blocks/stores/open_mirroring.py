@@ -47,7 +47,14 @@ from blocks.stores._blob import (
     store_error,
 )
 from blocks.stores._om_files import STRATEGY, Detection, LandingFiles
-from blocks.stores._om_monitor import MONITOR, TableStatus, find, parse_tables
+from blocks.stores._om_monitor import (
+    MONITOR,
+    REPLICATOR,
+    TableStatus,
+    find,
+    parse_replicator,
+    parse_tables,
+)
 from blocks.stores._om_repair import FileRepair
 from blocks.stores._om_restart import TableRestart
 from blocks.stores._om_writer import MirroringWriter
@@ -203,6 +210,14 @@ class OpenMirroringStore(FileRepair, TableRestart, LandingFiles, BlobStoreBase):
         except AzureError:
             return None
 
+    def replicator(self) -> TableStatus | None:
+        """The mirrored database's own status (`Files/Monitoring/replicator.json`)."""
+        area = self.area(self.item)
+        try:
+            return parse_replicator(area.get_bytes(area.key(REPLICATOR)))
+        except AzureError:
+            return None
+
     def verdict_seconds(self) -> float:
         return self.verify_seconds
 
@@ -210,6 +225,14 @@ class OpenMirroringStore(FileRepair, TableRestart, LandingFiles, BlobStoreBase):
         tables = self.monitor()
         if tables is None:
             return None
+        database = self.replicator()
+        if database is not None and database.verdict in ("failed", "stopped"):
+            # a stopped or failed replicator processes no table: say so, not "processing"
+            return DestinationVerdict(
+                database.verdict,
+                f"mirrored database {database.describe()}",
+                _instant(database.updated_at),
+            )
         status = find(tables, entity, self.table_schema)
         if status is None:
             return DestinationVerdict("processing", "not yet in Fabric's monitor")
