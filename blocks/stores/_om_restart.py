@@ -131,27 +131,16 @@ class TableRestart(_Base):
     def _await_drop(self, manifest: Manifest) -> None:
         """Wait until Fabric's monitor no longer lists the dropped table (Microsoft's restart:
         delete the folder, wait for the table to disappear, then recreate it)."""
-        entity = manifest.entity
         since = dt.datetime.fromisoformat(manifest.extra["drop_watch"])
-        deadline = since + dt.timedelta(seconds=self.drop_timeout_seconds)
-        while True:
-            tables = self.monitor()
-            if tables is None:
-                # the monitor went away: fall back to the fixed wait from the drop
-                _sleep_until((since + dt.timedelta(seconds=self.drop_wait_seconds)).isoformat())
-                return
-            if find(tables, entity, self.table_schema) is None:
-                return
-            if utc_now() >= deadline:
-                msg = (
-                    f"Fabric still lists the table {self.drop_timeout_seconds:g}s after its "
-                    "folder was deleted, so the rebuilt table is not published yet; it stays "
-                    "staged and the next run resumes the full drop. Check the mirrored "
-                    "database in Fabric (is replication running?), or raise "
-                    "`drop_timeout_seconds`"
-                )
-                raise TransientStoreError(msg, entity=entity)
-            time.sleep(POLL_SECONDS)
+        late = (
+            f"Fabric still lists the table {self.drop_timeout_seconds:g}s after its folder was "
+            "deleted, so the rebuilt table is not published yet; it stays staged and the next "
+            "run resumes the full drop. Check the mirrored database in Fabric (is replication "
+            "running?), or raise `drop_timeout_seconds`"
+        )
+        if not self._watch(manifest.entity, since, listed=False, late=late):
+            # the monitor went away: fall back to the fixed wait from the drop
+            _sleep_until((since + dt.timedelta(seconds=self.drop_wait_seconds)).isoformat())
 
     def await_rebuilt(self, entity: str) -> None:
         """Hold a run's incremental files until Fabric lists the table a full drop rebuilt
@@ -159,23 +148,30 @@ class TableRestart(_Base):
         raw = self.get_state(entity, REBUILT)
         if raw is None:
             return
+        late = (
+            f"Fabric has not listed the table {self.drop_timeout_seconds:g}s after a full drop "
+            "published its new initial load, and incremental files may only follow once it "
+            "does; nothing of this run was written, and the next run loads it again. Check the "
+            "mirrored database in Fabric (is replication running?), or raise "
+            "`drop_timeout_seconds`"
+        )
         since = dt.datetime.fromisoformat(json.loads(raw)["at"])
+        # no readable monitor: nothing to wait on (the fixed wait already passed)
+        self._watch(entity, since, listed=True, late=late)
+        self.delete_state(entity, REBUILT)
+
+    def _watch(self, entity: str, since: dt.datetime, *, listed: bool, late: str) -> bool:
+        """Poll Fabric's monitor until it lists the table (`listed`) or no longer does; False
+        when the monitor cannot be read. At `drop_timeout_seconds` after `since`, `late`."""
         deadline = since + dt.timedelta(seconds=self.drop_timeout_seconds)
         while True:
             tables = self.monitor()
-            # no readable monitor: nothing to wait on (the fixed wait already passed)
-            if tables is None or find(tables, entity, self.table_schema) is not None:
-                self.delete_state(entity, REBUILT)
-                return
+            if tables is None:
+                return False
+            if (find(tables, entity, self.table_schema) is not None) == listed:
+                return True
             if utc_now() >= deadline:
-                msg = (
-                    f"Fabric has not listed the table {self.drop_timeout_seconds:g}s after a "
-                    "full drop published its new initial load, and incremental files may only "
-                    "follow once it does; nothing of this run was written, and the next run "
-                    "loads it again. Check the mirrored database in Fabric (is replication "
-                    "running?), or raise `drop_timeout_seconds`"
-                )
-                raise TransientStoreError(msg, entity=entity)
+                raise TransientStoreError(late, entity=entity)
             time.sleep(POLL_SECONDS)
 
     def _copy_in(self, manifest: Manifest) -> None:
