@@ -128,6 +128,14 @@ def _preflight(targets: list[Target], api: bool, run_type: RunType | None = None
             check_ledger(plan, entities, ledger, run_type)
 
 
+def _readable_targets(args: argparse.Namespace, example: bool) -> list[Target]:
+    """The targets of a command that only reads: the Prefect API only for saved blocks."""
+    targets = _targets(args, example=example)
+    if any(t.saved_blocks for t in targets):
+        _api()
+    return targets
+
+
 def _api() -> None:
     from flows.local_server import ensure_api
 
@@ -174,9 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from flows.preview import history
 
-    targets = _targets(args, example=True)
-    if any(t.saved_blocks for t in targets):
-        _api()
+    targets = _readable_targets(args, example=True)
     print("\n\n".join(history(t.spec, t.entities, args.limit) for t in targets))
     return 0
 
@@ -197,9 +203,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    targets = _targets(args, example=False)
-    if any(t.saved_blocks for t in targets):
-        _api()
+    targets = _readable_targets(args, example=False)
     from flows.spec import load_any
     from flows.status import destination_status, repair_tables
 
@@ -220,9 +224,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_maintain(args: argparse.Namespace) -> int:
     from flows.maintain import maintain_spec
 
-    targets = _targets(args, example=False)
-    if any(t.saved_blocks for t in targets):
-        _api()
+    targets = _readable_targets(args, example=False)
     print("\n".join(line for t in targets for line in maintain_spec(t.spec, t.entities, args)))
     return 0
 
