@@ -77,21 +77,19 @@ def _measure(kind: str, place: str, home: dict[str, Any], out: Path) -> dict[str
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--files", type=int, default=10)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per file")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(_child(*args.child)))
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:  # one workload, in this process (`_measure`)
+        print(json.dumps(_child(*argv[1:5])))
         return
-
     from bench.data import orders
     from tests.azurite import start_azurite
     from tests.s3_server import start_s3_server
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per file")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="hygge-cloud-bench-"))
     azurite, s3 = start_azurite(), start_s3_server()
     try:
@@ -139,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -47,6 +47,13 @@ class S3Server:
             region_name=REGION,
         )
 
+    def __enter__(self) -> S3Server:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
     def new_bucket(self) -> str:
         name = f"t-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
@@ -111,9 +118,5 @@ def start_s3_server() -> S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    server = start_s3_server()
-    try:
+    with start_s3_server() as server:
         yield server
-    finally:
-        server.process.terminate()
-        server.process.wait(timeout=10)

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from blocks.base import HomeBlock, ReadRequest, SourceFile
 from blocks.homes._files import entity_files, source_files
-from blocks.homes._place import ONELAKE_URL, FileRef, Remote, list_remote
+from blocks.homes._place import ONELAKE_URL, FileRef, Remote, head_remote, list_remote
 from hygge_core.errors import ConfigError, HomeError
 
 #: the place settings, as the ledger's `location` names them (a local Home: only `path`)
@@ -51,16 +51,16 @@ class FileHome(HomeBlock):
     container: str | None = Field(
         default=None, description="An ADLS Gen2 or Blob container that holds the files."
     )
+    credentials: AzureBlobStorageCredentials | None = Field(
+        default=None,
+        description="prefect-azure credentials for `container` or `workspace`: a connection "
+        "string, or an account URL with a service principal or DefaultAzureCredential.",
+    )
     workspace: str | None = Field(
         default=None, description="Fabric workspace name or id: the files are in OneLake."
     )
     item: str | None = Field(
         default=None, description="With `workspace`: the Lakehouse, e.g. 'Sales.Lakehouse'."
-    )
-    credentials: AzureBlobStorageCredentials | None = Field(
-        default=None,
-        description="prefect-azure credentials for `container` or `workspace`: a connection "
-        "string, or an account URL with a service principal or DefaultAzureCredential.",
     )
 
     @model_validator(mode="after")
@@ -128,7 +128,7 @@ class FileHome(HomeBlock):
         """The request's own list (`incremental: files`), else the objects its path names."""
         remote = self.remote(request.entity)
         if request.files is not None:
-            return [FileRef(f, remote) for f in request.files]
+            return [head_remote(remote, f, request.entity) for f in request.files]
         return list_remote(remote, self.path, request.path, self.suffixes, request.entity)
 
     def list_files(self, request: ReadRequest) -> list[SourceFile]:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 from hygge_core.errors import HomeError, TransientHomeError, first_line, redact
 
@@ -70,7 +70,7 @@ class FileRef:
     #: the local path as given, or the object's URL: what messages and the ledger show
     name: str
     remote: Remote | None = None
-    #: what the listing said (a local file, or one named by the request, is asked when needed)
+    #: what the listing said (a local file is asked when needed)
     known_size: int | None = None
     mtime_ns: int = 0
     etag: str | None = None
@@ -86,18 +86,11 @@ class FileRef:
     def size(self) -> int:
         if self.known_size is not None:
             return self.known_size
-        if self.remote is not None:
-            return int(head_remote(self.remote, self.name, "")["size"])
         return Path(self.name).stat().st_size
 
     def source(self) -> Any:
         """What pyarrow reads: the path, or a seekable stream of the object (ranged reads)."""
         return self.name if self.remote is None else _Reader(self.remote, self.name)
-
-    def open(self) -> IO[bytes]:
-        if self.remote is None:
-            return open(self.name, "rb")
-        return cast(IO[bytes], _Reader(self.remote, self.name))
 
 
 def storage_options(files: list[FileRef]) -> dict[str, str] | None:
@@ -156,7 +149,8 @@ def list_remote(
     if inside:
         return [_ref(remote, m) for m in sorted(inside, key=lambda m: m["path"])]
     try:
-        return [_ref(remote, obstore.head(remote.store, key))] if key else []
+        if key:
+            return [_ref(remote, obstore.head(remote.store, key))]
     except FileNotFoundError:
         pass
     except Exception as exc:
@@ -168,12 +162,12 @@ def list_remote(
     raise HomeError(msg, entity=entity)
 
 
-def head_remote(remote: Remote, name: str, entity: str) -> dict[str, Any]:
-    """The object's size, modification time and ETag (for `incremental: files`)."""
+def head_remote(remote: Remote, name: str, entity: str) -> FileRef:
+    """One object named by its URL (`incremental: files`), with what the store says of it."""
     import obstore
 
     try:
-        return dict(obstore.head(remote.store, remote.key(name)))
+        return _ref(remote, obstore.head(remote.store, remote.key(name)))
     except Exception as exc:
         raise remote_error(exc, f"cannot read {name!r}", remote, entity) from None
 
@@ -202,8 +196,11 @@ def remote_error(exc: BaseException, action: str, remote: Remote, entity: str) -
     """
     detail = " ".join(redact(first_line(exc)).split())[:300]
     text = str(exc)
-    if re.search(r"NoSuchBucket|ContainerNotFound|does not exist", text):
+    if re.search(r"NoSuchBucket|ContainerNotFound", text):
         msg = f"{action}: {remote.what} does not exist; create it, or fix the Home's setting"
+        return HomeError(msg, entity=entity)
+    if isinstance(exc, FileNotFoundError):
+        msg = f"{action}: no such object (removed or renamed since it was listed?); run again"
         return HomeError(msg, entity=entity)
     # the service's own code says most; the HTTP status is the fallback
     code = next((c for c in _REFUSED if c in text), None)
