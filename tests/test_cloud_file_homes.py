@@ -15,7 +15,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
+from blocks import CsvHome, ParquetHome
+from blocks.base import ReadRequest
+from blocks.homes._place import _glob_regex
 from tests.azurite import Azurite
 from tests.conftest import ledger_of, read_lake, run_flow
 from tests.flow_helpers import failed_row, summary_row
@@ -223,9 +227,6 @@ def test_refusals_name_the_entity_and_the_fix(
 
 
 def test_a_cloud_parquet_file_is_read_not_copied(s3_place: Place, tmp_path: Path) -> None:
-    from blocks import ParquetHome
-    from blocks.base import ReadRequest
-
     s3_place.put("t/a.parquet", encoded("parquet", ROWS))
     home = ParquetHome(**s3_place.home)
     request = ReadRequest(entity="t", path="t/a.parquet")
@@ -233,3 +234,27 @@ def test_a_cloud_parquet_file_is_read_not_copied(s3_place: Place, tmp_path: Path
     assert home.estimate_rows(request) == 4
     assert home.location() == f"parquet path=None bucket={s3_place.home['bucket']}"
     assert ParquetHome(path="./data").location() == "parquet path=data"  # as before
+
+
+def test_object_globs_match_as_local_globs_do() -> None:
+    deep, flat = _glob_regex("in/**/*.csv"), _glob_regex("in/202?-*.csv")
+    assert all(deep.fullmatch(k) for k in ("in/a.csv", "in/x/y/b.csv"))
+    assert not deep.fullmatch("in/a.json")
+    assert flat.fullmatch("in/2024-01.csv") and not flat.fullmatch("in/sub/2024-01.csv")
+    assert _glob_regex("in/[!_]*.csv").fullmatch("in/a.csv")
+    assert not _glob_regex("in/[!_]*.csv").fullmatch("in/_a.csv")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"bucket": "b", "container": "c"}, "`bucket` and `container` name two places"),
+        ({"workspace": "w"}, "OneLake needs both `workspace` and `item`"),
+        ({"container": "c"}, "an ADLS/Blob container needs `credentials`"),
+        ({"path": "x", "aws_credentials": {}}, "`aws_credentials` are for a `bucket`"),
+        ({"credentials": {"connection_string": "k"}}, "`credentials` are for a `container`"),
+    ],
+)
+def test_a_home_names_one_place(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        CsvHome(**settings)
