@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from blocks.base import HomeBlock, ReadRequest, SourceFile
 from blocks.homes._files import entity_files, source_files
 from blocks.homes._place import ONELAKE_URL, FileRef, Remote, head_remote, list_remote
-from hygge_core.errors import ConfigError, HomeError
+from hygge_core.errors import ConfigError, HomeError, HyggeError, first_line, redact
 
 #: the place settings, as the ledger's `location` names them (a local Home: only `path`)
 _PLACE_FIELDS = ("bucket", "container", "workspace", "item")
@@ -178,11 +178,13 @@ class FileHome(HomeBlock):
             )
             scan_root = "/".join(p for p in (f"az://{container}", prefix) if p)
             return Remote(root, scan_root, options, what, store)
-        except HomeError:
-            raise
+        except HyggeError as exc:  # no identity for a token, no AWS credentials
+            raise HomeError(exc.msg, entity=entity) from None
         except Exception as exc:
+            detail = redact(first_line(exc))
             msg = (
-                f"cannot reach the Home's files: {type(exc).__name__}; check the credentials block"
+                f"cannot set up the Home's object store ({detail}); check its place and its "
+                "credentials block"
             )
             raise ConfigError(msg, entity=entity) from None
 

@@ -25,6 +25,7 @@ from typing import Any
 from hygge_core.errors import HomeError, TransientHomeError, first_line, redact
 
 _CHUNK = 8 * 1024 * 1024
+_READ_AHEAD = 256 * 1024
 _REFUSED = (
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -225,7 +226,8 @@ class _Reader(io.RawIOBase):
         import obstore
 
         super().__init__()
-        self._file = obstore.open_reader(remote.store, remote.key(name), buffer_size=_CHUNK)
+        # small reads: a footer check must not fetch megabytes of data pages with it
+        self._file = obstore.open_reader(remote.store, remote.key(name), buffer_size=_READ_AHEAD)
 
     def readable(self) -> bool:
         return True
