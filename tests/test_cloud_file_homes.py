@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from blocks import CsvHome, ParquetHome
 from blocks.base import ReadRequest
 from blocks.homes._place import _glob_regex
+from hygge_core.errors import HomeError
 from tests.azurite import Azurite
 from tests.conftest import ledger_of, read_lake, run_flow
 from tests.flow_helpers import failed_row, summary_row
@@ -232,6 +233,12 @@ def test_a_cloud_parquet_file_is_read_not_copied(s3_place: Place, tmp_path: Path
     request = ReadRequest(entity="t", path="t/a.parquet")
     assert home.copy_sources(request) is None  # the byte copy takes local files only
     assert home.estimate_rows(request) == 4
+    home.check(request)  # `hygge check`: the listing and the footer, no rows
+    with pytest.raises(HomeError, match=r"nothing at 's3://.*/t/b\.parquet'"):
+        home.check(ReadRequest(entity="t", path="t/b.parquet"))
+    s3_place.put("t/cut.parquet", encoded("parquet", ROWS)[:-20])  # a truncated upload
+    with pytest.raises(HomeError, match=r"'s3://.*/t/cut\.parquet' is not a readable Parquet"):
+        home.check(ReadRequest(entity="t", path="t/cut.parquet"))
     assert home.location() == f"parquet path=None bucket={s3_place.home['bucket']}"
     assert ParquetHome(path="./data").location() == "parquet path=data"  # as before
 

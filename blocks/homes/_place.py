@@ -18,14 +18,19 @@ import contextlib
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hygge_core.errors import HomeError, TransientHomeError, first_line, redact
 
 _CHUNK = 8 * 1024 * 1024
 _READ_AHEAD = 256 * 1024
+#: the tail read for a footer: most footers fit, a larger one takes a second read
+_TAIL = 64 * 1024
 _REFUSED = (
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -48,11 +53,11 @@ class Remote:
     root: str
     #: how Polars names the same object: `<scan_root>/<key>`
     scan_root: str
-    #: object_store options (hold secrets: never log them)
-    options: dict[str, str]
+    #: object_store options (hold secrets: never log them, nor show them in a repr)
+    options: dict[str, str] = field(repr=False)
     #: what to fix when the place refuses or is missing, for messages
     what: str
-    store: Any
+    store: Any = field(repr=False)
 
     def name(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -92,6 +97,26 @@ class FileRef:
     def source(self) -> Any:
         """What pyarrow reads: the path, or a seekable stream of the object (ranged reads)."""
         return self.name if self.remote is None else _Reader(self.remote, self.name)
+
+    def metadata(self) -> pq.FileMetaData:
+        """The Parquet footer; of an object, from one ranged read of its tail (its size known)."""
+        if self.remote is None:
+            return pq.read_metadata(self.name)
+        import obstore
+
+        size, key = self.size(), self.remote.key(self.name)
+        tail = bytes(
+            obstore.get_range(self.remote.store, key, start=size - min(size, _TAIL), end=size)
+        )
+        if len(tail) < 12 or tail[-4:] != b"PAR1":
+            msg = "Parquet magic bytes not found in footer"
+            raise pa.ArrowInvalid(msg)
+        length = int.from_bytes(tail[-8:-4], "little")
+        if length + 8 > len(tail):  # a footer larger than the tail read
+            start = max(size - 8 - length, 0)
+            tail = bytes(obstore.get_range(self.remote.store, key, start=start, end=size))
+        # the magic bytes in front make the footer read like the whole file, for metadata
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-(length + 8) :]))
 
 
 def storage_options(files: list[FileRef]) -> dict[str, str] | None:

@@ -75,7 +75,7 @@ class ParquetHome(FileHome):
         # footers only: no data pages are read
         try:
             files = self._files(request)
-            return sum(pq.ParquetFile(f.source()).metadata.num_rows for f in files)
+            return sum(f.metadata().num_rows for f in files)
         except Exception:
             return None
 
@@ -142,7 +142,7 @@ def _check_footer(path: FileRef, entity: str) -> pq.FileMetaData:
                 "wrote it failed or is still running; write it again or remove it"
             )
             raise HomeError(msg, entity=entity)
-        return pq.read_metadata(path.source())
+        return path.metadata()
     except OSError as exc:
         msg = f"cannot open {str(path)!r}: {exc.strerror or first_line(exc)}"
         raise HomeError(msg, entity=entity) from exc
