@@ -96,6 +96,8 @@ class SourceFile:
     size: int
     #: modification time, nanoseconds since the epoch
     mtime_ns: int
+    #: the object store's ETag, which changes with the content (None: a local file)
+    etag: str | None = None
 
     @classmethod
     def of(cls, path: os.PathLike[str] | str) -> SourceFile:

@@ -6,7 +6,8 @@ each run lists the entity's files and reads only those not in it. A file counts 
 only once its rows are committed: the set moves with the ledger entry, so a run killed before
 its commit loads the same files again, once.
 
-A file that is in the set but has changed since (another size or modification time) is
+A file that is in the set but has changed since (another size or modification time, or
+another ETag where the object store gives one) is
 refused by default (`changed_files: fail`), since loading it again would repeat its rows in a
 Store that appends; `changed_files: reload` reads it again, for a Store that merges by key.
 Files gone from the folder drop out of the set, so it stays as large as the folder.
@@ -33,7 +34,9 @@ from hygge_core.errors import ConfigError, HomeError, LedgerError
 
 #: files kept in the ledger itself; more go to the Store's state area
 INLINE_LIMIT = 1_000
-_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())])
+_SCHEMA = pa.schema(
+    [("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("etag", pa.string())]
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ def select(
 
 
 def _differs(now: SourceFile, then: SourceFile) -> bool:
+    if now.etag is not None and then.etag is not None:
+        return now.size != then.size or now.etag != then.etag
     return now.size != then.size or now.mtime_ns != then.mtime_ns
 
 
@@ -96,12 +101,14 @@ def to_ledger(
 ) -> dict[str, Any]:
     """The set as the ledger keeps it: inline when small, else a checked state object."""
     if len(files) <= INLINE_LIMIT or not isinstance(store, PublishingStore):
-        return {"loaded": [[f.path, f.size, f.mtime_ns] for f in files]}
+        # an object's ETag rides as a fourth item; a local file's entry stays three long
+        return {"loaded": [_entry(f) for f in files]}
     table = pa.table(
         {
             "path": [f.path for f in files],
             "size": [f.size for f in files],
             "mtime_ns": [f.mtime_ns for f in files],
+            "etag": [f.etag for f in files],
         },
         schema=_SCHEMA,
     )
@@ -120,7 +127,10 @@ def from_ledger(
     if files is None:
         return None
     if "loaded" in files:
-        return [SourceFile(str(p), int(s), int(m)) for p, s, m in files["loaded"]]
+        return [
+            SourceFile(str(e[0]), int(e[1]), int(e[2]), str(e[3]) if len(e) > 3 else None)
+            for e in files["loaded"]
+        ]
     ref = files["ref"]
     fix = "run this entity with --full-drop to load every file again and start a new set"
     data = store.get_state(entity, ref["name"]) if isinstance(store, PublishingStore) else None
@@ -137,12 +147,18 @@ def from_ledger(
         )
         raise LedgerError(msg, entity=entity)
     table = pq.read_table(io.BytesIO(data))
+    etags = table["etag"].to_pylist() if "etag" in table.column_names else [None] * len(table)
     return [
-        SourceFile(p, s, m)
-        for p, s, m in zip(
+        SourceFile(p, s, m, e)
+        for p, s, m, e in zip(
             table["path"].to_pylist(),
             table["size"].to_pylist(),
             table["mtime_ns"].to_pylist(),
+            etags,
             strict=True,
         )
     ]
+
+
+def _entry(f: SourceFile) -> list[Any]:
+    return [f.path, f.size, f.mtime_ns] if f.etag is None else [f.path, f.size, f.mtime_ns, f.etag]

@@ -40,11 +40,21 @@ from hygge_core import faults
 from tests.azurite import azurite, azurite_delta  # noqa: F401  (fixtures)
 from tests.mariadb_server import maria_db, mariadb  # noqa: F401  (fixtures)
 from tests.pg_server import pg, pg_schema  # noqa: F401  (fixtures)
+from tests.s3_server import s3_server  # noqa: F401  (fixtures)
 
 TIERS = ("fast", "integration", "kill")
 #: fixtures that start a service (or stand on one): a test using any of them is never `fast`
 SERVICE_FIXTURES = frozenset(
-    {"prefect_server", "pg", "pg_schema", "azurite", "azurite_delta", "mariadb", "maria_db"}
+    {
+        "prefect_server",
+        "pg",
+        "pg_schema",
+        "azurite",
+        "azurite_delta",
+        "mariadb",
+        "maria_db",
+        "s3_server",
+    }
 )
 #: modules whose every test kills or breaks runs
 KILL_MODULES = frozenset({"test_crash_recovery", "test_fault_injection"})
@@ -64,6 +74,7 @@ INTEGRATION_NAMES = frozenset(
         "executable",
         "start_server",
         "start_azurite",
+        "start_s3_server",
     }
 )
 #: third-party warnings the fast tier tolerates, each with its reason (else warnings are errors)

@@ -26,6 +26,7 @@ import yaml
 
 from tests.azurite import Azurite
 from tests.pg_server import PgServer, free_port
+from tests.s3_server import S3Server
 
 CANARY = "Canary-7f3a9c-Sweep"
 #: an account key must be base64; this one spells the canary when decoded, and is searched
@@ -244,3 +245,34 @@ def test_sweep_store_refuses_its_key(tmp_path: Path, prefect_home: Path, azurite
     assert outcome.code == 1, outcome.err
     assert "credentials" in outcome.err + outcome.out
     assert_no_canary(outcome, CANARY_KEY, CANARY_KEY[:24])
+
+
+@pytest.mark.parametrize("place", ["s3", "blob"])
+def test_sweep_file_home_refuses_its_key(
+    tmp_path: Path, prefect_home: Path, azurite: Azurite, s3_server: S3Server, place: str
+) -> None:
+    # a file Home in an S3 bucket whose secret is the canary, or in a container whose key is
+    from tests.azurite import KEY
+
+    if place == "s3":
+        bucket = s3_server.new_bucket()
+        s3_server.client().put_object(Bucket=bucket, Key="in/a.csv", Body=b"id\n1\n")
+        home = {"bucket": bucket, "aws_credentials": s3_server.credentials(CANARY)}
+        code = "SignatureDoesNotMatch"
+    else:
+        container = azurite.new_container()
+        azurite.container(container).upload_blob("in/a.csv", b"id\n1\n")
+        canary_conn = azurite.connection_string.replace(KEY, CANARY_KEY)
+        home = {"container": container, "credentials": {"connection_string": canary_conn}}
+        code = "AuthorizationFailure"
+    spec = {
+        "name": f"sweep-file-home-{place}",
+        "home": {"type": "csv", **home},
+        "store": {"type": "parquet", "path": "lake"},
+        "retries": 0,
+        "entities": [{"name": "t", "path": "in"}],
+    }
+    outcome = run(tmp_path, prefect_home, spec)
+    assert outcome.code == 1, outcome.err
+    assert code in outcome.err + outcome.out
+    assert_no_canary(outcome, CANARY, CANARY_KEY, CANARY_KEY[:24])

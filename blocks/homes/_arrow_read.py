@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import functools
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow as pa
@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
 from hygge_core.errors import HomeError, first_line
+
+if TYPE_CHECKING:
+    from blocks.homes._place import FileRef
 
 #: the widest decimal Polars (and Fabric, and Delta) hold
 MAX_DIGITS = 38
@@ -102,10 +105,10 @@ def needs_arrow(meta: pq.FileMetaData) -> bool:
     return False
 
 
-def read_schema(files: list[Path], columns: list[str] | None, entity: str) -> pa.Schema:
+def read_schema(files: list[FileRef], columns: list[str] | None, entity: str) -> pa.Schema:
     """The entity's columns in the types they are carried as; refuses what cannot be."""
     fields = []
-    for field in pq.read_schema(files[0]):
+    for field in pq.read_schema(files[0].source()):
         if columns is not None and field.name not in columns:
             continue
         try:
@@ -121,7 +124,7 @@ def read_schema(files: list[Path], columns: list[str] | None, entity: str) -> pa
     return pa.schema(fields)
 
 
-def scan_arrow(files: list[Path], schema: pa.Schema, entity: str) -> pl.LazyFrame:
+def scan_arrow(files: list[FileRef], schema: pa.Schema, entity: str) -> pl.LazyFrame:
     """A lazy scan of `files` read by pyarrow, cast to `schema`, for Polars to shape."""
     polars_schema = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
 
@@ -138,7 +141,7 @@ def scan_arrow(files: list[Path], schema: pa.Schema, entity: str) -> pl.LazyFram
         left = n_rows
         for path in files:
             try:
-                with pq.ParquetFile(path) as f:
+                with pq.ParquetFile(path.source()) as f:
                     for batch in f.iter_batches(
                         batch_size=batch_size or _BATCH_ROWS, columns=names
                     ):
@@ -169,7 +172,7 @@ def _frame(batch: pa.RecordBatch) -> pl.DataFrame:
     return frame
 
 
-def _cast(batch: pa.RecordBatch, schema: pa.Schema, path: Path, entity: str) -> pa.RecordBatch:
+def _cast(batch: pa.RecordBatch, schema: pa.Schema, path: FileRef, entity: str) -> pa.RecordBatch:
     """`batch` in the carried types; a value that does not fit fails, naming its column."""
     arrays = []
     for field in schema:

@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 
 from blocks.base import ReadRequest, SourceFile
+from blocks.homes._place import FileRef
 from hygge_core.errors import ConfigError, HomeError, first_line
 from hygge_core.timestamps import NanoTimestamp
 
@@ -66,11 +67,14 @@ def resolve_files(
     return [target]
 
 
-def entity_files(base: str | None, request: ReadRequest, suffixes: tuple[str, ...]) -> list[Path]:
-    """The files a read takes: the request's own list (`incremental: files`), else its path's."""
+def entity_files(
+    base: str | None, request: ReadRequest, suffixes: tuple[str, ...]
+) -> list[FileRef]:
+    """The local files a read takes: the request's own list (`incremental: files`), else its
+    path's (a remote place's: `FileHome.remote_files`)."""
     if request.files is not None:
-        return [Path(f) for f in request.files]
-    return resolve_files(base, request.path, suffixes, request.entity)
+        return [FileRef(f) for f in request.files]
+    return [FileRef(str(p)) for p in resolve_files(base, request.path, suffixes, request.entity)]
 
 
 def source_files(

@@ -14,23 +14,21 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest, SourceFile
+from blocks.base import ReadRequest
 from blocks.homes._csv_blank import without_blank_lines
 from blocks.homes._csv_types import exact_reads, guard_hint
-from blocks.homes._files import (
-    check_scan,
-    entity_files,
-    polars_types,
-    source_files,
-    stream_batches,
-)
+from blocks.homes._file_home import FileHome
+from blocks.homes._files import check_scan, polars_types, stream_batches
+from blocks.homes._place import local_paths
 from hygge_core.errors import ConfigError, HomeError, first_line
 
 _POLARS_ENCODINGS = {"utf8", "utf-8", "utf8-lossy"}
 
 
-class CsvHome(HomeBlock):
-    """Reads entities from CSV (or other delimited) files.
+class CsvHome(FileHome):
+    """Reads entities from CSV (or other delimited) files: local, or in an S3 bucket, an ADLS
+    Gen2 / Blob container or OneLake (`blocks.homes._file_home`; a remote file is streamed to a
+    temporary folder first).
 
     Column types are inferred from the first `infer_schema_length` rows; a later value that
     does not fit fails the entity with the column named (raise the length, set it to 0 to read
@@ -51,12 +49,8 @@ class CsvHome(HomeBlock):
     _block_type_slug = "csv-home"
     _description = "Delimited text files (one, a directory, or a glob) as a hygge Home."
     spec_type = "csv"
-    location_fields = ("path",)
+    suffixes = (".csv", ".tsv", ".txt")
 
-    path: str | None = Field(
-        default=None,
-        description="Base directory that entity paths are relative to; empty: paths stand alone.",
-    )
     delimiter: str = Field(default=",", description="The field separator, one character.")
     has_header: bool = Field(default=True, description="Whether the first line holds column names.")
     encoding: str = Field(
@@ -92,16 +86,20 @@ class CsvHome(HomeBlock):
     def _scan(self, request: ReadRequest) -> Iterator[tuple[pl.LazyFrame, str, int]]:
         """The entity's files as one scan, and the blank lines left out of it."""
         # transcoded to UTF-8 and without blank lines meanwhile; errors get a hint
-        files = entity_files(self.path, request, (".csv", ".tsv", ".txt"))
+        files = self.files(request)
         for f in files:
-            if f.stat().st_size == 0:
+            if f.size() == 0:
                 msg = (
                     f"file {str(f)!r} is empty (0 bytes): a CSV needs at least a header line; "
                     "remove the file or write it again"
                 )
                 raise HomeError(msg, entity=request.entity)
-        with tempfile.TemporaryDirectory(prefix="hygge-csv-") as tmp:
-            sources = self._utf8_sources(files, Path(tmp), request.entity)
+        with (
+            tempfile.TemporaryDirectory(prefix="hygge-csv-") as tmp,
+            local_paths(files, Path(tmp), request.entity) as local,
+        ):
+            names = [f.name for f in files]
+            sources = self._utf8_sources(local, names, Path(tmp), request.entity)
             sources, blank = self._without_blank_lines(sources, Path(tmp), request.entity)
             what = f"{str(files[0])!r}" if len(files) == 1 else f"{len(files)} CSV files"
             lf = self._exact_scan(sources, request, what)
@@ -162,10 +160,7 @@ class CsvHome(HomeBlock):
         return self._scan_csv(sources, names, overrides).with_columns(casts)
 
     def describe(self, request: ReadRequest) -> str:
-        return f"csv {request.path or ''} under {self.path or '.'}"
-
-    def list_files(self, request: ReadRequest) -> list[SourceFile]:
-        return source_files(self.path, request, (".csv", ".tsv", ".txt"))
+        return f"csv {request.path or ''} under {self.under()}"
 
     def _headerless_names(self, sources: list[Path], request: ReadRequest) -> list[str]:
         """`column_1`, `column_2`, ...: stable names whatever the Polars version calls them."""
@@ -200,7 +195,9 @@ class CsvHome(HomeBlock):
             msg = f"cannot read {str(exc.filename)!r}: {exc.strerror or exc}"
             raise HomeError(msg, entity=entity) from exc
 
-    def _utf8_sources(self, files: list[Path], tmp: Path, entity: str) -> list[Path]:
+    def _utf8_sources(
+        self, files: list[Path], names: list[str], tmp: Path, entity: str
+    ) -> list[Path]:
         if self.encoding.lower() in _POLARS_ENCODINGS:
             return files
         try:
@@ -209,7 +206,7 @@ class CsvHome(HomeBlock):
             msg = f"unknown encoding {self.encoding!r}"
             raise ConfigError(msg, entity=entity) from exc
         out = []
-        for i, f in enumerate(files):
+        for i, (f, name) in enumerate(zip(files, names, strict=True)):
             target = tmp / f"{i:05d}.csv"
             # streamed copy: memory stays at one buffer, whatever the file size
             try:
@@ -220,12 +217,12 @@ class CsvHome(HomeBlock):
                     shutil.copyfileobj(src, dst, 1 << 20)
             except UnicodeDecodeError as exc:
                 msg = (
-                    f"file {str(f)!r} is not valid {self.encoding}: {exc.reason} "
+                    f"file {name!r} is not valid {self.encoding}: {exc.reason} "
                     f"at byte {exc.start}; set `encoding` to the one the file was written in"
                 )
                 raise HomeError(msg, entity=entity) from exc
             except OSError as exc:
-                msg = f"cannot transcode {str(f)!r} from {self.encoding}: {exc.strerror or exc}"
+                msg = f"cannot transcode {name!r} from {self.encoding}: {exc.strerror or exc}"
                 raise HomeError(msg, entity=entity) from exc
             out.append(target)
         return out

@@ -27,22 +27,19 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from blocks.base import HomeBlock, ReadRequest, SourceFile
-from blocks.homes._files import (
-    check_scan,
-    entity_files,
-    polars_types,
-    source_files,
-    stream_batches,
-)
+from blocks.base import ReadRequest
+from blocks.homes._file_home import FileHome
+from blocks.homes._files import check_scan, polars_types, stream_batches
+from blocks.homes._place import local_paths
 from hygge_core.errors import HomeError, first_line
 
 _SUFFIXES = (".json", ".jsonl", ".ndjson", ".gz")
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class JsonHome(HomeBlock):
-    """Reads entities from JSON files: NDJSON (one object per line) or a JSON array.
+class JsonHome(FileHome):
+    """Reads entities from JSON files: NDJSON (one object per line) or a JSON array; local, or
+    in an S3 bucket, an ADLS Gen2 / Blob container or OneLake (`blocks.homes._file_home`).
 
     Example:
         ```python
@@ -55,12 +52,8 @@ class JsonHome(HomeBlock):
     _block_type_slug = "json-home"
     _description = "JSON or NDJSON files (one, a directory, or a glob) as a hygge Home."
     spec_type = "json"
-    location_fields = ("path",)
+    suffixes = _SUFFIXES
 
-    path: str | None = Field(
-        default=None,
-        description="Base directory that entity paths are relative to; empty: paths stand alone.",
-    )
     format: Literal["auto", "ndjson", "array"] = Field(
         default="auto",
         description="`ndjson` (one object per line), `array` (one JSON array of objects), or "
@@ -102,22 +95,24 @@ class JsonHome(HomeBlock):
             check_scan(lf, request, what, footers=False)
 
     def describe(self, request: ReadRequest) -> str:
-        return f"json {request.path or self.path}"
-
-    def list_files(self, request: ReadRequest) -> list[SourceFile]:
-        return source_files(self.path, request, _SUFFIXES)
+        return f"json {request.path or self.path}" if self.is_local else f"json {self.under()}"
 
     @contextmanager
     def _scan(
         self, request: ReadRequest
     ) -> Iterator[tuple[pl.LazyFrame, str, list[tuple[str, int]]]]:
-        files = entity_files(self.path, request, _SUFFIXES)
+        refs = self.files(request)
         skipped: list[tuple[str, int]] = []
-        with tempfile.TemporaryDirectory(prefix="hygge-json-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="hygge-json-") as tmp,
+            local_paths(refs, Path(tmp), request.entity) as files,
+        ):
+            names = [f.name for f in refs]
             sources = [
-                self._ndjson(f, Path(tmp), i, skipped, request.entity) for i, f in enumerate(files)
+                self._ndjson(f, name, Path(tmp), i, skipped, request.entity)
+                for i, (f, name) in enumerate(zip(files, names, strict=True))
             ]
-            what = f"{str(files[0])!r}" if len(files) == 1 else f"{len(files)} JSON files"
+            what = f"{names[0]!r}" if len(files) == 1 else f"{len(files)} JSON files"
             try:
                 lf = pl.scan_ndjson(
                     sources,
@@ -127,12 +122,19 @@ class JsonHome(HomeBlock):
                 if self.flatten:
                     lf = _flattened(lf)
             except pl.exceptions.PolarsError as exc:
-                raise self._parse_error(exc, files, request.entity) from exc
+                raise self._parse_error(exc, names, request.entity) from exc
             try:
                 yield lf, what, skipped
             except HomeError as exc:
                 # Polars names no line: find the first one that does not parse, for the message
-                bad = next((b for f in files if (b := _first_bad_line(f)) is not None), None)
+                bad = next(
+                    (
+                        b
+                        for f, name in zip(files, names, strict=True)
+                        if (b := _first_bad_line(f, name)) is not None
+                    ),
+                    None,
+                )
                 if bad is not None:
                     msg = (
                         f"{bad[0]!r} line {bad[1]:,} is not a JSON object ({bad[2]}); fix the "
@@ -142,7 +144,13 @@ class JsonHome(HomeBlock):
                 raise
 
     def _ndjson(
-        self, file: Path, tmp: Path, index: int, skipped: list[tuple[str, int]], entity: str
+        self,
+        file: Path,
+        name: str,
+        tmp: Path,
+        index: int,
+        skipped: list[tuple[str, int]],
+        entity: str,
     ) -> Path:
         """The file as NDJSON Polars can stream: itself, or a rewritten copy in `tmp`."""
         compressed = _starts_with(file, _GZIP_MAGIC)
@@ -154,16 +162,16 @@ class JsonHome(HomeBlock):
         out = tmp / f"{index:05d}.ndjson"
         with _open(file, compressed) as src, out.open("wb") as dst:
             if kind == "array":
-                _array_to_ndjson(src, dst, file, entity)
+                _array_to_ndjson(src, dst, name, entity)
             else:
-                _lines_to_ndjson(src, dst, file, self.on_bad_line, skipped, entity)
+                _lines_to_ndjson(src, dst, name, self.on_bad_line, skipped, entity)
         return out
 
     def _overrides(self, entity: str) -> dict[str, pl.DataType] | None:
         return polars_types(self.schema_overrides, entity)
 
-    def _parse_error(self, exc: BaseException, files: list[Path], entity: str) -> HomeError:
-        return HomeError(f"could not read {files[0]}: {first_line(exc)}", entity=entity)
+    def _parse_error(self, exc: BaseException, names: list[str], entity: str) -> HomeError:
+        return HomeError(f"could not read {names[0]}: {first_line(exc)}", entity=entity)
 
 
 def _starts_with(file: Path, magic: bytes) -> bool:
@@ -187,7 +195,7 @@ def _first_char(file: Path, compressed: bool) -> bytes:
 def _lines_to_ndjson(
     src: IO[bytes],
     dst: IO[bytes],
-    file: Path,
+    file: str,
     on_bad_line: str,
     skipped: list[tuple[str, int]],
     entity: str,
@@ -204,23 +212,23 @@ def _lines_to_ndjson(
             dst.write(line if line.endswith(b"\n") else line + b"\n")
             continue
         if on_bad_line == "skip":
-            skipped.append((str(file), number))
+            skipped.append((file, number))
             continue
         msg = (
-            f"{str(file)!r} line {number:,} is not a JSON object ({reason}); fix the file, or "
+            f"{file!r} line {number:,} is not a JSON object ({reason}); fix the file, or "
             "set `on_bad_line: skip` to skip and count such lines"
         )
         raise HomeError(msg, entity=entity)
 
 
-def _array_to_ndjson(src: IO[bytes], dst: IO[bytes], file: Path, entity: str) -> None:
+def _array_to_ndjson(src: IO[bytes], dst: IO[bytes], file: str, entity: str) -> None:
     import ijson
 
     try:
         for number, item in enumerate(ijson.items(src, "item", use_float=True), start=1):
             if not isinstance(item, dict):
                 msg = (
-                    f"{str(file)!r}: item {number:,} of the JSON array is not an object "
+                    f"{file!r}: item {number:,} of the JSON array is not an object "
                     f"({type(item).__name__}); each item must be one record"
                 )
                 raise HomeError(msg, entity=entity)
@@ -228,22 +236,22 @@ def _array_to_ndjson(src: IO[bytes], dst: IO[bytes], file: Path, entity: str) ->
             dst.write(b"\n")
     except ijson.JSONError as exc:
         msg = (
-            f"{str(file)!r} is not a valid JSON array ({first_line(exc)}); a damaged array "
+            f"{file!r} is not a valid JSON array ({first_line(exc)}); a damaged array "
             "cannot be read past the damage: fix or re-export the file"
         )
         raise HomeError(msg, entity=entity) from exc
 
 
-def _first_bad_line(file: Path) -> tuple[str, int, str] | None:
+def _first_bad_line(file: Path, name: str) -> tuple[str, int, str] | None:
     with _open(file, _starts_with(file, _GZIP_MAGIC)) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 if not isinstance(orjson.loads(line), dict):
-                    return str(file), number, "not an object"
+                    return name, number, "not an object"
             except orjson.JSONDecodeError as exc:
-                return str(file), number, first_line(exc)
+                return name, number, first_line(exc)
     return None
 
 
