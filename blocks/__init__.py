@@ -1,8 +1,9 @@
 """hygge's Prefect Blocks: Homes (sources), Stores (destinations) and the watermark ledger.
 
-`prefect block register -m blocks` registers every class listed in `__all__`. The Azure
-and Delta Stores are imported on first use (see `blocks.stores`); `HOMES` and `STORES` map a spec's
-`type:` to its class and import a lazy one when it is asked for.
+`prefect block register -m blocks` registers every class listed in `__all__`. The Azure,
+Delta and SQLite Stores and the file Homes are imported on first use (see `blocks.stores` and
+`blocks.homes`); `HOMES` and `STORES` map a spec's `type:` to its class and import a lazy one
+when it is asked for.
 """
 
 from __future__ import annotations
@@ -13,22 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect.blocks.core import Block
 
-from blocks import stores
+from blocks import homes, stores
 from blocks.base import HomeBlock, StoreBlock
 from blocks.credentials import MysqlCredentials, PostgresCredentials, SqlServerCredentials
-from blocks.homes import (
-    CsvHome,
-    JsonHome,
-    MssqlHome,
-    MysqlHome,
-    ParquetHome,
-    PostgresHome,
-    SqliteHome,
-)
+from blocks.homes import MssqlHome, MysqlHome, PostgresHome, SqliteHome
 from blocks.ledger import WatermarkLedger
 from blocks.stores import ParquetStore
 
 if TYPE_CHECKING:
+    from blocks.homes import CsvHome, JsonHome, ParquetHome
     from blocks.stores import AdlsStore, DeltaStore, OneLakeStore, OpenMirroringStore, SqliteStore
 
 __all__ = [
@@ -62,16 +56,19 @@ class BlockKinds(MutableMapping[str, type[B]]):
     Other kinds can be added (a plugin's Home, a test's) and removed again.
     """
 
-    def __init__(self, eager: list[type[B]], lazy: dict[str, tuple[str, str]]) -> None:
+    def __init__(
+        self, eager: list[type[B]], lazy: dict[str, tuple[str, str]], package: Any
+    ) -> None:
         self._eager = {c.spec_type: c for c in eager}  # type: ignore[attr-defined]
-        self._lazy = lazy  # type -> (class name in blocks.stores, its block type slug)
+        self._lazy = lazy  # type -> (class name in `package`, its block type slug)
+        self._package = package
         self._slugs = {c.get_block_type_slug(): k for k, c in self._eager.items()}
         self._slugs |= {slug: kind for kind, (_, slug) in lazy.items()}
 
     def __getitem__(self, kind: str) -> type[B]:
         if kind in self._eager:
             return self._eager[kind]
-        cls: type[B] = getattr(stores, self._lazy[kind][0])
+        cls: type[B] = getattr(self._package, self._lazy[kind][0])
         return cls
 
     def __setitem__(self, kind: str, cls: type[B]) -> None:
@@ -99,7 +96,13 @@ class BlockKinds(MutableMapping[str, type[B]]):
 
 
 HOMES: BlockKinds[HomeBlock] = BlockKinds(
-    [CsvHome, JsonHome, MssqlHome, MysqlHome, ParquetHome, PostgresHome, SqliteHome], {}
+    [MssqlHome, MysqlHome, PostgresHome, SqliteHome],
+    {
+        "csv": ("CsvHome", "csv-home"),
+        "json": ("JsonHome", "json-home"),
+        "parquet": ("ParquetHome", "parquet-home"),
+    },
+    homes,
 )
 STORES: BlockKinds[StoreBlock] = BlockKinds(
     [ParquetStore],
@@ -110,21 +113,24 @@ STORES: BlockKinds[StoreBlock] = BlockKinds(
         "open_mirroring": ("OpenMirroringStore", "open-mirroring-store"),
         "sqlite": ("SqliteStore", "sqlite-store"),
     },
+    stores,
 )
 
 
 def __getattr__(name: str) -> Any:
     if name in stores.LAZY:
         return getattr(stores, name)
+    if name in homes.LAZY:
+        return getattr(homes, name)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *stores.LAZY})
+    return sorted({*globals(), *stores.LAZY, *homes.LAZY})
 
 
 def load_all() -> None:
     """Import every block class, so Prefect can find each by its type slug."""
-    for module in stores.LAZY.values():
+    for module in [*stores.LAZY.values(), *homes.LAZY.values()]:
         importlib.import_module(module)

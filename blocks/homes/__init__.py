@@ -1,12 +1,31 @@
-"""One Home per module; each reads one kind of source."""
+"""One Home per module; each reads one kind of source.
 
-from blocks.homes.csv import CsvHome
-from blocks.homes.json import JsonHome
+The file Homes (Parquet, CSV, JSON) import prefect-aws and prefect-azure for the object stores
+they read from, about two seconds on every command, so they are imported on first use
+(`blocks.homes.CsvHome`), as the Azure Stores are (`blocks.stores`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from blocks.homes.mssql import MssqlHome
 from blocks.homes.mysql import MysqlHome
-from blocks.homes.parquet import ParquetHome
 from blocks.homes.postgres import PostgresHome
 from blocks.homes.sqlite import SqliteHome
+
+if TYPE_CHECKING:
+    from blocks.homes.csv import CsvHome
+    from blocks.homes.json import JsonHome
+    from blocks.homes.parquet import ParquetHome
+
+#: class name -> module, for the Homes imported on first use
+LAZY = {
+    "CsvHome": "blocks.homes.csv",
+    "JsonHome": "blocks.homes.json",
+    "ParquetHome": "blocks.homes.parquet",
+}
 
 __all__ = [
     "CsvHome",
@@ -17,3 +36,15 @@ __all__ = [
     "PostgresHome",
     "SqliteHome",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    # `prefect block register -m` finds blocks through dir(): list the lazy ones too
+    return sorted({*globals(), *LAZY})
