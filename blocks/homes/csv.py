@@ -39,7 +39,9 @@ class CsvHome(HomeBlock):
     than UTF-8 are transcoded on the fly. Without a header line, columns are named `column_1`,
     `column_2`, ... (the names `schema_overrides` and `columns` use). A file holding only the
     header reads as zero rows with every column typed String, unless `schema_overrides` pins it.
-    Blank lines are skipped and counted (a blank line inside a quoted field is data).
+    Blank lines are skipped and counted (a blank line inside a quoted field is data). A date,
+    timestamp or time column is parsed with the one format its sample shows, to the values
+    Polars' per-value inference gives (`_csv_dates`; `fast_dates=False` infers as before).
 
     Example:
         ```python
