@@ -50,6 +50,7 @@ LABELS = {
     "parquet_parts.hygge_reencode": "the same, reencode: always",
     "parquet_parts.polars_sink": "polars scan_parquet(parts).sink_parquet()",
     "csv.hygge": "CsvHome -> ParquetStore",
+    "csv.hygge_old_dates": "the same, fast_dates: false (per-value inference)",
     "csv.polars_sink": "polars scan_csv().sink_parquet()",
     "csv.dlt": "dlt: polars CSV batches -> filesystem parquet",
     "sqlite.hygge": "SqliteHome -> ParquetStore",
@@ -84,6 +85,8 @@ ENGINE = {"parquet": ["polars_sink"], "csv": ["polars_sink"]}  # what the 0.9x t
 COPY_TARGET = 5.0
 #: where the engine's decode + encode is measured apart from the copy (`reencode: always`)
 REENCODED = {"parquet", "parquet_parts"}
+#: CSV dates parsed once (issue 20): hygge's multiple over its old per-value date parse
+DATES_TARGET = 1.5
 
 
 @dataclass
@@ -373,7 +376,9 @@ class PrefectServer:
 # -- the plan -----------------------------------------------------------------------------------
 
 
-def plan(groups: list[str], sizes: list[int], with_dlt: bool) -> list[tuple[str, int, list[str]]]:
+def plan(
+    groups: list[str], sizes: list[int], with_dlt: bool, old_dates: bool = False
+) -> list[tuple[str, int, list[str]]]:
     """(group, size, workloads) in run order."""
     out = []
     largest, smallest = max(sizes), min(sizes)
@@ -388,7 +393,8 @@ def plan(groups: list[str], sizes: list[int], with_dlt: bool) -> list[tuple[str,
         if "parquet_parts" in groups and size == largest:
             out.append(("parquet_parts", size, ["hygge", "hygge_reencode", "polars_sink"]))
         if "csv" in groups:
-            out.append(("csv", size, ["hygge", "polars_sink", *peers, *floor]))
+            before = ["hygge_old_dates"] if old_dates else []
+            out.append(("csv", size, ["hygge", *before, "polars_sink", *peers, *floor]))
         if "sqlite" in groups:
             names = ["hygge", "adbc_pyarrow", "adbc_polars", *cx, *peers, *floor]
             out.append(("sqlite", size, names))
@@ -422,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["sqlite", "postgres"],
         default="sqlite",
         help="the started server's database: Prefect's default SQLite, or a throwaway PostgreSQL",
+    )
+    parser.add_argument(
+        "--old-dates",
+        action="store_true",
+        help="also run the CSV Home with fast_dates: false (the date parse before issue 20)",
     )
     parser.add_argument("--work", help="where generated sources are kept (default: $TMPDIR)")
     parser.add_argument("--json", help="also write the results to this file")
@@ -460,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("prefect server: none (each hygge run starts a temporary one)")
         sources = {size: write_sources(work / f"rows-{size}", size) for size in sizes}
-        for group, size, names in plan(groups, sizes, with_dlt):
+        for group, size, names in plan(groups, sizes, with_dlt, args.old_dates):
             src = sources[size]
             wargs: dict[str, Any] = {
                 "parquet": {"src": str(src["parquet"])},
@@ -596,6 +607,13 @@ def targets(results: list[Result], sizes: list[int], many: dict[str, Any] | None
                 f"polars_sink (target >= {COPY_TARGET}x)"
             )
             h = by.get((group, size, "hygge_reencode"), h)  # the engine's own path, below
+        before = by.get((group, size, "hygge_old_dates"))
+        if before is not None:
+            ratio = h.rows_s / before.rows_s
+            out.append(
+                f"  {mark(ratio >= DATES_TARGET)} {group} {size_label(size)} dates parsed once: "
+                f"{ratio:.2f}x fast_dates: false (target >= {DATES_TARGET}x)"
+            )
         raw = [r for (g, s, k), r in by.items() if g == group and s == size and k in RAW]
         named = [r for r in raw if r.kind in ENGINE.get(group, [])] or raw
         if named:

@@ -73,6 +73,10 @@ def run(name: str, args: dict[str, Any]) -> dict[str, Any]:
         # the decode + encode path: what the engine does whenever a row could change
         entity = {"name": "orders", "path": src, "reencode": "always"}
         return _hygge({"type": "parquet"}, [entity], str(out))
+    if kind == "hygge_old_dates" and group == "csv":
+        # the per-value date inference the CSV Home used before issue 20
+        home = {"type": "csv", "fast_dates": False}
+        return _hygge(home, [{"name": "orders", "path": src}], str(out))
     if kind == "hygge":
         if group in ("parquet", "parquet_parts"):
             # nothing changes the rows: the files are copied as they are (`reencode: auto`)

@@ -14,9 +14,12 @@ microseconds (`…00.123456789` becomes `…00.123456`). So:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import polars as pl
+
+from blocks.homes._csv_dates import batch_parser, find_format
 
 #: an integer spelled with a leading zero (`007`, `-01`): its text is not its number's
 LEADING_ZERO = r"^[+-]?0[0-9]"
@@ -28,12 +31,13 @@ TIME_GUARD = " (digits past microseconds, which this timestamp column would cut)
 
 
 def exact_reads(
-    inferred: pl.Schema, sample: pl.DataFrame, pinned: set[str]
+    inferred: pl.Schema, sample: pl.DataFrame, pinned: set[str], *, fast_dates: bool = False
 ) -> tuple[dict[str, pl.DataType], list[pl.Expr]]:
     """Columns to read as text, and the guarded casts that give them their inferred type.
 
     `inferred` is Polars' schema, `sample` the same rows read as text, `pinned` the columns the
-    user typed with `schema_overrides` (left alone).
+    user typed with `schema_overrides` (left alone). With `fast_dates`, a timestamp column
+    whose format the sample shows is parsed with it (`_csv_dates`), to the same values.
     """
     as_text: dict[str, pl.DataType] = {}
     casts: list[pl.Expr] = []
@@ -53,12 +57,51 @@ def exact_reads(
             fine = bool(raw.str.contains(r"[.,][0-9]{7}").any())
             unit: Literal["ns", "us"] = "ns" if fine else "us"
             zone = dtype.time_zone
+            guard = pl.when(col.str.contains(PAST_MICROS)).then(col + TIME_GUARD).otherwise(col)
             if not fine:
-                col = pl.when(col.str.contains(PAST_MICROS)).then(col + TIME_GUARD).otherwise(col)
+                col = guard
+            fmt = _sample_format(raw, unit, zone) if fast_dates else None
+            if fmt is None:
+                casts.append(
+                    col.str.to_datetime(time_unit=unit, time_zone=zone, strict=True).alias(name)
+                )
+                continue
+            typed = pl.Datetime(unit, zone)
             casts.append(
-                col.str.to_datetime(time_unit=unit, time_zone=zone, strict=True).alias(name)
+                pl.col(name).map_batches(
+                    _fast_timestamps(name, fmt, typed, None if fine else guard),
+                    return_dtype=typed,
+                    is_elementwise=True,
+                )
             )
     return as_text, casts
+
+
+def _fast_timestamps(
+    name: str, fmt: str, typed: pl.Datetime, guard: pl.Expr | None
+) -> Callable[[pl.Series], pl.Series]:
+    """A batch parsed with `fmt`, else as before: guarded, with the format inferred."""
+    unit, zone = typed.time_unit, typed.time_zone
+
+    def old(text: pl.Series) -> pl.Series:
+        if guard is not None:
+            text = text.to_frame().select(guard).to_series()
+        return text.str.to_datetime(time_unit=unit, time_zone=zone, strict=True)
+
+    # a format of at most six fraction digits cannot take the digits the guard looks for
+    fixed = "%.f" not in fmt and "%9f" not in fmt
+    if guard is None or fixed:
+        return batch_parser(name, fmt, typed, old)
+    return batch_parser(name, fmt, typed, old, lambda t: bool(t.str.contains(PAST_MICROS).any()))
+
+
+def _sample_format(raw: pl.Series, unit: Literal["ns", "us"], zone: str | None) -> str | None:
+    """The timestamp format giving the sample the values `str.to_datetime` gives it."""
+    try:
+        expected = raw.str.to_datetime(time_unit=unit, time_zone=zone, strict=True)
+    except pl.exceptions.PolarsError:
+        return None  # the sample holds finer digits than the unit: the guard reports them
+    return find_format(raw, expected, pl.Datetime(unit, zone))
 
 
 def guard_hint(text: str) -> str:

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from blocks.base import ReadRequest
 from blocks.homes._csv_blank import without_blank_lines
+from blocks.homes._csv_dates import batch_parser, date_kind, find_format, reader_parse
 from blocks.homes._csv_types import exact_reads, guard_hint
 from blocks.homes._file_home import FileHome
 from blocks.homes._files import check_scan, polars_types, stream_batches
@@ -36,7 +37,9 @@ class CsvHome(FileHome):
     than UTF-8 are transcoded on the fly. Without a header line, columns are named `column_1`,
     `column_2`, ... (the names `schema_overrides` and `columns` use). A file holding only the
     header reads as zero rows with every column typed String, unless `schema_overrides` pins it.
-    Blank lines are skipped and counted (a blank line inside a quoted field is data).
+    Blank lines are skipped and counted (a blank line inside a quoted field is data). A date,
+    timestamp or time column is parsed with the one format its sample shows, to the values
+    Polars' per-value inference gives (`_csv_dates`; `fast_dates=False` infers as before).
 
     Example:
         ```python
@@ -70,6 +73,13 @@ class CsvHome(FileHome):
     )
     try_parse_dates: bool = Field(
         default=True, description="Parse ISO-8601 looking columns as dates and timestamps."
+    )
+    fast_dates: bool = Field(
+        default=True,
+        description=(
+            "Parse each date column with the one format its sample shows (same values, several "
+            "times faster); false: Polars' per-value inference, as before."
+        ),
     )
 
     def read(self, request: ReadRequest) -> Generator[pa.RecordBatch, None, str | None]:
@@ -143,9 +153,13 @@ class CsvHome(FileHome):
         lf = self._scan_csv(sources, names, pinned)
         if self.infer_schema_length == 0:
             return lf
+        fast = self.try_parse_dates and self.fast_dates
         try:
             inferred = lf.collect_schema()
-            if not any(t.is_integer() or isinstance(t, pl.Datetime) for t in inferred.dtypes()):
+            if not any(
+                t.is_integer() or isinstance(t, pl.Datetime) or (fast and date_kind(t))
+                for t in inferred.dtypes()
+            ):
                 return lf
             sample = self._scan_csv(
                 sources, names, None, infer_schema=False, n_rows=self.infer_schema_length
@@ -153,7 +167,10 @@ class CsvHome(FileHome):
         except (pl.exceptions.PolarsError, OSError) as exc:
             msg = f"could not read {what}: {first_line(exc)}{_hint(str(exc))}"
             raise HomeError(msg, entity=request.entity) from exc
-        as_text, casts = exact_reads(inferred, sample, set(self.schema_overrides))
+        pinned_names = set(self.schema_overrides)
+        as_text, casts = exact_reads(inferred, sample, pinned_names, fast_dates=fast)
+        if fast:
+            as_text, casts = _fast_days(inferred, sample, pinned_names, as_text, casts)
         if not as_text:
             return lf
         overrides = {**(pinned or {}), **as_text}
@@ -226,6 +243,32 @@ class CsvHome(FileHome):
                 raise HomeError(msg, entity=entity) from exc
             out.append(target)
         return out
+
+
+def _fast_days(
+    inferred: pl.Schema,
+    sample: pl.DataFrame,
+    pinned: set[str],
+    as_text: dict[str, pl.DataType],
+    casts: list[pl.Expr],
+) -> tuple[dict[str, pl.DataType], list[pl.Expr]]:
+    """Date and time columns read as text and parsed with their sample's format."""
+    as_text, casts = dict(as_text), list(casts)
+    for number, (name, dtype) in enumerate(inferred.items(), 1):
+        if date_kind(dtype) not in ("date", "time") or name in pinned or name not in sample:
+            continue
+        old = reader_parse(name, dtype, number)
+        raw = sample.get_column(name)
+        try:
+            fmt = find_format(raw, old(raw), dtype)
+        except pl.exceptions.PolarsError:
+            fmt = None
+        if fmt is None:
+            continue  # no one format fits the sample: the reader parses it as before
+        as_text[name] = pl.String()
+        parse = batch_parser(name, fmt, dtype, old)
+        casts.append(pl.col(name).map_batches(parse, return_dtype=dtype, is_elementwise=True))
+    return as_text, casts
 
 
 _CSV_HINT = (
