@@ -16,7 +16,7 @@ from pydantic import Field
 
 from blocks.base import HomeBlock, ReadRequest, SourceFile
 from blocks.homes._csv_blank import without_blank_lines
-from blocks.homes._csv_types import exact_reads, guard_hint
+from blocks.homes._csv_types import cast_batches, exact_reads, guard_hint
 from blocks.homes._files import (
     check_scan,
     entity_files,
@@ -159,7 +159,7 @@ class CsvHome(HomeBlock):
         if not as_text:
             return lf
         overrides = {**(pinned or {}), **as_text}
-        return self._scan_csv(sources, names, overrides).with_columns(casts)
+        return cast_batches(self._scan_csv(sources, names, overrides), casts)
 
     def describe(self, request: ReadRequest) -> str:
         return f"csv {request.path or ''} under {self.path or '.'}"
