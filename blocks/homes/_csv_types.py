@@ -98,18 +98,27 @@ def cast_batches(text: pl.LazyFrame, casts: list[pl.Expr]) -> pl.LazyFrame:
         n_rows: int | None,
         batch_size: int | None,
     ) -> Iterator[pl.DataFrame]:
+        if n_rows == 0:
+            return
         scan = text if with_columns is None else text.select(with_columns)
+        if n_rows is not None and predicate is None:
+            scan = scan.head(n_rows)  # read no further than asked: a later value cannot fail
         wanted = [c for n, c in named.items() if with_columns is None or n in with_columns]
         left = n_rows
-        for frame in scan.collect_batches(chunk_size=batch_size):
-            frame = frame.with_columns(wanted)
-            if predicate is not None:
-                frame = frame.filter(predicate)
-            if left is not None:
-                frame = frame.head(left)
-                left -= frame.height
-            yield frame
-            if left == 0:
-                return
+        try:
+            for frame in scan.collect_batches(chunk_size=batch_size):
+                frame = frame.with_columns(wanted)
+                if predicate is not None:
+                    frame = frame.filter(predicate)
+                if left is not None:
+                    frame = frame.head(left)
+                    left -= frame.height
+                yield frame
+                if left == 0:
+                    return
+        except pl.exceptions.PanicException as exc:
+            # Polars drops a panic raised in a Python source and ends the scan as if it were
+            # done: as an error it surfaces, and no row goes missing unnoticed
+            raise pl.exceptions.ComputeError(str(exc)) from exc
 
     return register_io_source(source, schema=schema, explain_name="hygge-csv-casts")
