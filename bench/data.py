@@ -76,6 +76,49 @@ def write_parquet(work: Path, rows: int) -> Path:
     return path
 
 
+def write_parts(work: Path, rows: int, parts: int = PARTS) -> Path:
+    """Write (once) the table as `parts` Parquet files under `work/orders_parts`; the directory.
+
+    Built from the rows themselves rather than sliced from `orders.parquet`, so the largest
+    sizes (100M rows, ~5 GB) need no single file beside the parts.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "orders_parts"
+    if not path.exists():
+        tmp_dir = path.with_suffix(".tmp")
+        tmp_dir.mkdir(exist_ok=True)
+        per = -(-rows // parts)
+        for i in range(parts):
+            start = i * per
+            if start >= rows:
+                break
+            count = min(per, rows - start)
+            frames = [orders(start + s, c).lazy() for s, c in chunks(count)]
+            out = tmp_dir / f"part-{i:05d}.parquet"
+            pl.concat(frames).sink_parquet(out, compression="zstd", row_group_size=100_000)
+        tmp_dir.replace(path)
+    return path
+
+
+def write_csv(work: Path, rows: int) -> Path:
+    """Write (once) the table as one CSV file under `work`, from its parts; its path."""
+    path = work / "orders.csv"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        pl.scan_parquet(write_parts(work, rows) / "*.parquet").sink_csv(tmp)
+        tmp.replace(path)
+    return path
+
+
+def write_sqlite(work: Path, rows: int) -> Path:
+    """Write (once) the table as a SQLite database under `work`; its path."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "orders.sqlite"
+    if not path.exists():
+        _write_sqlite(path, rows)
+    return path
+
+
 def write_sources(work: Path, rows: int) -> dict[str, Path]:
     """Write (once) the table as Parquet, Parquet parts, CSV and SQLite under `work`."""
     work.mkdir(parents=True, exist_ok=True)

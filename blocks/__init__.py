@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect.blocks.core import Block
 
+import hygge_core  # noqa: F401  (before Polars loads: the allocator's settings)
 from blocks import homes, stores
 from blocks.base import HomeBlock, StoreBlock
 from blocks.credentials import MysqlCredentials, PostgresCredentials, SqlServerCredentials

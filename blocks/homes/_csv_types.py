@@ -14,10 +14,11 @@ microseconds (`…00.123456789` becomes `…00.123456`). So:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
 from blocks.homes._csv_dates import batch_parser, find_format
 
@@ -121,3 +122,45 @@ def guard_hint(text: str) -> str:
             "raise `infer_schema_length` so the sample shows them and nanoseconds are kept)"
         )
     return ""
+
+
+def cast_batches(text: pl.LazyFrame, casts: list[pl.Expr]) -> pl.LazyFrame:
+    """`text` with the guarded casts applied batch by batch, as a scan Polars shapes further.
+
+    Left in the lazy plan, the casts let Polars' streaming CSV reader run ahead of them and
+    hold what it read: the peak grew with the file (1.3 GB at 10M rows, 1.9 GB at 30M; issue
+    20). Pulled one batch at a time, the reader waits for the casts.
+    """
+    schema = text.with_columns(casts).collect_schema()
+    named = {c.meta.output_name(): c for c in casts}
+
+    def source(
+        with_columns: list[str] | None,
+        predicate: pl.Expr | None,
+        n_rows: int | None,
+        batch_size: int | None,
+    ) -> Iterator[pl.DataFrame]:
+        if n_rows == 0:
+            return
+        scan = text if with_columns is None else text.select(with_columns)
+        if n_rows is not None and predicate is None:
+            scan = scan.head(n_rows)  # read no further than asked: a later value cannot fail
+        wanted = [c for n, c in named.items() if with_columns is None or n in with_columns]
+        left = n_rows
+        try:
+            for frame in scan.collect_batches(chunk_size=batch_size):
+                frame = frame.with_columns(wanted)
+                if predicate is not None:
+                    frame = frame.filter(predicate)
+                if left is not None:
+                    frame = frame.head(left)
+                    left -= frame.height
+                yield frame
+                if left == 0:
+                    return
+        except pl.exceptions.PanicException as exc:
+            # Polars drops a panic raised in a Python source and ends the scan as if it were
+            # done: as an error it surfaces, and no row goes missing unnoticed
+            raise pl.exceptions.ComputeError(str(exc)) from exc
+
+    return register_io_source(source, schema=schema, explain_name="hygge-csv-casts")

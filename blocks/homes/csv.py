@@ -17,7 +17,7 @@ from pydantic import Field
 from blocks.base import ReadRequest
 from blocks.homes._csv_blank import without_blank_lines
 from blocks.homes._csv_dates import batch_parser, date_kind, find_format, reader_parse
-from blocks.homes._csv_types import exact_reads, guard_hint
+from blocks.homes._csv_types import cast_batches, exact_reads, guard_hint
 from blocks.homes._file_home import FileHome
 from blocks.homes._files import check_scan, polars_types, stream_batches
 from blocks.homes._place import local_paths
@@ -174,7 +174,7 @@ class CsvHome(FileHome):
         if not as_text:
             return lf
         overrides = {**(pinned or {}), **as_text}
-        return self._scan_csv(sources, names, overrides).with_columns(casts)
+        return cast_batches(self._scan_csv(sources, names, overrides), casts)
 
     def describe(self, request: ReadRequest) -> str:
         return f"csv {request.path or ''} under {self.under()}"
