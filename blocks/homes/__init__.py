@@ -7,9 +7,9 @@ they read from, about two seconds on every command, so they are imported on firs
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from blocks._lazy import lazy_exports
 from blocks.homes.mssql import MssqlHome
 from blocks.homes.mysql import MysqlHome
 from blocks.homes.postgres import PostgresHome
@@ -38,13 +38,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in LAZY:
-        return getattr(importlib.import_module(LAZY[name]), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
-
-
-def __dir__() -> list[str]:
-    # `prefect block register -m` finds blocks through dir(): list the lazy ones too
-    return sorted({*globals(), *LAZY})
+__getattr__, __dir__ = lazy_exports(globals(), LAZY)

@@ -7,9 +7,9 @@ not with the package (as is the SQLite Store, which imports ADBC).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from blocks._lazy import lazy_exports
 from blocks.stores.parquet import ParquetStore
 
 if TYPE_CHECKING:
@@ -38,13 +38,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in LAZY:
-        return getattr(importlib.import_module(LAZY[name]), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
-
-
-def __dir__() -> list[str]:
-    # `prefect block register -m` finds blocks through dir(): list the lazy ones too
-    return sorted({*globals(), *LAZY})
+__getattr__, __dir__ = lazy_exports(globals(), LAZY)
