@@ -5,8 +5,10 @@
   continues after the highest number present, and a file numbered at or below it was sent.
 - `last_update_time` (`LastUpdateTimeFileDetection`), for a landing zone other producers
   also write to: unique, never reused names (`part-<run_id>-<n>.parquet`), applied in
-  LastModified order. Blob Storage keeps LastModified to the second, so after each commit the
-  next waits for the next second: a run's deletes never tie with its changes. What was sent is
+  LastModified order. Blob Storage keeps LastModified to the second, so a run's first commit
+  waits past the newest file in the folder (another producer's too), and after each commit the
+  next waits for the next second: a run's files never tie with each other or with the files
+  before them, and its deletes never tie with its changes. What was sent is
   recorded in the manifest file by file, since a consumed file leaves no trace in the folder.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
@@ -87,15 +90,21 @@ class LandingFiles(_Base):
         last = max((i for i, n in enumerate(files) if i < done or n in present), default=-1)
         return set(files[: last + 1])
 
+    def after_newest(self, entity: str) -> None:
+        """Before a run's first commit: order it after every file already in the folder."""
+        if self.file_detection == "sequential":
+            return  # the numbers say it
+        blobs = self.area().blobs(self.table_folder(entity))
+        newest = max((b.last_modified for b in blobs if b.name.endswith(".parquet")), default=None)
+        if newest is not None:
+            _next_second(newest)
+
     def record_sent(self, manifest: Manifest, name: str) -> None:
         """After a commit: order the next file after this one, and remember what was sent."""
         if self.file_detection == "sequential":
             return  # the numbers say it
         blob = self.area().container.get_blob_client(self.data_key(manifest.entity, name))
-        modified = blob.get_blob_properties().last_modified
-        wait = 1.0 - (utc_now() - modified).total_seconds()
-        if wait > 0:
-            time.sleep(wait)  # LastModified has whole seconds: no tie with the next file
+        _next_second(blob.get_blob_properties().last_modified)
         manifest.extra["sent"] = manifest.files.index(name) + 1
         self.save_manifest(manifest)
 
@@ -108,3 +117,10 @@ class LandingFiles(_Base):
         """Every data file still in the table folder, in file order (for checks and tests)."""
         for name in self.data_files(entity):
             yield from _iter_blob(self.area(), self.data_key(entity, name))
+
+
+def _next_second(modified: datetime) -> None:
+    """Wait until a commit now gets a later LastModified (whole seconds) than `modified`."""
+    wait = 1.0 - (utc_now() - modified).total_seconds()
+    if wait > 0:
+        time.sleep(wait)

@@ -367,6 +367,7 @@ class OpenMirroringStore(FileRepair, TableRestart, LandingFiles, BlobStoreBase):
             self.ensure_metadata(manifest.entity)
             if self.unpublished(manifest):
                 self.await_rebuilt(manifest.entity)
+                self.after_newest(manifest.entity)
 
     def publish_file(self, manifest: Manifest, name: str) -> None:
         blocks = block_ids(manifest.run_id, name, manifest.extra["blocks"][name])
