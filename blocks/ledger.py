@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
 from pydantic import Field
 
 from blocks.base import LOGO
@@ -14,6 +17,11 @@ from hygge_core.ledger_entry import LedgerEntry
 
 #: what `commit` takes for an entity: an entry, its JSON, or None to forget the entity
 Entry = LedgerEntry | Mapping[str, Any] | None
+#: a server busy with other writes (SQLite's "database is locked": 503) is asked again after
+#: these pauses (the last one repeated) until `BUSY_GIVE_UP` seconds have passed; the client's
+#: own retries wait 2, 4, 8 s, which made the last save of 200 entities take 7 s
+BUSY_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
+BUSY_GIVE_UP = 120.0
 
 
 class WatermarkLedger(Block):
@@ -83,8 +91,33 @@ class WatermarkLedger(Block):
                 entry = LedgerEntry.from_json(entry, entity)
             self.value[entity] = entry.to_json()
         try:
-            self.save(name, overwrite=True)
+            self._save_soon(name)
         except Exception as exc:
             msg = f"cannot save the watermark ledger {name!r}: {exc}"
             one = next(iter(entries)) if len(entries) == 1 else None
             raise LedgerError(msg, entity=one) from exc
+
+    def _save_soon(self, name: str) -> None:
+        """Save: once the ledger has a block document, one PATCH of its value, asked again
+        after short pauses while the server is busy; else (or if that is refused) `save`."""
+        if self._block_document_id is None:
+            self.save(name, overwrite=True)
+            return
+        payload = {"data": {"value": self.value}, "merge_existing_data": False}
+        deadline = time.monotonic() + BUSY_GIVE_UP
+        with get_client(sync_client=True) as client:
+            # the client's configured HTTP session (base URL, auth, TLS); httpx's own `send`
+            # is one attempt, where the Prefect session's would back off 2, 4, 8 s on a 503
+            http = client._client
+            path = f"/block_documents/{self._block_document_id}"
+            for attempt in range(100_000):
+                response = httpx.Client.send(http, http.build_request("PATCH", path, json=payload))
+                if response.status_code != 503 or time.monotonic() >= deadline:
+                    break
+                time.sleep(BUSY_PAUSES[min(attempt, len(BUSY_PAUSES) - 1)])
+        if response.status_code == 503:
+            response.raise_for_status()
+        if not response.is_success:
+            # a block document gone since it was read, a server that wants a CSRF token...:
+            # the full save handles them
+            self.save(name, overwrite=True)

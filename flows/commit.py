@@ -9,6 +9,8 @@ journals each entity and records the assets, and keeps each entity's summary row
 from __future__ import annotations
 
 import datetime as dt
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from blocks import WatermarkLedger
@@ -23,8 +25,12 @@ from hygge_core.ledger_entry import LedgerEntry
 from hygge_tasks.entity import EntityResult
 
 #: entities that finish within this window share one ledger save (each save is several API
-#: calls and grows with the ledger: one per entity made 200 small entities take 90 s)
+#: calls and grows with the ledger: one per entity made 200 small entities take 90 s); a save
+#: that took longer widens the window to its own length, so saving never takes more than
+#: about half the run
 LEDGER_BATCH_SECONDS = 1.0
+#: how often the flow looks whether a save running in the background has finished
+SAVE_POLL_SECONDS = 0.2
 
 
 def recover(
@@ -60,9 +66,16 @@ def recover(
         assets.record(spec.name, recovered, logger)
 
 
+#: one ledger save in the background: the entities it commits, and (when done) its seconds
+Batch = list[tuple[EntityJob, EntityResult, dict[str, Any] | None]]
+
+
 class Commits:
     """Each entity's outcome as it comes back: committed in batches, journalled, summarised.
 
+    The ledger is saved on a thread of its own, one save at a time, while the flow goes on
+    handing entities to workers (a save of a large ledger takes a second or more); what a save
+    commits is marked, journalled and summarised by the flow once the save has returned.
     `started` is when each entity was handed to a worker (the scheduler's), for the journal.
     """
 
@@ -81,7 +94,10 @@ class Commits:
         self.logger = logger
         self.rows: dict[str, SummaryRow] = {}
         #: published, not yet in the ledger
-        self.pending: list[tuple[EntityJob, EntityResult, dict[str, Any] | None]] = []
+        self.pending: Batch = []
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="hygge-ledger")
+        self._saving: tuple[Future[float], Batch] | None = None
+        self._next_save = 0.0  # time.monotonic()
 
     def before(self, entity: str) -> dict[str, Any] | None:
         """The entity's watermark in the ledger before this run commits it."""
@@ -113,20 +129,52 @@ class Commits:
         self.rows[job.plan.name] = SummaryRow.failed(job.plan.name, job.plan.mode, exc)
         self.journal.failed(job.plan, job.store, exc, before, self.started[job.plan.name])
 
-    def flush(self) -> None:
-        """Save the published entities' entries in one ledger save, then mark them."""
-        batch, self.pending = self.pending, []
-        if not batch:
-            return
+    def due(self) -> float | None:
+        """Seconds until `flush` has something to do, or None when nothing is waiting."""
+        if self._saving is not None:
+            return SAVE_POLL_SECONDS
+        if self.pending or self.journal.unwritten():
+            return max(self._next_save - time.monotonic(), 0.0)
+        return None
+
+    def flush(self, final: bool = False) -> None:
+        """Take a finished save's outcome; once the window allows, start the next save of the
+        published entities and write the journal. `final`: all of it, and wait."""
+        collected = self._collect(wait=final)
+        ready = final or time.monotonic() >= self._next_save
+        if self.pending and self._saving is None and ready:
+            batch, self.pending = self.pending, []
+            entries = {j.plan.name: r.ledger_entry for j, r, _ in batch}
+            self._saving = (self._saver.submit(self._save, entries), batch)
+            if final:
+                collected = self._collect(wait=True)
+        if collected or ready:
+            if not collected and self.journal.unwritten():
+                self._next_save = time.monotonic() + LEDGER_BATCH_SECONDS
+            self.journal.flush()
+        if final:
+            self._saver.shutdown()
+
+    def _save(self, entries: dict[str, Any]) -> float:
+        started = time.monotonic()
+        faults.point("flow.before_ledger")
+        self.ledger.commit_many(self.spec.ledger_name, entries)
+        return time.monotonic() - started
+
+    def _collect(self, wait: bool) -> bool:
+        """Mark, journal and summarise what the running save committed, once it returned."""
+        if self._saving is None or not (wait or self._saving[0].done()):
+            return False
+        future, batch = self._saving
+        self._saving = None
         try:
-            faults.point("flow.before_ledger")
-            self.ledger.commit_many(
-                self.spec.ledger_name, {j.plan.name: r.ledger_entry for j, r, _ in batch}
-            )
+            seconds = future.result()
         except Exception as exc:
+            self._next_save = time.monotonic() + LEDGER_BATCH_SECONDS
             for job, _, before in batch:
                 self.failed(job, exc, before)
-            return
+            return True
+        self._next_save = time.monotonic() + max(LEDGER_BATCH_SECONDS, seconds)
         faults.point("flow.before_mark_committed")
         committed: list[Committed] = []
         for job, result, before in batch:
@@ -149,3 +197,4 @@ class Commits:
                 )
             )
         assets.record(self.spec.name, committed, self.logger)
+        return True

@@ -1,7 +1,8 @@
 """Submitting the entity tasks and collecting them as they finish, `concurrency` at a time.
 
 `move_all` maps `move_entity` over a run's jobs through the spec's task runner (threads in
-this process, or a Dask cluster), hands each outcome to the ledger commits (`flows.commit`)
+this process, or a Dask cluster), or, for a long queue on threads, `move_entities` over
+bundles of them; it hands each outcome to the ledger commits (`flows.commit`)
 as it comes back, and runs the `finish_entity` publish of an entity whose Store must wait
 before publishing when its time comes.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prefect.futures import as_completed
@@ -19,13 +21,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks import WatermarkLedger
 from blocks.base import utc_now
 from flows import interrupts
-from flows.commit import LEDGER_BATCH_SECONDS, Commits
+from flows.commit import Commits
 from flows.journal import Journal
 from flows.plan import EntityJob
 from flows.spec import FlowSpec, TaskRunnerSpec
 from flows.summary import SummaryRow
 from hygge_core import stop
-from hygge_core.errors import ConfigError
+from hygge_core.errors import ConfigError, is_transient
+from hygge_tasks.bundle import Bundled, move_entities
 from hygge_tasks.entity import EntityResult
 from hygge_tasks.move import finish_entity, move_entity
 
@@ -53,11 +56,18 @@ def move_all(
             jobs,
             run_id,
             workers,
+            bundler=move_entities
+            if spec.bundle_entities and spec.task_runner.type == "threads"
+            else None,
+            retries=retries,
+            delay=delay,
+            logger=logger,
         )
         commits = Commits(spec, ledger, journal, scheduler.started, logger)
         for future, job, moved in scheduler:
             if future is None:
-                commits.flush()  # the batching window closed
+                commits.flush()  # the batching window closed, or a save may have returned
+                _wake(scheduler, commits)
                 continue
             name = job.plan.name
             before = commits.before(name)
@@ -78,17 +88,23 @@ def move_all(
                 else:
                     future.result()  # the deferred publish
                     result = moved
-                if result.changed:
-                    # the ledger follows within LEDGER_BATCH_SECONDS
-                    commits.published(job, result, before)
-                    scheduler.wake(LEDGER_BATCH_SECONDS)
-                    continue
             except Exception as exc:
                 commits.failed(job, exc, before)
             else:
-                commits.done(job, result, before)
-        commits.flush()
+                if result.changed:
+                    # the ledger follows with the next save (`flows.commit`)
+                    commits.published(job, result, before)
+                else:
+                    commits.done(job, result, before)
+            _wake(scheduler, commits)
+        commits.flush(final=True)
     return commits.rows
+
+
+def _wake(scheduler: Scheduler, commits: Commits) -> None:
+    due = commits.due()
+    if due is not None:
+        scheduler.wake(due)
 
 
 def task_runner(spec: TaskRunnerSpec, workers: int) -> Any:
@@ -105,13 +121,39 @@ def task_runner(spec: TaskRunnerSpec, workers: int) -> Any:
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
 
 
+#: a bundle is at most this many entities (`hygge_tasks.bundle`)
+BUNDLE_MAX = 50
+#: and a quarter of each worker's share of the queue: bundles shrink as the queue drains, so
+#: the last entities spread over every worker (with 4 workers, 32 waiting entities bundle)
+BUNDLE_SHARE = 4
+#: a bundle starts no further entity after this long; what it did not start is queued again
+BUNDLE_SECONDS = 2.0
+
+
+@dataclass
+class Settled:
+    """A bundled entity's outcome, shaped like the future of its own task run."""
+
+    outcome: Bundled
+
+    def result(self) -> EntityResult:
+        if self.outcome.error is not None:
+            raise self.outcome.error
+        assert self.outcome.result is not None
+        return self.outcome.result
+
+
 class Scheduler:
-    """Submits at most `workers` tasks at once and yields each as it finishes.
+    """Submits at most `workers` tasks at once and yields each entity as it finishes.
 
     The bound holds whatever the runner: a Dask cluster may have more slots than the spec
     allows connections to its Home. An entity whose Store must wait before publishing is
     `defer`red: it holds no slot while it waits, and its publish task is submitted when the
     time comes (before new entities, so started work finishes first).
+
+    With a `bundler`, a long queue goes out in bundles (`hygge_tasks.bundle`): a bundled
+    entity that failed in a way worth retrying gets its retries in a task run of its own,
+    after `delay` seconds; what a bundle did not start goes back to the front of the queue.
     """
 
     def __init__(
@@ -122,14 +164,25 @@ class Scheduler:
         jobs: list[EntityJob],
         run_id: str,
         workers: int,
+        bundler: Any = None,
+        retries: int = 0,
+        delay: float = 0.0,
+        logger: Any = None,
     ) -> None:
         self.runner = runner
         self.mover = mover
         self.finisher = finisher
+        self.bundler = bundler
+        self.retries = retries
+        self.delay = delay
+        self.logger = logger
         self.waiting = list(jobs)
         self.run_id = run_id
         self.workers = workers
         self.running: dict[Any, tuple[EntityJob, EntityResult | None]] = {}
+        self.bundles: dict[Any, list[EntityJob]] = {}
+        self.settled: list[tuple[Settled, EntityJob]] = []
+        self.retrying: list[tuple[float, int, EntityJob]] = []
         self.deferred: list[tuple[float, int, EntityJob, EntityResult]] = []
         self.started: dict[str, dt.datetime] = {}  # for the journal
         self.wake_at: float | None = None
@@ -142,8 +195,9 @@ class Scheduler:
 
     def wake(self, seconds: float) -> None:
         """Yield `(None, None, None)` once, `seconds` from now (unless already asked sooner)."""
-        if self.wake_at is None:
-            self.wake_at = time.monotonic() + seconds
+        at = time.monotonic() + seconds
+        if self.wake_at is None or at < self.wake_at:
+            self.wake_at = at
 
     def _woken(self) -> bool:
         if self.wake_at is not None and time.monotonic() >= self.wake_at:
@@ -152,44 +206,120 @@ class Scheduler:
         return False
 
     def __iter__(self) -> Iterator[tuple[Any, Any, EntityResult | None]]:
-        while self.waiting or self.running or self.deferred:
+        while (
+            self.waiting
+            or self.running
+            or self.bundles
+            or self.settled
+            or self.retrying
+            or self.deferred
+        ):
             if stop.requested():
                 # interrupted: start nothing more; what runs stops at its next batch
                 self.waiting.clear()
                 self.deferred.clear()
+                self.retrying.clear()
+            if self.settled:
+                settled, job = self.settled.pop(0)
+                yield settled, job, None
+                continue
             now = time.monotonic()
-            while self.deferred and self.deferred[0][0] <= now and self._free():
-                _, _, job, moved = self.deferred.pop(0)
-                params = {"entity": job.plan.name, "store": job.store, "run_id": moved.run_id}
-                self.running[self.runner.submit(self.finisher, params)] = (job, moved)
-            while self.waiting and self._free():
-                new = self.waiting.pop(0)
-                params = {
-                    "plan": new.plan,
-                    "home": new.home,
-                    "store": new.store,
-                    "run_id": self.run_id,
-                }
-                self.running[self.runner.submit(self.mover, params)] = (new, None)
-                self.started[new.plan.name] = utc_now()
-            # wake for a due publish only when a slot could take it, and for a wake() call;
-            # else block until a task finishes
+            self._submit(now)
+            # wake for a due publish or retry only when a slot could take it, and for a
+            # wake() call; else block until a task finishes
             due = [self.deferred[0][0]] if self.deferred and self._free() else []
+            due += [self.retrying[0][0]] if self.retrying and self._free() else []
             due += [self.wake_at] if self.wake_at is not None else []
             timeout = max(min(due) - now, 0.0) if due else None
-            if not self.running:
+            futures = [*self.running, *self.bundles]
+            if not futures:
                 time.sleep(timeout or 0.0)
                 if self._woken():
                     yield None, None, None
                 continue
             try:
-                done = next(iter(as_completed(list(self.running), timeout=timeout)))
+                done = next(iter(as_completed(futures, timeout=timeout)))
             except TimeoutError:
                 if self._woken():
                     yield None, None, None
-                continue  # or a deferred publish is due
+                continue  # or a deferred publish or a retry is due
+            if done in self.bundles:
+                self._unbundle(done)
+                continue
             finished, moved_before = self.running.pop(done)
             yield done, finished, moved_before
 
+    def _submit(self, now: float) -> None:
+        while self.deferred and self.deferred[0][0] <= now and self._free():
+            _, _, job, moved = self.deferred.pop(0)
+            params = {"entity": job.plan.name, "store": job.store, "run_id": moved.run_id}
+            self.running[self.runner.submit(self.finisher, params)] = (job, moved)
+        while self.retrying and self.retrying[0][0] <= now and self._free():
+            _, _, job = self.retrying.pop(0)
+            mover = self.mover.with_options(retries=self.retries - 1)
+            self._solo(job, mover, attempts_before=1)
+        while self.waiting and self._free():
+            size = self._bundle_size()
+            if size < 2:
+                self._solo(self.waiting.pop(0), self.mover)
+                continue
+            take, self.waiting = self.waiting[:size], self.waiting[size:]
+            params = {
+                "jobs": [(j.plan, j.home, j.store) for j in take],
+                "run_id": self.run_id,
+                "seconds": BUNDLE_SECONDS,
+                "label": f"{len(take)} entities from {take[0].plan.name}",
+            }
+            self.bundles[self.runner.submit(self.bundler, params)] = take
+            for job in take:
+                self.started[job.plan.name] = utc_now()  # each outcome says when it began
+
+    def _solo(self, job: EntityJob, mover: Any, attempts_before: int = 0) -> None:
+        params: dict[str, Any] = {
+            "plan": job.plan,
+            "home": job.home,
+            "store": job.store,
+            "run_id": self.run_id,
+        }
+        if attempts_before:
+            params["attempts_before"] = attempts_before
+        self.running[self.runner.submit(mover, params)] = (job, None)
+        self.started.setdefault(job.plan.name, utc_now())
+
+    def _bundle_size(self) -> int:
+        if self.bundler is None:
+            return 1
+        return min(BUNDLE_MAX, len(self.waiting) // (BUNDLE_SHARE * self.workers))
+
+    def _unbundle(self, done: Any) -> None:
+        """A bundle's outcomes, one per entity it started; the rest queued again, first."""
+        jobs = self.bundles.pop(done)
+        try:
+            outcomes: list[Bundled] = done.result()
+        except Exception as exc:  # the bundle's task run itself failed: so did its entities
+            outcomes = [Bundled(j.plan.name, utc_now(), error=exc) for j in jobs]
+        for job, outcome in zip(jobs, outcomes, strict=False):
+            self.started[job.plan.name] = outcome.started_at
+            if outcome.error is not None and self._retry(job, outcome.error):
+                continue
+            self.settled.append((Settled(outcome), job))
+        self.waiting[:0] = jobs[len(outcomes) :]
+
+    def _retry(self, job: EntityJob, error: Exception) -> bool:
+        """Give a bundled entity's transient failure the retries left, in its own task run."""
+        if self.retries < 1 or stop.requested() or not is_transient(error):
+            return False
+        if self.logger is not None:
+            self.logger.warning(
+                "%s: %s; trying again in %.0f s in a task run of its own (%d retries left)",
+                job.plan.name,
+                error,
+                self.delay,
+                self.retries,
+            )
+        item = (time.monotonic() + self.delay, len(self.retrying), job)
+        self.retrying = sorted([*self.retrying, item], key=lambda r: (r[0], r[1]))
+        return True
+
     def _free(self) -> bool:
-        return len(self.running) < self.workers
+        return len(self.running) + len(self.bundles) < self.workers

@@ -247,6 +247,11 @@ class FlowSpec(BaseModel):
     )
     retries: int = Field(default=3, ge=0, le=10)
     retry_delay_seconds: float = Field(default=5.0, ge=0)
+    bundle_entities: bool = Field(
+        default=True,
+        description="With many entities, move several to one Prefect task run (one journal "
+        "record and retries each, threads runner only); false: one task run per entity.",
+    )
     entities: list[EntitySpec] = Field(min_length=1)
 
     @model_validator(mode="before")

@@ -399,12 +399,16 @@ def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def move_entity(plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str) -> EntityResult:
-    """Move one entity from its Home to its Store and return what happened (never data)."""
+def move_entity(
+    plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str, attempts_before: int = 0
+) -> EntityResult:
+    """Move one entity from its Home to its Store and return what happened (never data).
+
+    `attempts_before`: attempts made already in a bundle (`hygge_tasks.bundle`)."""
     from prefect import get_run_logger
     from prefect.runtime import task_run
 
-    attempt = int(task_run.run_count or 1)
+    attempt = int(task_run.run_count or 1) + attempts_before
     logger = get_run_logger()
     try:
         with home_slot(home, plan.name, logger):
