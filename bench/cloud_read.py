@@ -134,6 +134,13 @@ def main(argv: list[str]) -> None:
                 f"{peer / mid:>5.2f}x"
             )
     print("ratio = Polars' seconds / this reader's (target for hygge: >= 0.90x)")
+    # each repeat ran the two readers back to back: their ratio shares that moment's load
+    for place in places:
+        pairs = zip(results[(place, "polars")], results[(place, "hygge")], strict=True)
+        ratios = sorted(p["seconds"] / h["seconds"] for p, h in pairs)
+        shown = ", ".join(f"{r:.2f}" for r in ratios)
+        mid = statistics.median(ratios)
+        print(f"{place}: hygge / Polars per repeat: {shown}; median {mid:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from blocks.base import LOGO
 from hygge_core.errors import LedgerError
@@ -48,6 +48,8 @@ class WatermarkLedger(Block):
     value: dict[str, Any] = Field(
         default_factory=dict, description="Entity name to its watermark entry (JSON)."
     )
+    #: the server refused the one-call save once: use Prefect's own from then on
+    _full_saves: bool = PrivateAttr(default=False)
 
     def _event_method_called_resources(self) -> Any:
         # no `block loaded` event per ledger read: a dry run would otherwise open the events
@@ -99,25 +101,36 @@ class WatermarkLedger(Block):
 
     def _save_soon(self, name: str) -> None:
         """Save: once the ledger has a block document, one PATCH of its value, asked again
-        after short pauses while the server is busy; else (or if that is refused) `save`."""
-        if self._block_document_id is None:
+        after short pauses while the server is busy or the connection drops; else (or if the
+        server refuses it) `save`."""
+        if self._block_document_id is None or self._full_saves:
             self.save(name, overwrite=True)
             return
         payload = {"data": {"value": self.value}, "merge_existing_data": False}
         deadline = time.monotonic() + BUSY_GIVE_UP
+        path = f"/block_documents/{self._block_document_id}"
         with get_client(sync_client=True) as client:
             # the client's configured HTTP session (base URL, auth, TLS); httpx's own `send`
             # is one attempt, where the Prefect session's would back off 2, 4, 8 s on a 503
             http = client._client
-            path = f"/block_documents/{self._block_document_id}"
             for attempt in range(100_000):
-                response = httpx.Client.send(http, http.build_request("PATCH", path, json=payload))
+                pause = BUSY_PAUSES[min(attempt, len(BUSY_PAUSES) - 1)]
+                try:
+                    response = httpx.Client.send(
+                        http, http.build_request("PATCH", path, json=payload)
+                    )
+                except httpx.TransportError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(pause)
+                    continue
                 if response.status_code != 503 or time.monotonic() >= deadline:
                     break
-                time.sleep(BUSY_PAUSES[min(attempt, len(BUSY_PAUSES) - 1)])
+                time.sleep(pause)
         if response.status_code == 503:
             response.raise_for_status()
         if not response.is_success:
             # a block document gone since it was read, a server that wants a CSRF token...:
-            # the full save handles them
+            # the full save handles them, from now on
+            self._full_saves = True
             self.save(name, overwrite=True)

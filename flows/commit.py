@@ -8,6 +8,7 @@ journals each entity and records the assets, and keeps each entity's summary row
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -140,20 +141,28 @@ class Commits:
     def flush(self, final: bool = False) -> None:
         """Take a finished save's outcome; once the window allows, start the next save of the
         published entities and write the journal. `final`: all of it, and wait."""
+        if final:
+            self.journal.flush()  # what is known now, before waiting on the server
         collected = self._collect(wait=final)
         ready = final or time.monotonic() >= self._next_save
         if self.pending and self._saving is None and ready:
             batch, self.pending = self.pending, []
             entries = {j.plan.name: r.ledger_entry for j, r, _ in batch}
-            self._saving = (self._saver.submit(self._save, entries), batch)
+            # the flow's context (its Prefect settings and client) goes with the save
+            run = contextvars.copy_context().run
+            self._saving = (self._saver.submit(run, self._save, entries), batch)
             if final:
                 collected = self._collect(wait=True)
         if collected or ready:
             if not collected and self.journal.unwritten():
                 self._next_save = time.monotonic() + LEDGER_BATCH_SECONDS
             self.journal.flush()
-        if final:
-            self._saver.shutdown()
+
+    def close(self) -> None:
+        """At the end, even after an error: write the journal, release the saver thread (a
+        save still running finishes on its own)."""
+        self.journal.flush()
+        self._saver.shutdown(wait=False)
 
     def _save(self, entries: dict[str, Any]) -> float:
         started = time.monotonic()

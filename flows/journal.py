@@ -126,6 +126,7 @@ class Journal:
         #: each area's records as journal rows, made once per record
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._dirty: set[str] = set()
+        self._failed: set[str] = set()
 
     def ok(
         self,
@@ -219,10 +220,14 @@ class Journal:
                 store.write_journal(self.run_id, pa.Table.from_pylist(self._rows[area], SCHEMA))
             except Exception as exc:
                 # the data and the ledger are committed already; a journal that cannot be
-                # written is reported, not allowed to fail the entity
-                names = ", ".join(r.entity for r in mine[-3:])
-                self.logger.error("%s: cannot write the run journal: %s", names, exc)
-        self._dirty.clear()
+                # written is reported (once per Store), tried again with the next flush, and
+                # not allowed to fail the entity
+                if area not in self._failed:
+                    names = ", ".join(r.entity for r in mine[-3:])
+                    self.logger.error("%s: cannot write the run journal: %s", names, exc)
+                self._failed.add(area)
+                continue
+            self._dirty.discard(area)
 
     def verdict(self, store: StoreBlock, entity: str, verdict: str, failed: bool) -> None:
         """Add the destination's verdict to the entity's record (and fail it, if it failed)."""

@@ -64,41 +64,49 @@ def move_all(
             logger=logger,
         )
         commits = Commits(spec, ledger, journal, scheduler.started, logger)
-        for future, job, moved in scheduler:
-            if future is None:
-                commits.flush()  # the batching window closed, or a save may have returned
-                _wake(scheduler, commits)
-                continue
-            name = job.plan.name
-            before = commits.before(name)
-            try:
-                if moved is None:
-                    result: EntityResult = future.result()
-                    if result.ready_at:
-                        logger.info(
-                            "%s: staged %s rows and emptied the destination; publishing after "
-                            "%s (the wait holds no concurrency slot)",
-                            name,
-                            f"{result.rows:,}",
-                            result.ready_at,
-                        )
-                        scheduler.defer(job, result)
-                        interrupts.mark(name, "staged")
-                        continue
-                else:
-                    future.result()  # the deferred publish
-                    result = moved
-            except Exception as exc:
-                commits.failed(job, exc, before)
-            else:
-                if result.changed:
-                    # the ledger follows with the next save (`flows.commit`)
-                    commits.published(job, result, before)
-                else:
-                    commits.done(job, result, before)
-            _wake(scheduler, commits)
-        commits.flush(final=True)
+        try:
+            _collect(scheduler, commits, logger)
+            commits.flush(final=True)
+        finally:
+            commits.close()  # the journal written and the saver released, whatever happened
     return commits.rows
+
+
+def _collect(scheduler: Scheduler, commits: Commits, logger: Any) -> None:
+    """Hand each entity's outcome to the commits as the scheduler yields it."""
+    for future, job, moved in scheduler:
+        if future is None:
+            commits.flush()  # the batching window closed, or a save may have returned
+            _wake(scheduler, commits)
+            continue
+        name = job.plan.name
+        before = commits.before(name)
+        try:
+            if moved is None:
+                result: EntityResult = future.result()
+                if result.ready_at:
+                    logger.info(
+                        "%s: staged %s rows and emptied the destination; publishing after "
+                        "%s (the wait holds no concurrency slot)",
+                        name,
+                        f"{result.rows:,}",
+                        result.ready_at,
+                    )
+                    scheduler.defer(job, result)
+                    interrupts.mark(name, "staged")
+                    continue
+            else:
+                future.result()  # the deferred publish
+                result = moved
+        except Exception as exc:
+            commits.failed(job, exc, before)
+        else:
+            if result.changed:
+                # the ledger follows with the next save (`flows.commit`)
+                commits.published(job, result, before)
+            else:
+                commits.done(job, result, before)
+        _wake(scheduler, commits)
 
 
 def _wake(scheduler: Scheduler, commits: Commits) -> None:
@@ -219,12 +227,12 @@ class Scheduler:
                 self.waiting.clear()
                 self.deferred.clear()
                 self.retrying.clear()
+            now = time.monotonic()
+            self._submit(now)  # a slot a bundle freed takes new work before its outcomes
             if self.settled:
                 settled, job = self.settled.pop(0)
                 yield settled, job, None
                 continue
-            now = time.monotonic()
-            self._submit(now)
             # wake for a due publish or retry only when a slot could take it, and for a
             # wake() call; else block until a task finishes
             due = [self.deferred[0][0]] if self.deferred and self._free() else []
@@ -284,7 +292,8 @@ class Scheduler:
         if attempts_before:
             params["attempts_before"] = attempts_before
         self.running[self.runner.submit(mover, params)] = (job, None)
-        self.started.setdefault(job.plan.name, utc_now())
+        if not attempts_before:  # a retry keeps the start of the entity's first attempt
+            self.started[job.plan.name] = utc_now()
 
     def _bundle_size(self) -> int:
         if self.bundler is None:
@@ -296,8 +305,13 @@ class Scheduler:
         jobs = self.bundles.pop(done)
         try:
             outcomes: list[Bundled] = done.result()
-        except Exception as exc:  # the bundle's task run itself failed: so did its entities
-            outcomes = [Bundled(j.plan.name, utc_now(), error=exc) for j in jobs]
+        except Exception as exc:
+            # the bundle's task run itself failed (its state not reported, say): what it moved
+            # may be published, so nothing is moved again; the next run's recovery commits
+            # whatever it published, and the rest is loaded then
+            for job in jobs:
+                self.settled.append((Settled(Bundled(job.plan.name, utc_now(), error=exc)), job))
+            return
         for job, outcome in zip(jobs, outcomes, strict=False):
             self.started[job.plan.name] = outcome.started_at
             if outcome.error is not None and self._retry(job, outcome.error):
