@@ -44,8 +44,7 @@ def move_all(
 ) -> dict[str, SummaryRow]:
     """Map the entity task over the jobs; commit and journal each entity as it finishes."""
     logger.info("run %s: %d entities, %d at once", run_id, len(jobs), workers)
-    for job in jobs:
-        logger.info("%s: %s (%s)", job.plan.name, job.plan.mode, job.plan.reason)
+    _log_plans(jobs, logger)
     retries, delay = spec.retries, spec.retry_delay_seconds
     interrupts.plan([job.plan.name for job in jobs])
     with task_runner(spec.task_runner, workers) as runner:
@@ -107,6 +106,24 @@ def _collect(scheduler: Scheduler, commits: Commits, logger: Any) -> None:
             else:
                 commits.done(job, result, before)
         _wake(scheduler, commits)
+
+
+#: more entities than this: their plans are logged grouped by what each run does
+PLAN_LINES = 20
+
+
+def _log_plans(jobs: list[EntityJob], logger: Any) -> None:
+    """One line per entity, or, for many, one per kind of plan (a thousand lines say less)."""
+    if len(jobs) <= PLAN_LINES:
+        for job in jobs:
+            logger.info("%s: %s (%s)", job.plan.name, job.plan.mode, job.plan.reason)
+        return
+    groups: dict[tuple[str, str], list[str]] = {}
+    for job in jobs:
+        groups.setdefault((job.plan.mode, job.plan.reason), []).append(job.plan.name)
+    for (mode, reason), names in groups.items():
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5:,} more" if len(names) > 5 else "")
+        logger.info("%d entities: %s (%s): %s", len(names), mode, reason, shown)
 
 
 def _wake(scheduler: Scheduler, commits: Commits) -> None:

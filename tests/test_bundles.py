@@ -80,12 +80,17 @@ def assert_lake_holds_every_table(lake: Path) -> None:
 
 
 def test_many_entities_share_task_runs_and_keep_a_record_and_watermark_each(
-    tmp_path: Path, spec_name: str
+    tmp_path: Path, spec_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = many_tables(tmp_path / "src.db")
     lake = tmp_path / "lake"
     state = run_flow(many_spec(spec_name, db, lake))
     assert state.is_completed(), state.message
+    # forty plans in one line, not forty
+    logged = capsys.readouterr().err
+    line = "40 entities: replace (no watermark: full reload): t00, t01, t02, t03, t04 and 35 more"
+    assert line in logged
+    assert "t07: replace" not in logged
     assert_lake_holds_every_table(lake)
     ledger = ledger_of(many_spec(spec_name, db, lake))
     assert sorted(ledger) == [f"t{t:02d}" for t in range(TABLES)]
