@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def _child(kind: str, place: str, home_json: str, out: str) -> dict[str, Any]:
     return {"seconds": seconds, "rows": rows, "rss_mb": int(peak.split()[1]) / 1024}
 
 
-def _measure(kind: str, place: str, home: dict[str, Any], out: Path) -> dict[str, Any]:
+def _measure(
+    kind: str, place: str, home: dict[str, Any], out: Path, env: dict[str, str]
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     args = [kind, place, json.dumps(home), str(out)]
     done = subprocess.run(
@@ -70,6 +73,7 @@ def _measure(kind: str, place: str, home: dict[str, Any], out: Path) -> dict[str
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env={**os.environ, **env} if kind == "hygge" else None,
     )
     if done.returncode != 0:
         msg = f"{kind} on {place} failed:\n{done.stderr[-3000:]}"
@@ -89,7 +93,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per file")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--hygge-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in hygge's process only (e.g. POLARS_ROW_GROUP_PREFETCH_SIZE=4)",
+    )
+    parser.add_argument("--places", default="s3,azurite")
     args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.hygge_env)
     work = Path(tempfile.mkdtemp(prefix="hygge-cloud-bench-"))
     azurite, s3 = start_azurite(), start_s3_server()
     try:
@@ -107,12 +120,15 @@ def main(argv: list[str]) -> None:
                 "credentials": {"connection_string": azurite.connection_string},
             },
         }
+        places = {p: places[p] for p in args.places.split(",")}
         results: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for run in range(args.repeat):
             for place, home in places.items():
                 for kind in ("polars", "hygge"):
                     out = work / f"{place}-{kind}-{run}"
-                    results.setdefault((place, kind), []).append(_measure(kind, place, home, out))
+                    results.setdefault((place, kind), []).append(
+                        _measure(kind, place, home, out, env)
+                    )
     finally:
         for proc in (azurite.process, s3.process):
             proc.terminate()

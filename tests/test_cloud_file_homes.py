@@ -239,6 +239,13 @@ def test_a_cloud_parquet_file_is_read_not_copied(s3_place: Place, tmp_path: Path
     s3_place.put("t/cut.parquet", encoded("parquet", ROWS)[:-20])  # a truncated upload
     with pytest.raises(HomeError, match=r"'s3://.*/t/cut\.parquet' is not a readable Parquet"):
         home.check(ReadRequest(entity="t", path="t/cut.parquet"))
+    # footers are read several at once; the error still names the first bad file in order
+    for name in ("a", "d", "e"):
+        s3_place.put(f"t/many/{name}.parquet", encoded("parquet", ROWS))
+    for name in ("b", "c"):
+        s3_place.put(f"t/many/{name}.parquet", encoded("parquet", ROWS)[:-20])
+    with pytest.raises(HomeError, match=r"'s3://.*/t/many/b\.parquet' is not a readable Parquet"):
+        home.check(ReadRequest(entity="t", path="t/many"))
     assert home.location() == f"parquet path=None bucket={s3_place.home['bucket']}"
     assert ParquetHome(path="./data").location() == "parquet path=data"  # as before
 

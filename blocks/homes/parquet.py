@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import polars as pl
@@ -45,7 +46,7 @@ class ParquetHome(FileHome):
 
     def read(self, request: ReadRequest) -> Iterator[pa.RecordBatch]:
         with self._scan(request) as (lf, what, _):
-            yield from stream_batches(lf, request, what)
+            yield from stream_batches(lf, request, what, remote=not self.is_local)
 
     def check(self, request: ReadRequest) -> None:
         with self._scan(request) as (lf, what, by_arrow):
@@ -59,7 +60,7 @@ class ParquetHome(FileHome):
 
         Also yields whether pyarrow reads the files (`_arrow_read`) rather than Polars."""
         files = self._files(request)
-        footers = [_check_footer(f, request.entity) for f in files]
+        footers = _check_footers(files, request.entity, remote=not self.is_local)
         try:
             by_arrow = any(needs_arrow(meta) for meta in footers)
             lf = (
@@ -131,6 +132,18 @@ def _arrow_scan(files: list[FileRef], request: ReadRequest) -> pl.LazyFrame:
             raise _odd_schema(odd, files[0], request.entity)
     schema = read_schema(files, request.columns, request.entity)
     return scan_arrow(files, schema, request.entity)
+
+
+#: footers read at once from object storage, where each is a request's latency (20-50 ms)
+FOOTER_READERS = 8
+
+
+def _check_footers(files: list[FileRef], entity: str, *, remote: bool) -> list[pq.FileMetaData]:
+    """Every file's footer, in order; the first file in order that fails names the error."""
+    if not remote or len(files) < 2:
+        return [_check_footer(f, entity) for f in files]
+    with ThreadPoolExecutor(min(FOOTER_READERS, len(files))) as pool:
+        return list(pool.map(lambda f: _check_footer(f, entity), files))
 
 
 def _check_footer(path: FileRef, entity: str) -> pq.FileMetaData:
