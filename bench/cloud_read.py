@@ -20,6 +20,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def main(argv: list[str]) -> None:
     finally:
         for proc in (azurite.process, s3.process):
             proc.terminate()
+        shutil.rmtree(work, ignore_errors=True)  # about 2 GB of lakes per run
     total = args.files * args.rows
     print(
         f"Parquet from object storage, {args.files} files x {args.rows:,} rows, "
