@@ -72,6 +72,24 @@ def move_task_runs(state: Any) -> list[str]:
     return seen
 
 
+def run_with_fault(
+    tmp_path: Path,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    entity: str,
+    **extra: Any,
+) -> tuple[Any, Path, dict[str, Any]]:
+    """Run the many-tables spec with a fault point armed in one entity's thread."""
+    db = many_tables(tmp_path / "src.db")
+    lake = tmp_path / "lake"
+    faults.reset()
+    monkeypatch.setenv("HYGGE_FAULT", fault)
+    monkeypatch.setenv("HYGGE_FAULT_ENTITY", entity)
+    spec = many_spec(name, db, lake, **extra)
+    return run_flow(spec), lake, spec
+
+
 def assert_lake_holds_every_table(lake: Path) -> None:
     for t in range(TABLES):
         got = pl.read_parquet(lake / f"t{t:02d}" / "*.parquet").sort("id")
@@ -122,12 +140,9 @@ def test_bundle_entities_false_gives_each_entity_its_own_task_run(
 def test_a_transient_failure_in_a_bundle_retries_that_entity_alone(
     tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = many_tables(tmp_path / "src.db")
-    lake = tmp_path / "lake"
-    faults.reset()
-    monkeypatch.setenv("HYGGE_FAULT", "move.after_read@1:transient")
-    monkeypatch.setenv("HYGGE_FAULT_ENTITY", "t03")
-    state = run_flow(many_spec(spec_name, db, lake))
+    state, lake, _ = run_with_fault(
+        tmp_path, spec_name, monkeypatch, "move.after_read@1:transient", "t03"
+    )
     assert state.is_completed(), state.message
     assert_lake_holds_every_table(lake)
     records = journal(lake)
@@ -140,13 +155,9 @@ def test_a_transient_failure_in_a_bundle_retries_that_entity_alone(
 def test_a_bad_entity_in_a_bundle_fails_alone_and_is_not_retried(
     tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = many_tables(tmp_path / "src.db")
-    lake = tmp_path / "lake"
-    faults.reset()
-    monkeypatch.setenv("HYGGE_FAULT", "move.after_read:raise")
-    monkeypatch.setenv("HYGGE_FAULT_ENTITY", "t05")
-    spec = many_spec(spec_name, db, lake)
-    state = run_flow(spec)
+    state, lake, spec = run_with_fault(
+        tmp_path, spec_name, monkeypatch, "move.after_read:raise", "t05"
+    )
     assert state.is_failed()
     assert "1 of 40 entities failed: t05" in str(state.message)
     row = failed_row(state, "t05")
@@ -162,13 +173,10 @@ def test_a_bad_entity_in_a_bundle_fails_alone_and_is_not_retried(
 def test_a_bundle_out_of_time_hands_back_what_it_did_not_start(
     tmp_path: Path, spec_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = many_tables(tmp_path / "src.db")
-    lake = tmp_path / "lake"
-    faults.reset()
     # the first bundle's first entity takes longer than a bundle's time (BUNDLE_SECONDS)
-    monkeypatch.setenv("HYGGE_FAULT", "move.after_read:sleep2.5")
-    monkeypatch.setenv("HYGGE_FAULT_ENTITY", "t00")
-    state = run_flow(many_spec(spec_name, db, lake, concurrency=1))
+    state, lake, _ = run_with_fault(
+        tmp_path, spec_name, monkeypatch, "move.after_read:sleep2.5", "t00", concurrency=1
+    )
     assert state.is_completed(), state.message
     assert_lake_holds_every_table(lake)
     runs = move_task_runs(state)
