@@ -122,3 +122,13 @@ def test_a_server_without_tls_is_named_and_not_retried() -> None:
         err = h._error(code, text, req)
         assert "the server offers no TLS" in str(err) and "Set `tls: disable`" in str(err)
         assert "entity 'e'" in str(err) and not is_transient(err)
+
+
+def test_verify_checks_the_host_name_too(mariadb: MariaServer, secure_user: str) -> None:
+    # the certificate names 127.0.0.1 only: by the name `localhost` the CA is right, the name not
+    h = secure_home(mariadb, tls="verify", tls_ca_file=str(mariadb.ca_file))
+    h = h.model_copy(update={"host": "localhost"})
+    with pytest.raises(HomeError, match=r"certificate failed verification.*mismatch") as info:
+        rows(h)
+    assert "make `host` the name the certificate is issued for" in str(info.value)
+    assert not is_transient(info.value)
