@@ -130,6 +130,7 @@ class MariaServer:
     user: str = USER
     password: str = PASSWORD
     database: str = DATABASE
+    tls: bool = True  # offer TLS (a throwaway CA's certificate for 127.0.0.1)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -161,7 +162,14 @@ class MariaServer:
             ],
             timeout=120,
         )
-        tls = make_certificates(self.root / "tls")
+        tls_flags = []
+        if self.tls:
+            tls = make_certificates(self.root / "tls")
+            tls_flags = [
+                f"--ssl-ca={tls / 'ca.pem'}",
+                f"--ssl-cert={tls / 'server.pem'}",
+                f"--ssl-key={tls / 'server-key.pem'}",
+            ]
         self.port = free_port()
         log = self.root / "log"
         self._proc = subprocess.Popen(
@@ -182,9 +190,7 @@ class MariaServer:
                 "--innodb-buffer-pool-size=256M",
                 "--max-connections=80",
                 "--max-allowed-packet=256M",
-                f"--ssl-ca={tls / 'ca.pem'}",
-                f"--ssl-cert={tls / 'server.pem'}",
-                f"--ssl-key={tls / 'server-key.pem'}",
+                *tls_flags,
                 *as_root,
             ],
             stdout=subprocess.DEVNULL,
@@ -264,9 +270,9 @@ class MariaServer:
             conn.close()
 
 
-def start_server() -> MariaServer:
+def start_server(tls: bool = True) -> MariaServer:
     root = Path(tempfile.mkdtemp(prefix="hygge-maria-"))
-    server = MariaServer(root)
+    server = MariaServer(root, tls=tls)
     try:
         return server.start()
     except BaseException:

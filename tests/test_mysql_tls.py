@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from pydantic import ValidationError
 from blocks import MysqlCredentials, MysqlHome
 from blocks.base import ReadRequest
 from hygge_core.errors import HomeError, is_transient
-from tests.mariadb_server import MariaServer
+from tests.mariadb_server import MariaServer, start_server
+from tests.pg_server import serve
 
 SECURE_PW = "tls-only s3cret"
 
@@ -109,19 +112,44 @@ def test_urls_carry_the_parameters_connectorx_accepts() -> None:
     assert verify._url().endswith("/d?ssl-mode=VERIFY_IDENTITY&ssl-ca=%2Fetc%2Fmy%20ca.pem")
 
 
-def test_a_server_without_tls_is_named_and_not_retried() -> None:
-    # unit level (no second server): PyMySQL's and connectorx's words for a server without TLS
+@pytest.fixture(scope="module")
+def plain_mariadb() -> Iterator[MariaServer]:
+    """A second MariaDB that offers no TLS at all."""
+    yield from serve(partial(start_server, tls=False))
+
+
+def test_a_server_without_tls_fails_at_once_and_is_not_retried(
+    plain_mariadb: MariaServer,
+) -> None:
+    s = plain_mariadb
+    h = MysqlHome(
+        host=s.host,
+        port=s.port,
+        database=s.database,
+        credentials=MysqlCredentials(username=s.user, password=s.password),
+        tls="require",
+    )
+    req = ReadRequest(entity="e", query="SELECT 1 AS one")
+    started = time.monotonic()
+    with pytest.raises(HomeError, match=r"the server offers no TLS \(`tls: require`\)") as info:
+        list(h.read(req))
+    assert time.monotonic() - started < 5  # PyMySQL first: not connectorx's 30 s of retries
+    text = str(info.value)
+    assert "entity 'e'" in text and "Set `tls: disable`, or enable TLS on the server" in text
+    assert not is_transient(info.value) and s.password not in text
+    # the same server reads with `tls: disable`
+    plain = h.model_copy(update={"tls": "disable"})
+    assert [r for b in plain.read(req) for r in b.to_pylist()] == [{"one": 1}]
+
+
+def test_connectorx_words_for_a_server_without_tls_map_alike() -> None:
+    # connectorx meets this only if the server changed after PyMySQL connected
     h = MysqlHome(
         host="h", credentials=MysqlCredentials(username="u", password="pw"), tls="require"
     )
-    req = ReadRequest(entity="e", query="SELECT 1")
-    for code, text in [
-        (2026, "SSL is required but the server doesn't support it"),
-        (0, "Client requires secure connection but server does not have this capability"),
-    ]:
-        err = h._error(code, text, req)
-        assert "the server offers no TLS" in str(err) and "Set `tls: disable`" in str(err)
-        assert "entity 'e'" in str(err) and not is_transient(err)
+    text = "Client requires secure connection but server does not have this capability"
+    err = h._error(0, text, ReadRequest(entity="e", query="SELECT 1"))
+    assert "the server offers no TLS" in str(err) and not is_transient(err)
 
 
 def test_verify_checks_the_host_name_too(mariadb: MariaServer, secure_user: str) -> None:
