@@ -60,6 +60,7 @@ def test_a_user_that_requires_tls_reads_only_with_tls(
     with pytest.raises(HomeError, match=r"refused the login.*Access denied") as info:
         rows(secure_home(mariadb))  # default `tls: disable`
     assert time.monotonic() - started < 5  # PyMySQL fails first: no pool retries
+    assert "the server requires TLS" in str(info.value) and "set `tls: verify`" in str(info.value)
     assert not is_transient(info.value) and SECURE_PW not in str(info.value)
     assert rows(secure_home(mariadb, tls="require")) == WANT
     # and the session really is encrypted (PyMySQL's and connectorx's alike)

@@ -349,6 +349,13 @@ class MysqlHome(HomeBlock):
             1969: f"the read exceeded query_timeout ({self.query_timeout} s): raise it",
             3024: f"the read exceeded query_timeout ({self.query_timeout} s): raise it",
         }.get(code)
+        if code in (1045, 3159) and self.tls == "disable":
+            # MariaDB refuses a plain login to a `REQUIRE SSL` user, or under
+            # require_secure_transport, as a wrong password (1045); MySQL says 3159
+            advice = (advice or "refused the connection: {text}") + (
+                "; or the server requires TLS (Azure Database for MySQL does by default): "
+                "set `tls: verify` (or `tls: require`)"
+            )
         if advice is None and code in _SQL_ERRORS:
             advice = "rejected the SQL: {text}. Check the entity's `query`, `columns` and `where`"
         if advice is None:
