@@ -2,7 +2,9 @@
 
 `mariadb-install-db` + `mariadbd` from Debian's `mariadb-server`, data directory in a temporary
 folder, TCP on a free loopback port, and a user with a real password (`mysql_native_password`),
-so wrong-password paths are real; `root` logs in over the server's own socket only. Stopped and
+so wrong-password paths are real; `root` logs in over the server's own socket only. The server
+offers TLS with a certificate for 127.0.0.1 from a throwaway CA (`ca_file`); plain connections
+work as before, except for a user created `REQUIRE SSL`. Stopped and
 removed at the end. Running as root (CI), the server runs as root (`--user=root`). A server
 that cannot start raises: tests must fail, not skip.
 """
@@ -49,6 +51,75 @@ def _run(what: str, cmd: list[str], stdin: str | None = None, timeout: float = 6
         raise RuntimeError(msg)
 
 
+def make_certificates(folder: Path) -> Path:
+    """A throwaway CA and a server certificate it signed, for 127.0.0.1 (subjectAltName IP).
+
+    The `openssl` CLI: a second each, no Python dependency. The keys never leave `folder`.
+    """
+    openssl = shutil.which("openssl") or "/usr/bin/openssl"
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca-key.pem"
+    key, csr, cert = folder / "server-key.pem", folder / "server.csr", folder / "server.pem"
+    ext = folder / "server.ext"
+    ext.write_text("subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n")
+    common = ["-days", "2", "-sha256"]
+    _run(
+        "openssl (CA)",
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca),
+            "-subj",
+            "/CN=hygge test CA",
+            *common,
+        ],
+    )
+    _run(
+        "openssl (server key)",
+        [
+            openssl,
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    )
+    _run(
+        "openssl (server certificate)",
+        [
+            openssl,
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(cert),
+            "-extfile",
+            str(ext),
+            *common,
+        ],
+    )
+    return folder
+
+
 @dataclass
 class MariaServer:
     """A running server: connection details and a way to stop it."""
@@ -59,11 +130,17 @@ class MariaServer:
     user: str = USER
     password: str = PASSWORD
     database: str = DATABASE
+    tls: bool = True  # offer TLS (a throwaway CA's certificate for 127.0.0.1)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def socket(self) -> Path:
         return self.root / "sock"
+
+    @property
+    def ca_file(self) -> Path:
+        """The throwaway CA that signed the server's certificate (for 127.0.0.1 by IP)."""
+        return self.root / "tls" / "ca.pem"
 
     @property
     def uri(self) -> str:
@@ -85,6 +162,14 @@ class MariaServer:
             ],
             timeout=120,
         )
+        tls_flags = []
+        if self.tls:
+            tls = make_certificates(self.root / "tls")
+            tls_flags = [
+                f"--ssl-ca={tls / 'ca.pem'}",
+                f"--ssl-cert={tls / 'server.pem'}",
+                f"--ssl-key={tls / 'server-key.pem'}",
+            ]
         self.port = free_port()
         log = self.root / "log"
         self._proc = subprocess.Popen(
@@ -105,6 +190,7 @@ class MariaServer:
                 "--innodb-buffer-pool-size=256M",
                 "--max-connections=80",
                 "--max-allowed-packet=256M",
+                *tls_flags,
                 *as_root,
             ],
             stdout=subprocess.DEVNULL,
@@ -184,9 +270,9 @@ class MariaServer:
             conn.close()
 
 
-def start_server() -> MariaServer:
+def start_server(tls: bool = True) -> MariaServer:
     root = Path(tempfile.mkdtemp(prefix="hygge-maria-"))
-    server = MariaServer(root)
+    server = MariaServer(root, tls=tls)
     try:
         return server.start()
     except BaseException:

@@ -17,15 +17,23 @@ connectorx has no bind parameters, so a bound value (a watermark, a split point)
 SQL as a hex literal of its text, `X'...'` cast to the column's type: no value can end the
 literal, whatever it holds and whatever the server's `sql_mode`. Every session reads in UTC
 (`time_zone = '+00:00'`), so TIMESTAMP values and bounds are UTC instants without DST gaps.
+
+`tls` applies to both drivers: PyMySQL gets an `ssl.SSLContext`, connectorx the URL's
+`ssl-mode` (`REQUIRED`, `VERIFY_IDENTITY`) and `ssl-ca`, the parameters connectorx 0.4.6
+accepts (`require_ssl`, `verify_ca`, `verify_identity` fail as unknown there). PyMySQL connects
+first, so a server without TLS or a certificate that fails verification is reported at once,
+not after connectorx's pool has retried for 30 s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import ssl
+import urllib.parse
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -48,6 +56,12 @@ _TRANSIENT = {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
 _SQL_ERRORS = {1052, 1054, 1060, 1064, 1066, 1111, 1241, 1248, 1267, 1270, 1271, 1305, 1582}
 _CX_ERROR = re.compile(r"ERROR (\d+) \(([0-9A-Z]{5})\): (.*?)\s*\}?\s*$", re.S)
 _CX_TRANSIENT_TEXT = ("connection refused", "lost connection", "gone away", "broken pipe")
+# PyMySQL's CR_SSL_CONNECTION_ERROR; the words both drivers use when the server has no TLS
+_NO_TLS = 2026
+_NO_TLS_TEXT = ("server doesn't support it", "server does not have this capability")
+_CERT_TEXT = ("certificate verify failed", "tlserror", "hostname mismatch", "ip address mismatch")
+
+TlsMode = Literal["disable", "require", "verify"]
 
 Plan = list[tuple[str, list[Column]]]
 
@@ -89,6 +103,16 @@ class MysqlHome(HomeBlock):
     max_connections: int = _sql_fields.max_connections()
     partition_column: str | None = _sql_fields.partition_column("MySQL", "an auto-increment key")
     partitions: int = _sql_fields.partitions()
+    tls: TlsMode = Field(
+        default="disable",
+        description="Encryption: `disable` (none), `require` (encrypted, the certificate not "
+        "checked) or `verify` (encrypted; CA and host name checked).",
+    )
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="With `tls: verify`: a PEM file of the CA that signed the server's "
+        "certificate (a private CA); without it the system's trusted roots.",
+    )
 
     # --- public interface -------------------------------------------------------------
 
@@ -183,7 +207,7 @@ class MysqlHome(HomeBlock):
         import connectorx as cx
 
         schema = pa.schema([pa.field(c.name, c.arrow) for c in columns])
-        url = self.credentials.url(self.host, self.port, self.database)
+        url = self._url()
         try:
             reader = cx.read_sql(
                 url,
@@ -252,10 +276,41 @@ class MysqlHome(HomeBlock):
     def _where(self) -> str:
         return f"{self.host}:{self.port}/{self.database or ''}"
 
+    def _url(self) -> str:
+        """connectorx's URL with the `tls` setting (it holds the secret: never log it)."""
+        url = self.credentials.url(self.host, self.port, self.database)
+        if self.tls == "require":
+            return url + "?ssl-mode=REQUIRED"
+        if self.tls == "verify":
+            url += "?ssl-mode=VERIFY_IDENTITY"
+            if self.tls_ca_file:
+                url += "&ssl-ca=" + urllib.parse.quote(self.tls_ca_file, safe="")
+        return url
+
+    def _tls_args(self, request: ReadRequest) -> dict[str, Any]:
+        """PyMySQL's TLS arguments: off, encrypted only, or verified (CA and host name)."""
+        if self.tls == "disable":
+            return {"ssl_disabled": True}
+        if self.tls == "require":
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return {"ssl": ctx}
+        try:
+            return {"ssl": ssl.create_default_context(cafile=self.tls_ca_file)}
+        except (OSError, ssl.SSLError) as exc:
+            msg = (
+                f"MySQL at {self._where()}: cannot load `tls_ca_file` {self.tls_ca_file!r} "
+                f"({exc}): point it to the PEM file of the CA that signed the server's "
+                "certificate, or leave it out to use the system's trusted roots"
+            )
+            raise HomeError(msg, entity=request.entity) from exc
+
     def _connect(self, request: ReadRequest) -> Any:
+        tls = self._tls_args(request)
         try:
             return self.credentials.get_client(
-                self.host, self.port, self.database, connect_timeout=self.connect_timeout
+                self.host, self.port, self.database, connect_timeout=self.connect_timeout, **tls
             )
         except _pymysql_error() as exc:
             raise self._error(_pymysql_code(exc), str(exc.args[-1]), request) from self._cause(exc)
@@ -266,6 +321,20 @@ class MysqlHome(HomeBlock):
         low = text.lower()
         where = f"MySQL at {self._where()}"
         entity = request.entity
+        if self.tls != "disable" and (code == _NO_TLS or any(t in low for t in _NO_TLS_TEXT)):
+            msg = (
+                f"{where}: the server offers no TLS (`tls: {self.tls}`): {text}. Set "
+                "`tls: disable`, or enable TLS on the server"
+            )
+            return HomeError(msg, entity=entity)
+        if self.tls != "disable" and any(t in low for t in _CERT_TEXT):
+            msg = (
+                f"{where}: the server's TLS certificate failed verification (`tls: verify`): "
+                f"{text}. Set `tls_ca_file` to the CA that signed it (a private CA), make "
+                "`host` the name the certificate is issued for, or use `tls: require` to "
+                "encrypt without checking the certificate"
+            )
+            return HomeError(msg, entity=entity)
         if code in _TRANSIENT or (not code and any(t in low for t in _CX_TRANSIENT_TEXT)):
             msg = f"{where} is unreachable or dropped the connection: {text}; will retry"
             return TransientHomeError(msg, entity=entity)
@@ -280,6 +349,13 @@ class MysqlHome(HomeBlock):
             1969: f"the read exceeded query_timeout ({self.query_timeout} s): raise it",
             3024: f"the read exceeded query_timeout ({self.query_timeout} s): raise it",
         }.get(code)
+        if code in (1045, 3159) and self.tls == "disable":
+            # MariaDB refuses a plain login to a `REQUIRE SSL` user, or under
+            # require_secure_transport, as a wrong password (1045); MySQL says 3159
+            advice = (advice or "refused the connection: {text}") + (
+                "; or the server requires TLS (Azure Database for MySQL does by default): "
+                "set `tls: verify` (or `tls: require`)"
+            )
         if advice is None and code in _SQL_ERRORS:
             advice = "rejected the SQL: {text}. Check the entity's `query`, `columns` and `where`"
         if advice is None:
