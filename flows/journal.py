@@ -217,7 +217,7 @@ class Journal:
         for area in sorted(self._dirty):
             store, mine = self._by_area[area]
             try:
-                store.write_journal(self.run_id, pa.Table.from_pylist(self._rows[area], SCHEMA))
+                store.write_journal(self.run_id, rows_table(self._rows[area]))
             except Exception as exc:
                 # the data and the ledger are committed already; a journal that cannot be
                 # written is reported (once per Store), tried again with the next flush, and
@@ -255,7 +255,11 @@ class Journal:
 
 
 def to_table(records: list[JournalRecord]) -> pa.Table:
-    return pa.Table.from_pylist([r.as_row() for r in records], schema=SCHEMA)
+    return rows_table([r.as_row() for r in records])
+
+
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 def render_history(

@@ -27,10 +27,10 @@ from flows.plan import EntityJob
 from flows.spec import FlowSpec, TaskRunnerSpec
 from flows.summary import SummaryRow
 from hygge_core import stop
-from hygge_core.errors import ConfigError, is_transient
+from hygge_core.errors import ConfigError
 from hygge_tasks.bundle import Bundled, move_entities
 from hygge_tasks.entity import EntityResult
-from hygge_tasks.move import finish_entity, move_entity
+from hygge_tasks.move import finish_entity, move_entity, worth_retrying
 
 
 def move_all(
@@ -338,7 +338,7 @@ class Scheduler:
 
     def _retry(self, job: EntityJob, error: Exception) -> bool:
         """Give a bundled entity's transient failure the retries left, in its own task run."""
-        if self.retries < 1 or stop.requested() or not is_transient(error):
+        if self.retries < 1 or not worth_retrying(error):
             return False
         if self.logger is not None:
             self.logger.warning(

@@ -14,7 +14,6 @@ own `move_entity` task with the retries left (`flows.schedule`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -25,8 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.base import HomeBlock, StoreBlock, utc_now
 from hygge_core import stop
 from hygge_tasks.entity import EntityPlan, EntityResult
-from hygge_tasks.limits import home_slot
-from hygge_tasks.move import move
+from hygge_tasks.move import attempt
 
 
 @dataclass
@@ -64,11 +62,8 @@ def move_entities(
             break
         done = Bundled(plan.name, utc_now())
         try:
-            with home_slot(home, plan.name, logger):
-                done.result = move(plan, home, store, run_id, logger)
+            done.result = attempt(plan, home, store, run_id, logger, 1)
         except Exception as exc:
-            with contextlib.suppress(AttributeError):
-                exc.hygge_attempts = 1  # type: ignore[attr-defined]
             done.error = exc
         out.append(done)
     return out

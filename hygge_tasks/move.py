@@ -378,16 +378,34 @@ def _with_since(request: ReadRequest, since: Since) -> ReadRequest:
     return replace(request, since=since)
 
 
-def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+def worth_retrying(exc: BaseException) -> bool:
     """Retry dropped connections and timeouts; never bad data or bad configuration, and
     never once the run was asked to stop."""
-    if stop.requested():
-        return False
+    return not stop.requested() and is_transient(exc)
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except Exception as exc:
-        return is_transient(exc)
+        return worth_retrying(exc)
     return False
+
+
+def attempt(
+    plan: EntityPlan, home: HomeBlock, store: StoreBlock, run_id: str, logger: Any, number: int
+) -> EntityResult:
+    """One attempt at an entity, holding its Home's slot; the result, or the error, says
+    which attempt it was (the journal reports it)."""
+    try:
+        with home_slot(home, plan.name, logger):
+            result = move(plan, home, store, run_id, logger)
+    except Exception as exc:
+        with contextlib.suppress(AttributeError):
+            exc.hygge_attempts = number  # type: ignore[attr-defined]
+        raise
+    result.attempts = number
+    return result
 
 
 @task(
@@ -408,18 +426,8 @@ def move_entity(
     from prefect import get_run_logger
     from prefect.runtime import task_run
 
-    attempt = int(task_run.run_count or 1) + attempts_before
-    logger = get_run_logger()
-    try:
-        with home_slot(home, plan.name, logger):
-            result = move(plan, home, store, run_id, logger)
-    except Exception as exc:
-        # the journal reports how many attempts a failure took; the error travels with it
-        with contextlib.suppress(AttributeError):
-            exc.hygge_attempts = attempt  # type: ignore[attr-defined]
-        raise
-    result.attempts = attempt
-    return result
+    number = int(task_run.run_count or 1) + attempts_before
+    return attempt(plan, home, store, run_id, get_run_logger(), number)
 
 
 @task(
